@@ -1,0 +1,32 @@
+"""The ToolTuneJob API shared by the operator and the trainer: resource names, spec, status, contract."""
+
+GROUP = "tooltune.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ToolTuneJob"
+PLURAL = "tooltunejobs"
+SINGULAR = "tooltunejob"
+SHORT_NAMES = ["ttj"]
+
+# The reserved baseModel name of the built-in tiny model: built on the spot, no hub access needed.
+TINY_MODEL = "tooltune/tiny-llama"
+
+__version__ = "0.1.0"
+
+# Trainer exit codes, read by the Job's podFailurePolicy.
+EXIT_OK = 0
+EXIT_INVALID = 2  # invalid data or config: retrying cannot help, the Job fails at once
+# any other non-zero exit is retryable (OOM, lost node, storage hiccup)
+
+# Where the operator mounts the contract and where the pod writes its one-line failure reason.
+CONTRACT_ENV = "TOOLTUNE_CONFIG"
+CONTRACT_PATH = "/etc/tooltune/contract.json"
+TERMINATION_LOG_ENV = "TOOLTUNE_TERMINATION_LOG"
+TERMINATION_LOG_PATH = "/dev/termination-log"
+WORKDIR_ENV = "TOOLTUNE_WORKDIR"  # local scratch space for data, model and checkpoints
+
+# Labels on every child object.
+LABEL_JOB = f"{GROUP}/job"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"

@@ -1,0 +1,359 @@
+"""pydantic models of the ToolTuneJob spec and status, and of the operator↔trainer contract.
+
+The CRD's openAPIV3Schema is generated from these models (``tooltune_api.crd``), so admission and
+the operator agree on what a valid spec is. Field names are the camelCase ones users write.
+Defaults are the lab's recommendations for tool-calling fine-tuning.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic.alias_generators import to_camel
+
+from tooltune_api import API_VERSION, KIND
+
+
+class Model(BaseModel):
+    """Base of every API object: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=True
+    )
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class Backend(StrEnum):
+    UNSLOTH = "unsloth"
+    OPENAI = "openai"
+
+
+class Precision(StrEnum):
+    AUTO = "auto"  # bf16 where the GPU supports it, else fp16; fp32 on CPU
+    FP16 = "fp16"
+    BF16 = "bf16"
+    FP32 = "fp32"
+
+
+class Scheduler(StrEnum):
+    LINEAR = "linear"
+    COSINE = "cosine"
+    CONSTANT = "constant"
+
+
+LAB_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+LAB_SMOKE_PROMPTS = [
+    "Create a task to review the quarterly report",
+    "What tasks do I have due this week?",
+    "Mark the budget task as complete",
+]
+
+Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")]
+
+
+class Dataset(Model):
+    train: str = Field(min_length=1, description="URI of the training JSONL: s3://, https://, a local path, "
+                       "or configmap://<name>/<key>.")
+    validation: str | None = Field(None, min_length=1, description="URI of a validation JSONL. "
+                                   "Leave unset to split one off the training file.")
+    validation_split: float | None = Field(None, gt=0, lt=1, description="Share of the training file held out "
+                                           "for validation when no validation file is given (default 0.1).")
+    seed: int = Field(42, ge=0, description="Seed of the split and of training, for reproducible runs.")
+
+    @field_validator("validation_split")
+    @classmethod
+    def _one_validation_source(cls, split: float | None, info: ValidationInfo) -> float | None:
+        if split is not None and info.data.get("validation") is not None:
+            raise ValueError("set dataset.validation or dataset.validationSplit, not both")
+        return split
+
+    @property
+    def effective_validation_split(self) -> float:
+        return 0.1 if self.validation_split is None else self.validation_split
+
+
+class Lora(Model):
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(16, ge=1, le=4096, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] = Field(default_factory=lambda: list(LAB_TARGET_MODULES), min_length=1,
+                                      description="Modules that receive LoRA adapters.")
+
+
+class Hyperparameters(Model):
+    epochs: int = Field(3, ge=1, le=100)
+    batch_size: int = Field(4, ge=1, le=1024, description="Per-device batch size.")
+    gradient_accumulation_steps: int = Field(2, ge=1, le=1024)
+    learning_rate: float = Field(2e-5, gt=0, le=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    scheduler: Scheduler = Scheduler.LINEAR
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    max_seq_length: int = Field(2048, ge=32, le=131072, description="Longest templated example, in tokens.")
+    lora: Lora = Field(default_factory=Lora)
+    full_fine_tune: bool = Field(False, description="Train all weights instead of LoRA adapters "
+                                 "(for small models trained from scratch).")
+    load_in_4bit: bool = Field(True, alias="loadIn4bit", description="QLoRA: load the base model in 4 bits (CUDA only).")
+    precision: Precision = Precision.AUTO
+    logging_steps: int = Field(10, ge=1, le=100000)
+
+
+class Checkpoints(Model):
+    every_steps: int = Field(100, ge=1, le=1000000)
+    keep: int = Field(3, ge=1, le=100, description="How many complete checkpoints to keep.")
+
+
+class Evaluation(Model):
+    every_steps: int = Field(50, ge=1, le=1000000)
+    max_examples: int | None = Field(None, ge=1, description="Cap on validation examples used for the "
+                                     "tool-call evaluation after training.")
+    smoke_prompts: list[str] = Field(default_factory=lambda: list(LAB_SMOKE_PROMPTS), max_length=20)
+    early_stopping: bool = Field(False, description="Stop training when the diagnosis says Overfitting "
+                                 "or Diverging.")
+
+
+class Output(Model):
+    uri: str = Field(min_length=1, description="Where checkpoints and the final model go: s3://bucket/prefix/ "
+                     "or a local directory.")
+    merged_weights: bool = Field(False, description="Also save the base model merged with the adapter.")
+    gguf: bool = Field(False, description="Also export GGUF (needs llama.cpp in the image).")
+
+
+class Storage(Model):
+    endpoint: str | None = Field(None, description="S3 endpoint URL; unset means AWS.")
+    region: str = "us-east-1"
+    path_style: bool = Field(True, description="Path-style addressing (most S3-compatible servers need it).")
+    credentials_secret: str | None = Field(None, min_length=1, description="Secret with AWS_ACCESS_KEY_ID and "
+                                           "AWS_SECRET_ACCESS_KEY.")
+
+
+class SecretKeyRef(Model):
+    name: str = Field(min_length=1)
+    key: str = Field("OPENAI_API_KEY", min_length=1)
+
+
+class OpenAI(Model):
+    model: str = Field(min_length=1, description="Base model to fine-tune, e.g. gpt-4o-mini-2024-07-18.")
+    api_key_secret: SecretKeyRef = Field(description="Secret holding the API key.")
+    suffix: str | None = Field(None, max_length=64)
+    base_url: str | None = Field(None, description="API base URL, for compatible services.")
+    learning_rate_multiplier: float | None = Field(None, gt=0, le=100, description="Unset means 'auto'.")
+    poll_seconds: int = Field(30, ge=1, le=3600)
+
+
+class Toleration(Model):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class Resources(Model):
+    gpus: int = Field(1, ge=0, le=64)
+    gpu_resource_name: str = Field("nvidia.com/gpu", min_length=1)
+    cpu: Quantity | None = None
+    memory: Quantity | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    priority_class_name: str | None = None
+
+
+class ToolTuneJobSpec(Model):
+    backend: Backend = Backend.UNSLOTH
+    base_model: str = Field(min_length=1, description="Hub id or local path of the base model; "
+                            "'tooltune/tiny-llama' builds a tiny model on the spot.")
+    dataset: Dataset
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    checkpoints: Checkpoints = Field(default_factory=Checkpoints)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    output: Output
+    storage: Storage = Field(default_factory=Storage)
+    openai: OpenAI | None = Field(None, validate_default=True)
+    resources: Resources = Field(default_factory=Resources)
+    image: str | None = Field(None, description="Trainer image; the operator's default when unset.")
+    suspend: bool = False
+    backoff_limit: int = Field(3, ge=0, le=100, description="Retries of the training pod.")
+    active_deadline_seconds: int | None = Field(None, ge=1)
+    ttl_seconds_after_finished: int | None = Field(None, ge=0)
+
+    @field_validator("openai")
+    @classmethod
+    def _openai_settings_match_backend(cls, openai: OpenAI | None, info: ValidationInfo) -> OpenAI | None:
+        backend = info.data.get("backend", Backend.UNSLOTH)
+        if backend == Backend.OPENAI and openai is None:
+            raise ValueError("is required when backend is openai: set openai.model and openai.apiKeySecret")
+        if backend != Backend.OPENAI and openai is not None:
+            raise ValueError("is only allowed with backend: openai")
+        return openai
+
+
+# ---------------------------------------------------------------- status
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    VALIDATING = "Validating"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+    CANCELLED = "Cancelled"
+
+
+class Condition(Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class Progress(Model):
+    step: int | None = None
+    total_steps: int | None = None
+    percent: float | None = None
+    epoch: float | None = None
+    eta_seconds: int | None = None
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    learning_rate: float | None = None
+    tokens_per_second: float | None = None
+    updated_at: str | None = None
+
+
+class Diagnosis(Model):
+    pattern: str
+    advice: str
+    step: int | None = None
+
+
+class CheckpointStatus(Model):
+    latest_step: int | None = None
+    latest_uri: str | None = None
+    count: int = 0
+
+
+class EvaluationStatus(Model):
+    examples: int | None = None
+    tool_name_accuracy: float | None = None
+    arguments_exact_match: float | None = None
+    valid_json_rate: float | None = None
+    no_call_rate: float | None = None
+    report_uri: str | None = None
+
+
+class OpenAIStatus(Model):
+    job_id: str | None = None
+    status: str | None = None
+    fine_tuned_model: str | None = None
+    trained_tokens: int | None = None
+
+
+class OutputStatus(Model):
+    uri: str | None = None
+
+
+class ToolTuneJobStatus(Model):
+    model_config = ConfigDict(extra="ignore")  # tolerate what older operators wrote
+
+    phase: Phase | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+    attempts: int | None = None
+    job_name: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    failure_reason: str | None = None
+    message: str | None = None
+    progress: Progress | None = None
+    diagnosis: Diagnosis | None = None
+    checkpoints: CheckpointStatus | None = None
+    evaluation: EvaluationStatus | None = None
+    openai: OpenAIStatus | None = None
+    output: OutputStatus | None = None
+
+
+# ---------------------------------------------------------------- operator ↔ trainer contract
+
+CONTRACT_VERSION = "tooltune.dev/contract-v1"
+
+
+class JobRef(Model):
+    namespace: str
+    name: str
+    uid: str = ""
+    attempt: int = Field(1, ge=1)
+
+
+class TrainerContract(Model):
+    """The one document the operator hands to the trainer pod (mounted from a ConfigMap).
+
+    The trainer never reads the ToolTuneJob: everything it needs is here. Credentials are not:
+    they arrive as environment variables from Secrets.
+    """
+
+    contract: Literal["tooltune.dev/contract-v1"] = CONTRACT_VERSION
+    job: JobRef
+    spec: ToolTuneJobSpec
+    metrics_port: int = Field(9090, ge=0, le=65535, description="0 disables /metrics.")
+    report_progress: bool = Field(True, description="Patch progress into the ToolTuneJob's status.")
+    progress_interval_seconds: float = Field(10.0, ge=0)
+    image: str | None = None
+
+
+class ToolTuneJob(Model):
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["tooltune.dev/v1alpha1"] = API_VERSION  # type: ignore[assignment]
+    kind: Literal["ToolTuneJob"] = KIND  # type: ignore[assignment]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: ToolTuneJobSpec
+    status: ToolTuneJobStatus | None = None
+
+
+# ---------------------------------------------------------------- errors users can read
+
+
+def describe_validation_error(error: ValidationError, prefix: str = "spec") -> list[str]:
+    """One line per problem, each naming the field as the user wrote it and saying what to do."""
+    lines = []
+    for problem in error.errors():
+        path = ".".join([prefix, *(str(p) for p in problem["loc"])]) if problem["loc"] else prefix
+        kind = problem["type"]
+        if kind == "extra_forbidden":
+            message = "unknown field; remove it or check its spelling"
+        elif kind == "missing":
+            message = "is required"
+        else:
+            message = str(problem["msg"]).removeprefix("Value error, ")
+            if "input" in problem and kind not in {"model_type", "value_error"}:
+                message += f" (got {problem['input']!r})"
+        lines.append(f"{path}: {message}")
+    return lines
+
+
+def parse_spec(spec: dict[str, Any]) -> ToolTuneJobSpec:
+    """Parse a spec; raises InvalidSpec whose lines name each bad field."""
+    try:
+        return ToolTuneJobSpec.model_validate(spec)
+    except ValidationError as error:
+        raise InvalidSpec(describe_validation_error(error)) from None
+
+
+class InvalidSpec(ValueError):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def now_iso(moment: datetime | None = None) -> str:
+    from datetime import UTC
+
+    return (moment or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
