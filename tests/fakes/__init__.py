@@ -1,0 +1,1 @@
+"""Local stand-ins for remote services the tests talk to over their real wire formats."""
