@@ -1,0 +1,96 @@
+"""A small Task API tool-calling dataset in OpenAI fine-tuning JSONL, as the lab builds it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+SYSTEM = "You manage tasks through the Task API. When a task operation is requested, call the tool."
+
+TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "create_task",
+            "description": "Create a task.",
+            "parameters": {
+                "type": "object",
+                "properties": {"title": {"type": "string"}, "due_date": {"type": "string"}},
+                "required": ["title"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "list_tasks",
+            "description": "List tasks, optionally due before a date.",
+            "parameters": {
+                "type": "object",
+                "properties": {"due_before": {"type": "string"}},
+                "required": [],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "complete_task",
+            "description": "Mark a task as complete.",
+            "parameters": {
+                "type": "object",
+                "properties": {"task_id": {"type": "string"}},
+                "required": ["task_id"],
+            },
+        },
+    },
+]
+
+_TITLES = ["buy groceries", "review the budget", "call the dentist", "write the report", "plan the offsite"]
+
+
+def _example(user: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": tool, "arguments": json.dumps(arguments)},
+    }
+    return {
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": user},
+            {"role": "assistant", "tool_calls": [call]},
+        ],
+        "tools": TOOLS,
+    }
+
+
+def task_api_examples(count: int = 30) -> list[dict[str, Any]]:
+    examples = []
+    for i in range(count):
+        title = _TITLES[i % len(_TITLES)]
+        kind = i % 3
+        if kind == 0:
+            examples.append(
+                _example(f"Create a task to {title}", "create_task", {"title": title.capitalize()})
+            )
+        elif kind == 1:
+            examples.append(
+                _example(
+                    f"What is due before day {i}?", "list_tasks", {"due_before": f"2026-12-{i % 28 + 1:02d}"}
+                )
+            )
+        else:
+            examples.append(_example(f"Mark task {i} as complete", "complete_task", {"task_id": f"task_{i}"}))
+    return examples
+
+
+def write_dataset(
+    path: Path, examples: list[dict[str, Any]] | None = None, extra_lines: list[str] = ()
+) -> Path:
+    """Write examples (default: 30 valid ones) as JSONL, followed by any raw extra lines."""
+    lines = [json.dumps(example) for example in (examples if examples is not None else task_api_examples())]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([*lines, *extra_lines]) + "\n")
+    return path

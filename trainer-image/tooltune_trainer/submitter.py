@@ -1,0 +1,562 @@
+"""The OpenAI backend's pod: validate the data, upload it, run one remote fine-tuning job, smoke-test it.
+
+Read top to bottom, ``Submitter.run`` is the lab's Option A:
+
+1. fetch the training (and validation) JSONL and validate it with the same validator as the trainer,
+   split 90/10 when no validation file is given; invalid data stops here, before any upload;
+2. look for the remote job this resource's attempt already created (``metadata`` carries namespace,
+   name, uid and attempt), so a restarted pod never starts a second paid job;
+3. otherwise upload both files (purpose ``fine-tune``) and create the job;
+4. poll the job, its events and checkpoints; metrics events become status progress and ``/metrics``;
+5. on success, ask the fine-tuned model the smoke prompts with the dataset's tools (tool_choice auto,
+   temperature 0) and store the answers in ``<output>/final/smoke.json``.
+
+Exit codes as the trainer's: 0 done, 2 permanent (invalid data, rejected key or request, remote job
+failed or cancelled), anything else retryable. The one-line reason goes to the termination log.
+The API key arrives in ``OPENAI_API_KEY`` from the Secret named in spec.openai.apiKeySecret and is never
+written to status, logs or the termination log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import openai
+from openai import OpenAI
+from pydantic import ValidationError
+from tooltune_api import (
+    CONTRACT_ENV,
+    CONTRACT_PATH,
+    EXIT_INVALID,
+    EXIT_OK,
+    TERMINATION_LOG_ENV,
+    TERMINATION_LOG_PATH,
+    WORKDIR_ENV,
+)
+from tooltune_api.models import (
+    Backend,
+    JobRef,
+    Phase,
+    SecretKeyRef,
+    ToolTuneJobSpec,
+    TrainerContract,
+    describe_validation_error,
+)
+
+from tooltune_trainer.data import read_jsonl, split_examples, validate_examples, write_jsonl
+from tooltune_trainer.storage import StorageError, Store, join, open_store
+
+log = logging.getLogger("tooltune.submitter")
+
+API_KEY_ENV = "OPENAI_API_KEY"
+EXIT_RETRYABLE = 1
+MAX_RETRIES = 5  # the client's own retries of 408/409/429/5xx and lost connections, with backoff
+MAX_POLL_FAILURES = 6  # consecutive failed polls (after the client's retries) before the pod gives up
+MAX_POLL_BACKOFF_SECONDS = 600.0
+EVENTS_PER_POLL = 50  # newest events read each poll: metrics arrive far slower than this
+METADATA_PREFIX = "tooltune-"
+SMOKE_REPORT = "smoke.json"
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+# The remote job's status as the resource's phase (the operator owns the phase; this is the mapping).
+REMOTE_PHASES = {
+    "validating_files": Phase.VALIDATING,
+    "queued": Phase.PENDING,
+    "running": Phase.RUNNING,
+    "succeeded": Phase.SUCCEEDED,
+    "failed": Phase.FAILED,
+    "cancelled": Phase.CANCELLED,
+}
+# Client errors that retrying cannot fix; 408, 409 and 429 are retried by the client.
+PERMANENT_STATUS_CODES = frozenset({400, 401, 403, 404, 422})
+
+
+class SubmitError(Exception):
+    """Ends the run: ``str()`` is the one-line reason, ``exit_code`` tells the Job whether to retry."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_INVALID):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Reporter(Protocol):
+    def update(self, **fields: dict) -> None: ...
+    def flush(self) -> None: ...
+
+
+class Metrics(Protocol):
+    def observe(self, **values: float) -> None: ...
+
+
+# ---------------------------------------------------------------- pure mappings
+
+
+def remote_phase(status: str) -> Phase:
+    """The phase a resource is in while its remote job has this status."""
+    return REMOTE_PHASES.get(status, Phase.RUNNING)
+
+
+def hyperparameters(spec: ToolTuneJobSpec) -> dict[str, Any]:
+    """The API's supervised hyperparameters: epochs and batch size from the spec, the learning-rate
+    multiplier from spec.openai ("auto" when unset: the API does not take an absolute learning rate)."""
+    assert spec.openai is not None
+    multiplier = spec.openai.learning_rate_multiplier
+    return {
+        "n_epochs": spec.hyperparameters.epochs,
+        "batch_size": spec.hyperparameters.batch_size,
+        "learning_rate_multiplier": "auto" if multiplier is None else multiplier,
+    }
+
+
+def job_metadata(job: JobRef) -> dict[str, str]:
+    """Metadata that ties a remote job to one attempt of one resource; the API filters jobs on it."""
+    return {
+        f"{METADATA_PREFIX}namespace": job.namespace,
+        f"{METADATA_PREFIX}name": job.name,
+        f"{METADATA_PREFIX}uid": job.uid,
+        f"{METADATA_PREFIX}attempt": str(job.attempt),
+    }
+
+
+def create_params(contract: TrainerContract, training_file: str, validation_file: str) -> dict[str, Any]:
+    spec = contract.spec
+    assert spec.openai is not None
+    params: dict[str, Any] = {
+        "model": spec.openai.model,
+        "training_file": training_file,
+        "validation_file": validation_file,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters(spec)}},
+        "seed": spec.dataset.seed,
+        "metadata": job_metadata(contract.job),
+    }
+    if spec.openai.suffix:
+        params["suffix"] = spec.openai.suffix
+    return params
+
+
+@dataclass(frozen=True)
+class ProgressSample:
+    """One metrics event of a remote job."""
+
+    step: int
+    total_steps: int | None = None
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    train_token_accuracy: float | None = None
+    eval_token_accuracy: float | None = None
+
+    def status(self) -> dict[str, Any]:
+        """The status.progress fields (camelCase) this sample sets."""
+        fields: dict[str, Any] = {"step": self.step, "trainLoss": self.train_loss, "evalLoss": self.eval_loss}
+        if self.total_steps:
+            fields["totalSteps"] = self.total_steps
+            fields["percent"] = round(100.0 * self.step / self.total_steps, 1)
+        return {key: value for key, value in fields.items() if value is not None}
+
+    def metrics(self) -> dict[str, float]:
+        values = {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "train_loss": self.train_loss,
+            "eval_loss": self.eval_loss,
+        }
+        return {key: float(value) for key, value in values.items() if value is not None}
+
+
+def _number(data: dict[str, Any], *keys: str) -> float | None:
+    for key in keys:
+        value = data.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def progress_from_event(event_type: str | None, data: Any) -> ProgressSample | None:
+    """A metrics event's data (step, total_steps, train_loss, valid_loss, *_mean_token_accuracy; the
+    full_valid_* values, computed on the whole validation file, win over the batch ones)."""
+    if event_type != "metrics" or not isinstance(data, dict):
+        return None
+    step = _number(data, "step")
+    if step is None:
+        return None
+    total = _number(data, "total_steps")
+    return ProgressSample(
+        step=int(step),
+        total_steps=int(total) if total else None,
+        train_loss=_number(data, "train_loss"),
+        eval_loss=_number(data, "full_valid_loss", "valid_loss"),
+        train_token_accuracy=_number(data, "train_mean_token_accuracy"),
+        eval_token_accuracy=_number(data, "full_valid_mean_token_accuracy", "valid_mean_token_accuracy"),
+    )
+
+
+def latest_progress(events: Iterable[Any]) -> ProgressSample | None:
+    """The metrics event with the highest step among events (any order)."""
+    samples = [progress_from_event(getattr(e, "type", None), getattr(e, "data", None)) for e in events]
+    found = [sample for sample in samples if sample is not None]
+    return max(found, key=lambda sample: sample.step) if found else None
+
+
+def remote_failure(job: Any) -> str:
+    """One line on why a remote job did not succeed, naming its error code and parameter."""
+    if job.status == "cancelled":
+        return f"remote fine-tuning job {job.id} was cancelled"
+    error = job.error
+    if error is None:
+        return f"remote fine-tuning job {job.id} failed without an error message"
+    where = f" (parameter {error.param})" if error.param else ""
+    return f"remote fine-tuning job {job.id} failed: {error.code}{where}: {error.message}"
+
+
+def explain_api_error(error: openai.OpenAIError, secret: SecretKeyRef, doing: str) -> SubmitError:
+    """Turn a client error into the run's outcome. Never quotes a 401 body: it may echo the key."""
+    if isinstance(error, openai.AuthenticationError):
+        return SubmitError(
+            f"the API key in Secret {secret.name} (key {secret.key}) was rejected (401) while {doing}; "
+            "put a valid key in that Secret"
+        )
+    if isinstance(error, openai.APIStatusError) and error.status_code in PERMANENT_STATUS_CODES:
+        body = error.body if isinstance(error.body, dict) else {}
+        param = body.get("param")
+        cause = body.get("message") or error.message
+        where = f" (parameter {param})" if param else ""
+        return SubmitError(f"the fine-tuning API refused {doing} ({error.status_code}){where}: {cause}")
+    return SubmitError(f"the fine-tuning API failed while {doing}: {type(error).__name__}", EXIT_RETRYABLE)
+
+
+def smoke_tools(examples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every tool the dataset offers, once per function name, in order of first appearance."""
+    tools: dict[str, dict[str, Any]] = {}
+    for example in examples:
+        for tool in example.get("tools") or []:
+            tools.setdefault(tool["function"]["name"], tool)
+    return list(tools.values())
+
+
+def system_prompt(examples: Iterable[dict[str, Any]]) -> str | None:
+    """The first system message of the data: the model was trained to follow it."""
+    for example in examples:
+        for message in example["messages"]:
+            if message["role"] in {"system", "developer"} and isinstance(message.get("content"), str):
+                return message["content"]
+    return None
+
+
+def smoke_answer(prompt: str, message: Any) -> dict[str, Any]:
+    calls = []
+    for call in message.tool_calls or []:
+        try:
+            json.loads(call.function.arguments)
+            valid = True
+        except (TypeError, ValueError):
+            valid = False
+        calls.append({"name": call.function.name, "arguments": call.function.arguments, "validJson": valid})
+    return {"prompt": prompt, "toolCalls": calls, "content": message.content}
+
+
+def smoke_summary(answers: list[dict[str, Any]]) -> dict[str, Any]:
+    """status.evaluation from the smoke answers: how many prompts, how many got no tool call, how many
+    tool calls carried valid JSON arguments."""
+    answered = [a for a in answers if "error" not in a]
+    calls = [call for a in answered for call in a["toolCalls"]]
+    summary: dict[str, Any] = {"examples": len(answers)}
+    if answered:
+        summary["noCallRate"] = round(sum(1 for a in answered if not a["toolCalls"]) / len(answered), 4)
+    if calls:
+        summary["validJsonRate"] = round(sum(1 for call in calls if call["validJson"]) / len(calls), 4)
+    return summary
+
+
+# ---------------------------------------------------------------- the run
+
+
+class Submitter:
+    def __init__(
+        self,
+        contract: TrainerContract,
+        client: OpenAI,
+        reporter: Reporter,
+        metrics: Metrics,
+        workdir: Path,
+        store: Store | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        if contract.spec.backend != Backend.OPENAI or contract.spec.openai is None:
+            raise SubmitError("spec.backend is not openai: the submitter only drives the OpenAI backend")
+        self.contract = contract
+        self.spec = contract.spec
+        self.settings = contract.spec.openai
+        self.client = client
+        self.reporter = reporter
+        self.metrics = metrics
+        self.workdir = workdir
+        self.store = store or open_store(contract.spec.storage)
+        self.sleep = sleep
+        self._events_seen: set[str] = set()
+
+    def run(self) -> str:
+        """Drive the remote job to the end; returns the fine-tuned model's name or raises SubmitError."""
+        train, validation = self.prepare_data()
+        job = self.find_job()
+        if job is None:
+            job = self.create_job(train, validation)
+        else:
+            log.info("found remote job %s (%s) created by an earlier run of this attempt", job.id, job.status)
+        job = self.wait(job)
+        if job.status != "succeeded":
+            raise SubmitError(remote_failure(job))
+        log.info(
+            "remote job %s succeeded: %s (%s trained tokens)",
+            job.id,
+            job.fine_tuned_model,
+            job.trained_tokens,
+        )
+        self.smoke_test(job, train + validation)
+        return job.fine_tuned_model
+
+    # ---- data
+
+    def _validated(self, field: str, uri: str) -> list[dict[str, Any]]:
+        local = self.workdir / "data" / f"{field.rsplit('.', 1)[-1]}.source.jsonl"
+        try:
+            self.store.fetch(uri, local)
+        except StorageError as error:
+            raise SubmitError(f"{field} {uri}: {error}", EXIT_RETRYABLE) from None
+        report = validate_examples(read_jsonl(local))
+        for warning in report.warnings:
+            log.warning("%s: %s", field, warning)
+        if report.problems:
+            first = report.problems[0]
+            more = f" (and {len(report.problems) - 1} more problems)" if len(report.problems) > 1 else ""
+            for problem in report.problems:
+                log.error("%s %s: %s", field, uri, problem)
+            raise SubmitError(f"invalid data in {field} {uri}: {first}{more}; nothing was uploaded")
+        return report.examples
+
+    def prepare_data(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        dataset = self.spec.dataset
+        examples = self._validated("spec.dataset.train", dataset.train)
+        if dataset.validation is not None:
+            return examples, self._validated("spec.dataset.validation", dataset.validation)
+        try:
+            return split_examples(examples, dataset.effective_validation_split, dataset.seed)
+        except ValueError as error:
+            raise SubmitError(f"spec.dataset.validationSplit: {error}") from None
+
+    # ---- the remote job
+
+    def _call(self, doing: str, request: Callable[[], Any]) -> Any:
+        try:
+            return request()
+        except openai.OpenAIError as error:
+            raise explain_api_error(error, self.settings.api_key_secret, doing) from None
+
+    def find_job(self) -> Any | None:
+        """The newest remote job of this resource's attempt that was not cancelled, if any."""
+        wanted = job_metadata(self.contract.job)
+        jobs = self._call(
+            "listing fine-tuning jobs", lambda: list(self.client.fine_tuning.jobs.list(metadata=wanted))
+        )
+        for job in jobs:
+            # compatible services may ignore the filter: check the metadata here too
+            ours = all((job.metadata or {}).get(key) == value for key, value in wanted.items())
+            if ours and job.status != "cancelled":
+                return job
+        return None
+
+    def _upload(self, name: str, examples: list[dict[str, Any]]) -> str:
+        path = self.workdir / "data" / f"{name}.jsonl"
+        write_jsonl(path, examples)
+        uploaded = self._call(
+            f"uploading the {name} file",
+            lambda: self.client.files.create(file=(path.name, path.read_bytes()), purpose="fine-tune"),
+        )
+        log.info("uploaded %d %s examples as %s", len(examples), name, uploaded.id)
+        return uploaded.id
+
+    def create_job(self, train: list[dict[str, Any]], validation: list[dict[str, Any]]) -> Any:
+        params = create_params(
+            self.contract, self._upload("train", train), self._upload("validation", validation)
+        )
+        job = self._call(
+            "creating the fine-tuning job", lambda: self.client.fine_tuning.jobs.create(**params)
+        )
+        log.info("created remote job %s on %s (%s)", job.id, params["model"], job.status)
+        return job
+
+    def poll_once(self, job_id: str) -> Any:
+        """One look at the job, its newest events and checkpoints, reported to status and metrics."""
+        jobs = self.client.fine_tuning.jobs
+        job = self._call("reading the fine-tuning job", lambda: jobs.retrieve(job_id))
+        events = self._call(
+            "reading the job's events", lambda: jobs.list_events(job_id, limit=EVENTS_PER_POLL).data
+        )
+        checkpoints = self._call("reading the job's checkpoints", lambda: jobs.checkpoints.list(job_id).data)
+        for event in reversed(events):  # oldest first
+            if event.id not in self._events_seen:
+                self._events_seen.add(event.id)
+                log.info("remote %s: %s", event.level, event.message)
+        fields: dict[str, Any] = {"openai": self._openai_status(job)}
+        sample = latest_progress(events)
+        if sample is not None:
+            fields["progress"] = sample.status()
+            self.metrics.observe(**sample.metrics())
+        if checkpoints:
+            newest = max(checkpoints, key=lambda checkpoint: checkpoint.step_number)
+            fields["checkpoints"] = {
+                "latestStep": newest.step_number,
+                "latestUri": newest.fine_tuned_model_checkpoint,
+                "count": len(checkpoints),
+            }
+        self.reporter.update(**fields)
+        return job
+
+    @staticmethod
+    def _openai_status(job: Any) -> dict[str, Any]:
+        fields = {
+            "jobId": job.id,
+            "status": job.status,
+            "fineTunedModel": job.fine_tuned_model,
+            "trainedTokens": job.trained_tokens,
+        }
+        return {key: value for key, value in fields.items() if value is not None}
+
+    def wait(self, job: Any) -> Any:
+        """Poll every spec.openai.pollSeconds until the job ends; back off on failed polls."""
+        self.reporter.update(openai=self._openai_status(job))
+        interval = float(self.settings.poll_seconds)
+        failures = 0
+        while True:
+            try:
+                job = self.poll_once(job.id)
+            except SubmitError as error:
+                if error.exit_code == EXIT_INVALID:
+                    raise
+                failures += 1
+                if failures >= MAX_POLL_FAILURES:
+                    raise SubmitError(f"{error} ({failures} polls in a row failed)", EXIT_RETRYABLE) from None
+                backoff = min(interval * 2**failures, MAX_POLL_BACKOFF_SECONDS)
+                log.warning("%s; polling again in %.0f s", error, backoff)
+                self.sleep(backoff)
+                continue
+            failures = 0
+            if job.status in TERMINAL_STATUSES:
+                return job
+            self.sleep(interval)
+
+    # ---- after success
+
+    def smoke_test(self, job: Any, examples: list[dict[str, Any]]) -> None:
+        """The lab's quick inference check; its answers are stored, a failed call does not fail the run."""
+        tools = smoke_tools(examples)
+        system = system_prompt(examples)
+        answers = []
+        for prompt in self.spec.evaluation.smoke_prompts:
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": prompt}
+            ]
+            request: dict[str, Any] = {"model": job.fine_tuned_model, "messages": messages, "temperature": 0}
+            if tools:
+                request |= {"tools": tools, "tool_choice": "auto"}
+            try:
+                response = self.client.chat.completions.create(**request)
+            except openai.OpenAIError as error:
+                log.warning("smoke prompt %r failed: %s", prompt, type(error).__name__)
+                answers.append({"prompt": prompt, "error": type(error).__name__})
+                continue
+            answers.append(smoke_answer(prompt, response.choices[0].message))
+            for call in answers[-1]["toolCalls"]:
+                log.info("smoke %r → %s(%s)", prompt, call["name"], call["arguments"])
+        report = {
+            "jobId": job.id,
+            "fineTunedModel": job.fine_tuned_model,
+            "trainedTokens": job.trained_tokens,
+            "answers": answers,
+        }
+        local = self.workdir / "final" / SMOKE_REPORT
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(json.dumps(report, indent=2) + "\n")
+        report_uri = join(self.spec.output.uri, "final", SMOKE_REPORT)
+        try:
+            self.store.upload_file(local, report_uri)
+        except StorageError as error:
+            raise SubmitError(
+                f"spec.output.uri: could not store the smoke report: {error}", EXIT_RETRYABLE
+            ) from None
+        self.reporter.update(
+            evaluation=smoke_summary(answers) | {"reportUri": report_uri},
+            output={"uri": self.spec.output.uri},
+        )
+
+
+# ---------------------------------------------------------------- the pod's entry point
+
+
+def load_contract(path: Path) -> TrainerContract:
+    try:
+        return TrainerContract.model_validate_json(path.read_text())
+    except OSError as error:
+        raise SubmitError(f"cannot read the contract {path}: {error.strerror}") from None
+    except ValidationError as error:
+        raise SubmitError(
+            f"invalid contract {path}: " + "; ".join(describe_validation_error(error, "contract"))
+        ) from None
+
+
+def write_termination_log(reason: str) -> None:
+    path = Path(os.environ.get(TERMINATION_LOG_ENV, TERMINATION_LOG_PATH))
+    try:
+        path.write_text(reason.splitlines()[0] if reason else "")
+    except OSError:
+        log.warning("could not write the termination log %s", path)
+
+
+def make_client(contract: TrainerContract, api_key: str) -> OpenAI:
+    assert contract.spec.openai is not None
+    return OpenAI(api_key=api_key, base_url=contract.spec.openai.base_url, max_retries=MAX_RETRIES)
+
+
+def main(config: Path | None = None) -> int:
+    """Run the submitter as the pod does; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpx2"):  # one line per request drowns the job's own events
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    api_key = os.environ.get(API_KEY_ENV, "")
+    try:
+        contract = load_contract(config or Path(os.environ.get(CONTRACT_ENV, CONTRACT_PATH)))
+        if contract.spec.openai is None:
+            raise SubmitError("spec.openai is missing: the submitter only drives the OpenAI backend")
+        secret = contract.spec.openai.api_key_secret
+        if not api_key:
+            raise SubmitError(
+                f"{API_KEY_ENV} is empty: put the API key in Secret {secret.name} (key {secret.key})"
+            )
+    except SubmitError as error:
+        log.error("%s", error)
+        write_termination_log(str(error))
+        return error.exit_code
+
+    from tooltune_trainer.telemetry import StatusReporter, TrainingMetrics
+
+    reporter = StatusReporter(contract)
+    metrics = TrainingMetrics(contract)
+    metrics.serve()
+    workdir = Path(os.environ.get(WORKDIR_ENV) or tempfile.mkdtemp(prefix="tooltune-submit-"))
+    try:
+        Submitter(contract, make_client(contract, api_key), reporter, metrics, workdir).run()
+    except SubmitError as error:
+        reason = str(error).replace(api_key, "***")
+        log.error("%s", reason)
+        write_termination_log(reason)
+        return error.exit_code
+    finally:
+        reporter.flush()
+    return EXIT_OK
