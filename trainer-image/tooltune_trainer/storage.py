@@ -1,16 +1,55 @@
 """One storage interface for datasets, checkpoints and models.
 
-Local paths and file:// URIs serve the embedded default; s3://, https:// and configmap:// are added
-beside them behind the same functions, so the recipe never asks where its bytes live.
+A `Store` reads and writes URIs and picks the backend by scheme on every call, so the recipe never asks
+where its bytes live:
+
+| URI                         | read | write | where the bytes are                                          |
+|-----------------------------|------|-------|--------------------------------------------------------------|
+| `/path`, `file:///path`     | yes  | yes   | the local filesystem (the embedded default, `tooltune run`)  |
+| `s3://bucket/key`           | yes  | yes   | S3 or an S3-compatible server: `storage.endpoint`, `.region`,|
+|                             |      |       | `.pathStyle`; credentials from AWS_ACCESS_KEY_ID and         |
+|                             |      |       | AWS_SECRET_ACCESS_KEY, which the operator injects from       |
+|                             |      |       | the Secret named in `storage.credentialsSecret`              |
+| `https://host/file`         | yes  | no    | a web server; bounded timeout and size                       |
+| `configmap://<name>/<key>`  | yes  | no    | key `<key>` of ConfigMap `<name>`, mounted by the operator   |
+|                             |      |       | at `$TOOLTUNE_CONFIGMAP_DIR/<name>/<key>`                    |
+|                             |      |       | (default `/etc/tooltune/data/<name>/<key>`)                  |
+
+URIs ending in a "directory" (`list`, `upload_dir`, `delete_prefix`) are treated as prefixes that end with
+`/`, so `…/step-1` never matches `…/step-10`. Every failure is a `StorageError` whose message names the
+URI and the cause, and never a credential.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from tooltune_api.models import Storage
+
+CONFIGMAP_DIR_ENV = "TOOLTUNE_CONFIGMAP_DIR"
+DEFAULT_CONFIGMAP_DIR = "/etc/tooltune/data"
+
+HTTP_TIMEOUT_SECONDS = 60  # per connect and per read, not for the whole download
+HTTP_MAX_BYTES = 4 * 1024**3  # a dataset larger than this belongs in S3
+HTTP_CHUNK_BYTES = 1024 * 1024
+
+S3_CONNECT_TIMEOUT_SECONDS = 10
+S3_READ_TIMEOUT_SECONDS = 60
+S3_MAX_ATTEMPTS = 3  # botocore's own retries of one request; checkpoint uploads retry on top of these
+S3_MAX_CONCURRENCY = 10  # parallel requests of one transfer (parts and files)
+S3_MULTIPART_BYTES = 8 * 1024**2
+S3_DELETE_BATCH = 1000  # the most keys one DeleteObjects call accepts
+
+ACCESS_DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden"}
+NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 
 
 class StorageError(RuntimeError):
@@ -30,39 +69,382 @@ def local_path(uri: str) -> Path:
     return Path(parsed.path if parsed.scheme == "file" else uri)
 
 
-class Store:
-    """Reads and writes URIs. Only local paths here; remote schemes extend this class."""
+def scheme(uri: str) -> str:
+    """'s3', 'https', 'http', 'configmap' or 'file' (plain paths count as file)."""
+    parsed = urlparse(uri)
+    return parsed.scheme if len(parsed.scheme) > 1 else "file"  # 'C:' is a drive, not a scheme
 
-    def __init__(self, settings: Storage | None = None):
-        self.settings = settings or Storage()
 
-    def fetch(self, uri: str, dest: Path) -> Path:
-        """Copy the object at uri to the local file dest and return dest."""
-        source = local_path(uri)
-        if not source.is_file():
-            raise StorageError(f"{uri}: no such file")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, dest)
-        return dest
+def _files_under(local: Path) -> list[Path]:
+    return sorted(p for p in local.rglob("*") if p.is_file())
 
-    def upload_file(self, local: Path, uri: str) -> None:
-        target = local_path(uri)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(local, target)
 
-    def upload_dir(self, local: Path, uri: str) -> None:
-        for path in sorted(p for p in local.rglob("*") if p.is_file()):
-            self.upload_file(path, join(uri, path.relative_to(local).as_posix()))
+# ---------------------------------------------------------------- backends
+
+
+class _LocalBackend:
+    def fetch_many(self, items: list[tuple[str, Path]]) -> None:
+        for uri, dest in items:
+            source = local_path(uri)
+            if not source.is_file():
+                raise StorageError(f"{uri}: no such file")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, dest)
+
+    def upload_many(self, items: list[tuple[Path, str]]) -> None:
+        for local, uri in items:
+            target = local_path(uri)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # copy beside the target, then rename: a reader never sees half a file
+            partial = target.with_name(f".{target.name}.partial")
+            try:
+                shutil.copyfile(local, partial)
+                partial.replace(target)
+            except OSError as error:
+                partial.unlink(missing_ok=True)
+                raise StorageError(f"{uri}: cannot write ({error.strerror})") from None
 
     def list(self, uri: str) -> list[str]:
-        """Relative names of all objects under uri (recursive)."""
         root = local_path(uri)
         if not root.is_dir():
             return []
-        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        return [p.relative_to(root).as_posix() for p in _files_under(root) if not p.name.startswith(".")]
 
     def delete_prefix(self, uri: str) -> None:
         shutil.rmtree(local_path(uri), ignore_errors=True)
+
+    def delete(self, uri: str) -> None:
+        local_path(uri).unlink(missing_ok=True)
+
+
+class _ReadOnlyBackend:
+    """Datasets only: https:// and configmap:// can be read, never written or listed."""
+
+    def upload_many(self, items: list[tuple[Path, str]]) -> None:
+        raise StorageError(f"{items[0][1]}: cannot write here; use an s3:// URI or a local path")
+
+    def list(self, uri: str) -> list[str]:
+        raise StorageError(f"{uri}: cannot list; use an s3:// URI or a local path")
+
+    def delete_prefix(self, uri: str) -> None:
+        raise StorageError(f"{uri}: cannot delete; use an s3:// URI or a local path")
+
+    delete = delete_prefix
+
+
+class _HttpBackend(_ReadOnlyBackend):
+    def fetch_many(self, items: list[tuple[str, Path]]) -> None:
+        for uri, dest in items:
+            self._fetch(uri, dest)
+
+    def _fetch(self, uri: str, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(f".{dest.name}.partial")
+        try:
+            with urllib.request.urlopen(uri, timeout=HTTP_TIMEOUT_SECONDS) as response:
+                declared = int(response.headers.get("Content-Length") or 0)
+                if declared > HTTP_MAX_BYTES:
+                    raise StorageError(
+                        f"{uri}: {declared} bytes is over the {HTTP_MAX_BYTES} byte limit; "
+                        "put large datasets in S3"
+                    )
+                received = 0
+                with partial.open("wb") as out:
+                    while chunk := response.read(HTTP_CHUNK_BYTES):
+                        received += len(chunk)
+                        if received > HTTP_MAX_BYTES:
+                            raise StorageError(
+                                f"{uri}: larger than the {HTTP_MAX_BYTES} byte limit; "
+                                "put large datasets in S3"
+                            )
+                        out.write(chunk)
+            partial.replace(dest)
+        except urllib.error.HTTPError as error:
+            raise StorageError(f"{uri}: HTTP {error.code} {error.reason}") from None
+        except urllib.error.URLError as error:
+            raise StorageError(f"{uri}: cannot connect ({error.reason})") from None
+        except TimeoutError:
+            raise StorageError(f"{uri}: no answer within {HTTP_TIMEOUT_SECONDS} s") from None
+        finally:
+            partial.unlink(missing_ok=True)
+
+
+def configmap_file(uri: str) -> Path:
+    """Where the operator mounts configmap://<name>/<key>."""
+    parsed = urlparse(uri)
+    key = parsed.path.strip("/")
+    if not parsed.netloc or not key or "/" in key:
+        raise StorageError(f"{uri}: write a ConfigMap key as configmap://<name>/<key>")
+    return Path(os.environ.get(CONFIGMAP_DIR_ENV, DEFAULT_CONFIGMAP_DIR)) / parsed.netloc / key
+
+
+class _ConfigMapBackend(_ReadOnlyBackend):
+    def fetch_many(self, items: list[tuple[str, Path]]) -> None:
+        for uri, dest in items:
+            source = configmap_file(uri)
+            if not source.is_file():
+                name = urlparse(uri).netloc
+                raise StorageError(
+                    f"{uri}: not found at {source}; check that ConfigMap {name} exists in the "
+                    "job's namespace and has this key"
+                )
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, dest)
+
+
+class _S3Backend:
+    """boto3 with the spec's endpoint, region and addressing; transfers through s3transfer."""
+
+    def __init__(self, settings: Storage):
+        self.settings = settings
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                s3={"addressing_style": "path" if self.settings.path_style else "auto"},
+                retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
+                connect_timeout=S3_CONNECT_TIMEOUT_SECONDS,
+                read_timeout=S3_READ_TIMEOUT_SECONDS,
+                max_pool_connections=S3_MAX_CONCURRENCY,
+            )
+            self._client = boto3.session.Session().client(
+                "s3", endpoint_url=self.settings.endpoint, region_name=self.settings.region, config=config
+            )
+        return self._client
+
+    def _transfers(self) -> Any:
+        from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+        config = TransferConfig(
+            multipart_threshold=S3_MULTIPART_BYTES,
+            multipart_chunksize=S3_MULTIPART_BYTES,
+            max_concurrency=S3_MAX_CONCURRENCY,
+        )
+        return create_transfer_manager(self.client, config)
+
+    def fetch_many(self, items: list[tuple[str, Path]]) -> None:
+        partials = []
+        for _, dest in items:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            partials.append(dest.with_name(f".{dest.name}.partial"))
+        try:
+            self._run(
+                [
+                    (uri, lambda m, uri=uri, p=p: m.download(*_split(uri), str(p)))
+                    for (uri, _), p in zip(items, partials, strict=True)
+                ]
+            )
+            for (_, dest), partial in zip(items, partials, strict=True):
+                partial.replace(dest)
+        finally:
+            for partial in partials:
+                partial.unlink(missing_ok=True)
+
+    def upload_many(self, items: list[tuple[Path, str]]) -> None:
+        self._run(
+            [
+                (uri, lambda m, uri=uri, local=local: m.upload(str(local), *_split(uri)))
+                for local, uri in items
+            ]
+        )
+
+    def _run(self, transfers: list[tuple[str, Any]]) -> None:
+        """Start every transfer on one manager (files run concurrently), then wait for all of them."""
+        with self._transfers() as manager:
+            futures = []
+            for uri, start in transfers:
+                try:
+                    futures.append((uri, start(manager)))
+                except Exception as error:
+                    raise self.error(uri, error) from None
+            first_error = None
+            for uri, future in futures:
+                try:
+                    future.result()
+                except Exception as error:
+                    first_error = first_error or self.error(uri, error)
+            if first_error is not None:
+                raise first_error
+
+    def list(self, uri: str) -> list[str]:
+        bucket, prefix = _split_prefix(uri)
+        names = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                names += [item["Key"][len(prefix) :] for item in page.get("Contents", [])]
+        except Exception as error:
+            raise self.error(uri, error) from None
+        return sorted(name for name in names if name and not name.endswith("/"))
+
+    def delete_prefix(self, uri: str) -> None:
+        bucket, prefix = _split_prefix(uri)
+        keys = [prefix + name for name in self.list(uri)]
+        self._delete(uri, bucket, keys)
+
+    def delete(self, uri: str) -> None:
+        bucket, key = _split(uri)
+        self._delete(uri, bucket, [key])
+
+    def _delete(self, uri: str, bucket: str, keys: list[str]) -> None:
+        try:
+            for start in range(0, len(keys), S3_DELETE_BATCH):
+                batch = [{"Key": key} for key in keys[start : start + S3_DELETE_BATCH]]
+                answer = self.client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+                if answer.get("Errors"):
+                    failed = answer["Errors"][0]
+                    raise StorageError(f"{uri}: cannot delete {failed.get('Key')} ({failed.get('Code')})")
+        except StorageError:
+            raise
+        except Exception as error:
+            raise self.error(uri, error) from None
+
+    def error(self, uri: str, error: BaseException) -> StorageError:
+        """A message naming the URI and the cause; built from error codes, so no secret can leak into it."""
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionError,
+            HTTPClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
+        if isinstance(error, StorageError):
+            return error
+        secret = self.settings.credentials_secret
+        check = (
+            f"check the credentials in Secret {secret}"
+            if secret
+            else "set storage.credentialsSecret to a Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+        if isinstance(error, NoCredentialsError | PartialCredentialsError):
+            return StorageError(f"{uri}: no S3 credentials ({check})")
+        if isinstance(error, ClientError):
+            code = str(error.response.get("Error", {}).get("Code", "")) or str(
+                error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "unknown")
+            )
+            bucket = _split(uri)[0]
+            # some servers answer a missing bucket with 403 or a bare 404: ask about the bucket itself
+            if code == "NoSuchBucket" or (
+                code in ACCESS_DENIED_CODES | NOT_FOUND_CODES and self._no_bucket(bucket)
+            ):
+                return StorageError(f"{uri}: bucket {bucket} does not exist; create it or fix the URI")
+            if code in ACCESS_DENIED_CODES:
+                return StorageError(f"{uri}: access denied ({check})")
+            if code in NOT_FOUND_CODES:
+                return StorageError(f"{uri}: no such object")
+            return StorageError(f"{uri}: S3 error {code}")
+        if isinstance(error, ConnectionError | HTTPClientError | TimeoutError | ConnectionRefusedError):
+            endpoint = self.settings.endpoint or "AWS S3"
+            return StorageError(
+                f"{uri}: cannot reach {endpoint} ({type(error).__name__}); "
+                "check storage.endpoint and that the server is up"
+            )
+        return StorageError(f"{uri}: {type(error).__name__}")
+
+    def _no_bucket(self, bucket: str) -> bool:
+        try:
+            self.client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+        except Exception as error:
+            return getattr(error, "response", {}).get("Error", {}).get("Code") == "NoSuchBucket"
+        return False
+
+
+def _split(uri: str) -> tuple[str, str]:
+    """s3://bucket/key → (bucket, key)."""
+    parsed = urlparse(uri)
+    if not parsed.netloc:
+        raise StorageError(f"{uri}: an S3 URI needs a bucket: s3://<bucket>/<key>")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def _split_prefix(uri: str) -> tuple[str, str]:
+    """s3://bucket/dir → (bucket, 'dir/'); the bucket root is ''."""
+    bucket, key = _split(uri)
+    key = key.strip("/")
+    return bucket, f"{key}/" if key else ""
+
+
+# ---------------------------------------------------------------- the store
+
+
+class Store:
+    """Reads and writes URIs of any supported scheme (see the module docstring)."""
+
+    def __init__(self, settings: Storage | None = None):
+        self.settings = settings or Storage()
+        self._backends: dict[str, Any] = {"file": _LocalBackend()}
+
+    def _backend(self, uri: str) -> Any:
+        kind = scheme(uri)
+        if kind not in self._backends:
+            if kind == "s3":
+                self._backends[kind] = _S3Backend(self.settings)
+            elif kind in {"http", "https"}:
+                self._backends[kind] = _HttpBackend()
+            elif kind == "configmap":
+                self._backends[kind] = _ConfigMapBackend()
+            else:
+                raise StorageError(
+                    f"{uri}: unsupported scheme {kind}://; use s3://, https://, "
+                    "configmap://<name>/<key> or a local path"
+                )
+        return self._backends[kind]
+
+    def fetch(self, uri: str, dest: Path) -> Path:
+        """Copy the object at uri to the local file dest and return dest."""
+        self._backend(uri).fetch_many([(uri, dest)])
+        return dest
+
+    def fetch_many(self, items: Iterable[tuple[str, Path]]) -> None:
+        """Fetch several objects of one scheme, concurrently where the backend can."""
+        items = list(items)
+        if items:
+            self._backend(items[0][0]).fetch_many(items)
+
+    def fetch_dir(self, uri: str, dest: Path) -> Path:
+        """Copy every object under uri into the local directory dest."""
+        self.fetch_many((join(uri, name), dest / name) for name in self.list(uri))
+        return dest
+
+    def upload_file(self, local: Path, uri: str) -> None:
+        self._backend(uri).upload_many([(local, uri)])
+
+    def upload_many(self, items: Iterable[tuple[Path, str]]) -> None:
+        items = list(items)
+        if items:
+            self._backend(items[0][1]).upload_many(items)
+
+    def upload_dir(self, local: Path, uri: str) -> None:
+        """Upload every file under local to uri/<relative path>, concurrently where the backend can."""
+        self.upload_many(
+            (path, join(uri, path.relative_to(local).as_posix())) for path in _files_under(local)
+        )
+
+    def read_bytes(self, uri: str) -> bytes:
+        with tempfile.TemporaryDirectory(prefix="tooltune-read-") as tmp:
+            return self.fetch(uri, Path(tmp) / "object").read_bytes()
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        with tempfile.TemporaryDirectory(prefix="tooltune-write-") as tmp:
+            path = Path(tmp) / "object"
+            path.write_bytes(data)
+            self.upload_file(path, uri)
+
+    def list(self, uri: str) -> list[str]:
+        """Relative names of all objects under uri (recursive), sorted."""
+        return self._backend(uri).list(uri)
+
+    def delete(self, uri: str) -> None:
+        """Delete one object; deleting what is not there is not an error."""
+        self._backend(uri).delete(uri)
+
+    def delete_prefix(self, uri: str) -> None:
+        self._backend(uri).delete_prefix(uri)
 
 
 def open_store(settings: Storage | None = None) -> Store:
