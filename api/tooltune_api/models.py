@@ -58,12 +58,22 @@ Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|
 
 
 class Dataset(Model):
-    train: str = Field(min_length=1, description="URI of the training JSONL: s3://, https://, a local path, "
-                       "or configmap://<name>/<key>.")
-    validation: str | None = Field(None, min_length=1, description="URI of a validation JSONL. "
-                                   "Leave unset to split one off the training file.")
-    validation_split: float | None = Field(None, gt=0, lt=1, description="Share of the training file held out "
-                                           "for validation when no validation file is given (default 0.1).")
+    train: str = Field(
+        min_length=1,
+        description="URI of the training JSONL: s3://, https://, a local path, or configmap://<name>/<key>.",
+    )
+    validation: str | None = Field(
+        None,
+        min_length=1,
+        description="URI of a validation JSONL. Leave unset to split one off the training file.",
+    )
+    validation_split: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Share of the training file held out "
+        "for validation when no validation file is given (default 0.1).",
+    )
     seed: int = Field(42, ge=0, description="Seed of the split and of training, for reproducible runs.")
 
     @field_validator("validation_split")
@@ -82,8 +92,11 @@ class Lora(Model):
     r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
     alpha: int = Field(16, ge=1, le=4096, description="LoRA alpha (scaling = alpha / r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
-    target_modules: list[str] = Field(default_factory=lambda: list(LAB_TARGET_MODULES), min_length=1,
-                                      description="Modules that receive LoRA adapters.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(LAB_TARGET_MODULES),
+        min_length=1,
+        description="Modules that receive LoRA adapters.",
+    )
 
 
 class Hyperparameters(Model):
@@ -96,9 +109,13 @@ class Hyperparameters(Model):
     weight_decay: float = Field(0.0, ge=0, le=1)
     max_seq_length: int = Field(2048, ge=32, le=131072, description="Longest templated example, in tokens.")
     lora: Lora = Field(default_factory=Lora)
-    full_fine_tune: bool = Field(False, description="Train all weights instead of LoRA adapters "
-                                 "(for small models trained from scratch).")
-    load_in_4bit: bool = Field(True, alias="loadIn4bit", description="QLoRA: load the base model in 4 bits (CUDA only).")
+    full_fine_tune: bool = Field(
+        False,
+        description="Train all weights instead of LoRA adapters (for small models trained from scratch).",
+    )
+    load_in_4bit: bool = Field(
+        True, alias="loadIn4bit", description="QLoRA: load the base model in 4 bits (CUDA only)."
+    )
     precision: Precision = Precision.AUTO
     logging_steps: int = Field(10, ge=1, le=100000)
 
@@ -110,16 +127,20 @@ class Checkpoints(Model):
 
 class Evaluation(Model):
     every_steps: int = Field(50, ge=1, le=1000000)
-    max_examples: int | None = Field(None, ge=1, description="Cap on validation examples used for the "
-                                     "tool-call evaluation after training.")
+    max_examples: int | None = Field(
+        None, ge=1, description="Cap on validation examples used for the tool-call evaluation after training."
+    )
     smoke_prompts: list[str] = Field(default_factory=lambda: list(LAB_SMOKE_PROMPTS), max_length=20)
-    early_stopping: bool = Field(False, description="Stop training when the diagnosis says Overfitting "
-                                 "or Diverging.")
+    early_stopping: bool = Field(
+        False, description="Stop training when the diagnosis says Overfitting or Diverging."
+    )
 
 
 class Output(Model):
-    uri: str = Field(min_length=1, description="Where checkpoints and the final model go: s3://bucket/prefix/ "
-                     "or a local directory.")
+    uri: str = Field(
+        min_length=1,
+        description="Where checkpoints and the final model go: s3://bucket/prefix/ or a local directory.",
+    )
     merged_weights: bool = Field(False, description="Also save the base model merged with the adapter.")
     gguf: bool = Field(False, description="Also export GGUF (needs llama.cpp in the image).")
 
@@ -128,8 +149,9 @@ class Storage(Model):
     endpoint: str | None = Field(None, description="S3 endpoint URL; unset means AWS.")
     region: str = "us-east-1"
     path_style: bool = Field(True, description="Path-style addressing (most S3-compatible servers need it).")
-    credentials_secret: str | None = Field(None, min_length=1, description="Secret with AWS_ACCESS_KEY_ID and "
-                                           "AWS_SECRET_ACCESS_KEY.")
+    credentials_secret: str | None = Field(
+        None, min_length=1, description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
+    )
 
 
 class SecretKeyRef(Model):
@@ -166,8 +188,11 @@ class Resources(Model):
 
 class ToolTuneJobSpec(Model):
     backend: Backend = Backend.UNSLOTH
-    base_model: str = Field(min_length=1, description="Hub id or local path of the base model; "
-                            "'tooltune/tiny-llama' builds a tiny model on the spot.")
+    base_model: str = Field(
+        min_length=1,
+        description="Hub id or local path of the base model; "
+        "'tooltune/tiny-llama' builds a tiny model on the spot.",
+    )
     dataset: Dataset
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     checkpoints: Checkpoints = Field(default_factory=Checkpoints)
@@ -266,7 +291,8 @@ class ToolTuneJobStatus(Model):
     phase: Phase | None = None
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
-    attempts: int | None = None
+    attempts: int | None = Field(None, description="Attempts so far; attempt N runs as Job <name>-<N>.")
+    retries: int | None = Field(None, description="Pods of the current attempt that failed and were retried.")
     job_name: str | None = None
     start_time: str | None = None
     completion_time: str | None = None

@@ -1,0 +1,290 @@
+"""Pure builders of the objects a ToolTuneJob owns: plain dicts, golden-file tested.
+
+Per attempt N the operator creates a ConfigMap ``<job>-<N>-contract`` carrying the operator↔trainer
+contract and a batch/v1 Job ``<job>-<N>`` whose pod runs ``tooltune train`` (or ``tooltune submit``
+for the OpenAI backend). Per namespace it creates the trainer's ServiceAccount, Role and RoleBinding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+from urllib.parse import urlparse
+
+from tooltune_api import (
+    API_VERSION,
+    CONTRACT_ENV,
+    CONTRACT_PATH,
+    EXIT_INVALID,
+    GROUP,
+    KIND,
+    LABEL_ATTEMPT,
+    LABEL_COMPONENT,
+    LABEL_JOB,
+    LABEL_MANAGED_BY,
+    PLURAL,
+    TERMINATION_LOG_PATH,
+    WORKDIR_ENV,
+)
+from tooltune_api.models import Backend, JobRef, ToolTuneJobSpec, TrainerContract
+
+from tooltune_operator.settings import Settings
+
+CONTAINER = "trainer"
+CONTRACT_KEY = "contract.json"
+CONTRACT_DIR = CONTRACT_PATH.rsplit("/", 1)[0]
+DATA_DIR = "/etc/tooltune/data"  # configmap://<name>/<key> datasets are mounted at DATA_DIR/<name>/<key>
+WORKDIR = "/work"
+MAX_NAME = 63  # Job names end up in a label value
+
+
+def child_name(name: str, attempt: int, suffix: str = "") -> str:
+    """``<name>-<attempt><suffix>``, shortened with a stable hash when it would exceed 63 characters."""
+    tail = f"-{attempt}{suffix}"
+    if len(name) + len(tail) <= MAX_NAME:
+        return name + tail
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: MAX_NAME - len(tail) - 9]}-{digest}{tail}"
+
+
+def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": body["metadata"]["name"],
+        "uid": body["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def labels(name: str, attempt: int, component: str) -> dict[str, str]:
+    return {
+        LABEL_JOB: name,
+        LABEL_ATTEMPT: str(attempt),
+        LABEL_COMPONENT: component,
+        LABEL_MANAGED_BY: "tooltune",
+        "app.kubernetes.io/name": "tooltune",
+    }
+
+
+def component(spec: ToolTuneJobSpec) -> str:
+    return "submitter" if spec.backend == Backend.OPENAI else "trainer"
+
+
+def contract(
+    body: dict[str, Any], spec: ToolTuneJobSpec, attempt: int, settings: Settings
+) -> TrainerContract:
+    meta = body["metadata"]
+    return TrainerContract(
+        job=JobRef(namespace=meta["namespace"], name=meta["name"], uid=meta.get("uid", ""), attempt=attempt),
+        spec=spec,
+        metrics_port=settings.trainer_metrics_port,
+        progress_interval_seconds=settings.progress_interval_seconds,
+        image=spec.image or settings.trainer_image,
+    )
+
+
+def contract_configmap(
+    body: dict[str, Any], spec: ToolTuneJobSpec, attempt: int, settings: Settings
+) -> dict[str, Any]:
+    name = body["metadata"]["name"]
+    document = contract(body, spec, attempt, settings).dump()
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": child_name(name, attempt, "-contract"),
+            "namespace": body["metadata"]["namespace"],
+            "labels": labels(name, attempt, component(spec)),
+            "ownerReferences": [owner_reference(body)],
+        },
+        "data": {CONTRACT_KEY: json.dumps(document, indent=2, sort_keys=True)},
+    }
+
+
+def configmap_sources(spec: ToolTuneJobSpec) -> list[str]:
+    """Names of ConfigMaps that hold datasets (configmap://<name>/<key>)."""
+    uris = [spec.dataset.train, spec.dataset.validation or ""]
+    return sorted({urlparse(u).netloc for u in uris if u.startswith("configmap://")})
+
+
+def secret_env(variable: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def environment(spec: ToolTuneJobSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": CONTRACT_ENV, "value": CONTRACT_PATH},
+        {"name": WORKDIR_ENV, "value": WORKDIR},
+        {"name": "HF_HOME", "value": f"{WORKDIR}/hf"},
+        {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+        {"name": "TOOLTUNE_CONFIGMAP_DIR", "value": DATA_DIR},
+    ]
+    if spec.storage.credentials_secret:  # credentials by reference only: never inlined in the Job
+        env += [
+            secret_env("AWS_ACCESS_KEY_ID", spec.storage.credentials_secret, "AWS_ACCESS_KEY_ID"),
+            secret_env("AWS_SECRET_ACCESS_KEY", spec.storage.credentials_secret, "AWS_SECRET_ACCESS_KEY"),
+        ]
+    if spec.openai is not None:
+        env.append(
+            secret_env("OPENAI_API_KEY", spec.openai.api_key_secret.name, spec.openai.api_key_secret.key)
+        )
+    return env
+
+
+def resources(spec: ToolTuneJobSpec) -> dict[str, Any]:
+    wanted: dict[str, str] = {}
+    if spec.resources.cpu:
+        wanted["cpu"] = spec.resources.cpu
+    if spec.resources.memory:
+        wanted["memory"] = spec.resources.memory
+    limits = dict(wanted)
+    if spec.backend == Backend.UNSLOTH and spec.resources.gpus:
+        limits[spec.resources.gpu_resource_name] = str(spec.resources.gpus)
+    return {"requests": {**wanted, **limits}, "limits": limits} if limits else {}
+
+
+def volumes(spec: ToolTuneJobSpec, contract_name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    vols: list[dict[str, Any]] = [
+        {"name": "contract", "configMap": {"name": contract_name}},
+        {"name": "work", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "contract", "mountPath": CONTRACT_DIR, "readOnly": True},
+        {"name": "work", "mountPath": WORKDIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    for index, source in enumerate(configmap_sources(spec)):
+        vols.append({"name": f"data-{index}", "configMap": {"name": source}})
+        mounts.append({"name": f"data-{index}", "mountPath": f"{DATA_DIR}/{source}", "readOnly": True})
+    if spec.backend == Backend.UNSLOTH and spec.resources.gpus:  # PyTorch data loaders need a real /dev/shm
+        vols.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    return vols, mounts
+
+
+def training_job(
+    body: dict[str, Any], spec: ToolTuneJobSpec, attempt: int, settings: Settings
+) -> dict[str, Any]:
+    name = body["metadata"]["name"]
+    namespace = body["metadata"]["namespace"]
+    job_labels = labels(name, attempt, component(spec))
+    vols, mounts = volumes(spec, child_name(name, attempt, "-contract"))
+    command = ["tooltune", "submit" if spec.backend == Backend.OPENAI else "train"]
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.image or settings.trainer_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": command,
+        "env": environment(spec),
+        "ports": [{"name": "metrics", "containerPort": settings.trainer_metrics_port, "protocol": "TCP"}],
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if resources(spec):
+        container["resources"] = resources(spec)
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # retries are the Job's, so podFailurePolicy can see every exit code
+        "serviceAccountName": settings.trainer_service_account,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.run_as_user,
+            "runAsGroup": settings.run_as_user,
+            "fsGroup": settings.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": vols,
+    }
+    if spec.resources.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
+    if spec.resources.tolerations:
+        pod_spec["tolerations"] = [t.dump() for t in spec.resources.tolerations]
+    if spec.resources.priority_class_name:
+        pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "suspend": spec.suspend,
+        "podFailurePolicy": {
+            "rules": [
+                # Invalid data or config: retrying cannot help, so fail the Job at once.
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INVALID]},
+                },
+                # Evictions, preemption and node drains are not the trainer's fault: retry, uncounted.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]
+        },
+        "template": {"metadata": {"labels": dict(job_labels)}, "spec": pod_spec},
+    }
+    if spec.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": child_name(name, attempt),
+            "namespace": namespace,
+            "labels": job_labels,
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": job_spec,
+    }
+
+
+def owned_by(child: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
+    """The ownerReferences patch that hands a child (the contract ConfigMap) over to another owner
+    (its Job), so that it is garbage-collected with the Job once the Job's TTL expires."""
+    meta = owner["metadata"]
+    return {
+        "metadata": {
+            "ownerReferences": [
+                {
+                    "apiVersion": owner["apiVersion"],
+                    "kind": owner["kind"],
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                    "blockOwnerDeletion": True,
+                }
+            ]
+        }
+    }
+
+
+def trainer_rbac(namespace: str, settings: Settings) -> list[dict[str, Any]]:
+    """What a trainer pod may do: read its ToolTuneJob, patch its status, post Events. Nothing else."""
+    name = settings.trainer_service_account
+    meta = {"name": name, "namespace": namespace, "labels": {LABEL_MANAGED_BY: "tooltune"}}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta)},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": dict(meta),
+            "rules": [
+                {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get"]},
+                {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
+                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": dict(meta),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+    ]

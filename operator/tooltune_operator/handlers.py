@@ -1,0 +1,323 @@
+"""kopf handlers: thin. They read the body, call the pure builders and the phase machine, and apply.
+
+- create / resume / update of a ToolTuneJob → ``reconcile``: check the spec, make sure the current
+  attempt's ConfigMap and Job exist (deterministic names, so an operator restart never starts a
+  second run), propagate ``spec.suspend``, then sync the status.
+- any event of a ToolTuneJob, or of a Job or Pod it owns → ``sync_status``: compute the status from
+  the indexed Job and Pods and patch only what changed.
+- delete → stop the pods and cancel a remote OpenAI job; owner references take care of the rest.
+
+Spec changes while an attempt runs: ``spec.suspend`` applies at once; any other change is recorded
+(Event ``SpecChangeDeferred``) and applies to the next attempt, which starts when the change comes
+after the job Failed or was Cancelled. After Succeeded a change is ignored with an Event.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from tooltune_api import API_VERSION, GROUP, LABEL_ATTEMPT, LABEL_JOB, LABEL_MANAGED_BY, PLURAL, VERSION
+from tooltune_api.models import (
+    Backend,
+    InvalidSpec,
+    Phase,
+    ToolTuneJobSpec,
+    ToolTuneJobStatus,
+    now_iso,
+    parse_spec,
+)
+
+from tooltune_operator import builders
+from tooltune_operator import conditions as c
+from tooltune_operator.kube import Kube, make_api_client
+from tooltune_operator.settings import Settings
+from tooltune_operator.status import TERMINAL, Observed, compute_status, job_condition, status_patch
+
+MANAGED = {LABEL_MANAGED_BY: "tooltune"}
+Key = tuple[str, str]
+
+
+# ------------------------------------------------------------------ startup wiring
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """All wiring in one place; tests may pre-fill memo.kube and memo.settings."""
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.execution.max_workers = 8
+    if "settings" not in memo:
+        memo.settings = Settings.from_env()
+    if "kube" not in memo:
+        memo.kube = Kube(make_api_client())
+    memo.rbac_namespaces = set()
+    logger.info("tooltune operator: trainer image %s", memo.settings.trainer_image)
+
+
+# ------------------------------------------------------------------ indexes of what we observe
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def tooltunejobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    return {(namespace, name): _plain(body)}
+
+
+@kopf.index("batch", "v1", "jobs", labels=MANAGED)
+def trainer_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    return {(namespace, labels[LABEL_JOB]): _plain(body)}
+
+
+@kopf.index("", "v1", "pods", labels=MANAGED)
+def trainer_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    return {(namespace, labels[LABEL_JOB]): _plain(body)}
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    """A detached copy of what handlers need (kopf's Body is a live view)."""
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": dict(body.metadata),
+        "spec": dict(body.spec),
+        "status": dict(body.status),
+    }
+
+
+def of_attempt(objects: Any, attempt: int) -> list[dict[str, Any]]:
+    return [o for o in objects or [] if o["metadata"].get("labels", {}).get(LABEL_ATTEMPT) == str(attempt)]
+
+
+# ------------------------------------------------------------------ reconcile the children
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+def reconcile(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    kube: Kube = memo.kube
+    raw = _plain(body)
+    spec = checked_spec(raw, logger)
+    if spec is None:
+        sync_status(kube, raw, job=None, pods=[])
+        return
+    previous = ToolTuneJobStatus.model_validate(raw["status"] or {})
+    attempt = previous.attempts or 1
+    job = ensure_children(kube, memo, raw, spec, attempt)
+    sync_status(kube, raw, job=job, pods=None)
+
+
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def spec_changed(
+    body: kopf.Body, old: Any, new: Any, memo: kopf.Memo, logger: logging.Logger, **_: Any
+) -> None:
+    kube: Kube = memo.kube
+    raw = _plain(body)
+    spec = checked_spec(raw, logger)
+    if spec is None:
+        sync_status(kube, raw, job=None, pods=[])
+        return
+    previous = ToolTuneJobStatus.model_validate(raw["status"] or {})
+    attempt = previous.attempts or 1
+    only_suspend = {k: v for k, v in (old or {}).items() if k != "suspend"} == {
+        k: v for k, v in (new or {}).items() if k != "suspend"
+    }
+    current = kube.get(
+        "batch/v1", "Job", raw["metadata"]["namespace"], builders.child_name(raw["metadata"]["name"], attempt)
+    )
+    if current is not None and not only_suspend:
+        if previous.phase in {Phase.FAILED, Phase.CANCELLED} and job_condition(current, "Failed"):
+            attempt += 1  # a fix after a failure: try again with the new spec
+            kopf.info(
+                body,
+                reason="NewAttempt",
+                message=f"spec changed after {previous.phase}: starting attempt {attempt}",
+            )
+        elif previous.phase == Phase.SUCCEEDED:
+            kopf.info(
+                body,
+                reason=c.SPEC_CHANGE_DEFERRED,
+                message="the job has succeeded; the spec change "
+                "is ignored (create a new ToolTuneJob to train again)",
+            )
+        else:
+            kopf.warn(
+                body,
+                reason=c.SPEC_CHANGE_DEFERRED,
+                message="the running attempt keeps the spec it "
+                "started with; the change applies if the job fails and is retried (spec.suspend "
+                "applies at once)",
+            )
+    job = ensure_children(kube, memo, raw, spec, attempt)
+    sync_status(kube, raw, job=job, pods=None, attempt=attempt)
+
+
+def checked_spec(raw: dict[str, Any], logger: logging.Logger) -> ToolTuneJobSpec | None:
+    """The parsed spec, or None after reporting why it is invalid (an Event naming each field)."""
+    try:
+        return parse_spec(raw["spec"])
+    except InvalidSpec as error:
+        message = "; ".join(error.problems)
+        if (raw["status"] or {}).get("message") != message:
+            kopf.warn(raw, reason=c.VALIDATION_FAILED, message=f"invalid spec: {message}")
+        logger.warning("invalid spec: %s", message)
+        return None
+
+
+def ensure_children(
+    kube: Kube, memo: kopf.Memo, raw: dict[str, Any], spec: ToolTuneJobSpec, attempt: int
+) -> dict[str, Any] | None:
+    """Create the attempt's ConfigMap and Job unless they exist; apply spec.suspend to the Job."""
+    namespace, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
+    settings: Settings = memo.settings
+    job = kube.get("batch/v1", "Job", namespace, builders.child_name(name, attempt))
+    if job is None:
+        previous = ToolTuneJobStatus.model_validate(raw["status"] or {})
+        if previous.phase in TERMINAL and previous.attempts == attempt:
+            return None  # finished and cleaned up (ttlSecondsAfterFinished): nothing to recreate
+        ensure_trainer_rbac(kube, memo, namespace, settings)
+        configmap = kube.create(builders.contract_configmap(raw, spec, attempt, settings))
+        job = kube.create(builders.training_job(raw, spec, attempt, settings))
+        # Hand the ConfigMap to the Job so that both go when the Job's TTL expires.
+        kube.patch(
+            "v1", "ConfigMap", namespace, configmap["metadata"]["name"], builders.owned_by(configmap, job)
+        )
+        kopf.info(
+            raw, reason="JobCreated", message=f"created Job {job['metadata']['name']} (attempt {attempt})"
+        )
+    elif bool(job["spec"].get("suspend")) != spec.suspend and not job_condition(job, "Complete"):
+        job = kube.patch(
+            "batch/v1", "Job", namespace, job["metadata"]["name"], {"spec": {"suspend": spec.suspend}}
+        )
+        kopf.info(
+            raw,
+            reason="Suspended" if spec.suspend else "Resumed",
+            message="suspended: the pod stops, the next one resumes from the last checkpoint"
+            if spec.suspend
+            else "resumed",
+        )
+        if spec.suspend and spec.backend == Backend.OPENAI:
+            cancel_remote(kube, raw, spec, reason="suspended")
+    return job
+
+
+def ensure_trainer_rbac(kube: Kube, memo: kopf.Memo, namespace: str, settings: Settings) -> None:
+    if namespace in memo.rbac_namespaces:
+        return
+    for obj in builders.trainer_rbac(namespace, settings):
+        kube.create(obj)
+    memo.rbac_namespaces.add(namespace)
+
+
+# ------------------------------------------------------------------ status from observations
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def on_tooltunejob_event(
+    type: str, body: kopf.Body, memo: kopf.Memo, trainer_jobs: kopf.Index, trainer_pods: kopf.Index, **_: Any
+) -> None:
+    if type == "DELETED" or body.metadata.get("deletionTimestamp") or "kube" not in memo:
+        return
+    key = (body.metadata["namespace"], body.metadata["name"])
+    _sync_from_index(memo.kube, _plain(body), trainer_jobs.get(key), trainer_pods.get(key))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+@kopf.on.event("", "v1", "pods", labels=MANAGED)
+def on_child_event(
+    namespace: str,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    tooltunejobs: kopf.Index,
+    trainer_jobs: kopf.Index,
+    trainer_pods: kopf.Index,
+    **_: Any,
+) -> None:
+    key = (namespace, labels.get(LABEL_JOB, ""))
+    for owner in tooltunejobs.get(key, []):
+        if not owner["metadata"].get("deletionTimestamp") and "kube" in memo:
+            _sync_from_index(memo.kube, owner, trainer_jobs.get(key), trainer_pods.get(key))
+
+
+def _sync_from_index(kube: Kube, raw: dict[str, Any], jobs: Any, pods: Any) -> None:
+    attempt = (raw["status"] or {}).get("attempts") or 1
+    current = of_attempt(jobs, attempt)
+    sync_status(kube, raw, job=current[0] if current else None, pods=of_attempt(pods, attempt))
+
+
+def sync_status(
+    kube: Kube,
+    raw: dict[str, Any],
+    *,
+    job: dict[str, Any] | None,
+    pods: list[dict[str, Any]] | None,
+    attempt: int | None = None,
+) -> None:
+    """Compute the operator-owned status and patch it when it changed, with an Event on phase changes."""
+    meta, previous_raw = raw["metadata"], raw["status"] or {}
+    previous = ToolTuneJobStatus.model_validate(previous_raw)
+    try:
+        parse_spec(raw["spec"])
+        problems = None
+    except InvalidSpec as error:
+        problems = error.problems
+    seen = Observed(
+        generation=meta.get("generation", 1),
+        spec_problems=problems,
+        suspend=bool((raw["spec"] or {}).get("suspend")),
+        attempt=attempt or previous.attempts or 1,
+        job=job,
+        pods=pods or [],
+        previous=previous,
+        now=now_iso(),
+    )
+    new = compute_status(seen)
+    patch = status_patch(previous_raw, new)
+    if not patch:
+        return
+    kube.patch(API_VERSION, "ToolTuneJob", meta["namespace"], meta["name"], {"status": patch}, "status")
+    if "phase" in patch and new.phase in TERMINAL:
+        report = kopf.info if new.phase == Phase.SUCCEEDED else kopf.warn
+        report(raw, reason=str(new.phase), message=new.message or "")
+
+
+# ------------------------------------------------------------------ deletion
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+def cleanup(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """Stop the pods now (owner references would, eventually) and cancel a remote OpenAI job.
+    Data in S3 is never deleted."""
+    kube: Kube = memo.kube
+    raw = _plain(body)
+    status = ToolTuneJobStatus.model_validate(raw["status"] or {})
+    for attempt in range(1, (status.attempts or 1) + 1):
+        kube.delete(
+            "batch/v1",
+            "Job",
+            raw["metadata"]["namespace"],
+            builders.child_name(raw["metadata"]["name"], attempt),
+        )
+    try:
+        spec = parse_spec(raw["spec"])
+    except InvalidSpec:
+        return
+    if spec.backend == Backend.OPENAI and status.phase not in TERMINAL:
+        cancel_remote(kube, raw, spec, reason="deleted")
+
+
+def cancel_remote(kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec, reason: str) -> None:
+    """Cancel the remote fine-tuning job so that no paid training outlives its ToolTuneJob."""
+    from tooltune_operator import openai_remote
+
+    status = ToolTuneJobStatus.model_validate(raw["status"] or {})
+    job_id = status.openai.job_id if status.openai else None
+    if not job_id or spec.openai is None:
+        return
+    key = openai_remote.read_api_key(kube, raw["metadata"]["namespace"], spec.openai.api_key_secret)
+    remote = openai_remote.cancel_remote_job(key, spec.openai.base_url, job_id)
+    kopf.info(raw, reason="RemoteJobCancelled", message=f"OpenAI job {job_id} {remote} ({reason})")

@@ -1,0 +1,214 @@
+"""The phase machine: a ToolTuneJob's status computed from what the operator observes.
+
+Pure: ``compute_status`` takes the spec check, the current attempt's Job and Pods and the previous
+status, and returns the operator-owned part of the new status. Handlers patch only the difference.
+The trainer owns the other status fields (progress, diagnosis, checkpoints, evaluation, output, openai).
+
+Transitions, checked top to bottom (the first row that matches wins):
+
+    observed                                              phase       reason
+    ----------------------------------------------------  ----------  ----------------------
+    spec invalid                                          Failed      ValidationFailed
+    previous phase terminal and no newer attempt started  (kept)      (kept)
+    Job condition Complete                                Succeeded   Completed
+    Job Failed, remote job cancelled (openai)             Cancelled   Cancelled
+    Job Failed by podFailurePolicy (exit code 2)          Failed      InvalidData
+    Job Failed, backoffLimit reached                      Failed      BackoffLimitExceeded
+    Job Failed, activeDeadlineSeconds reached             Failed      DeadlineExceeded
+    spec.suspend                                          Suspended   SuspendedByUser
+    no Job (was running before)                           Failed      JobLost
+    no Job yet                                            Pending     JobCreated
+    a pod runs and the trainer reports steps              Running     Training
+    a pod runs, no step reported yet                      Validating  ValidatingData
+    otherwise (pod waits for node, image, Secret)         Pending     PodPending
+
+Terminal phases are Succeeded, Failed and Cancelled. A spec change after Failed or Cancelled starts a
+new attempt (handlers reset the phase to Pending), after Succeeded it is ignored with an Event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tooltune_api.models import Condition, Phase, ToolTuneJobStatus
+
+from tooltune_operator import conditions as c
+
+TERMINAL = {Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED}
+EXIT_CODE_REASONS = {137: "killed (SIGKILL, often out of memory)", 143: "terminated (SIGTERM)"}
+
+
+@dataclass
+class Observed:
+    """Everything the status depends on, gathered by the handler."""
+
+    generation: int
+    spec_problems: list[str] | None = None  # None: the spec is valid
+    suspend: bool = False
+    attempt: int = 1
+    job: dict[str, Any] | None = None
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    previous: ToolTuneJobStatus = field(default_factory=ToolTuneJobStatus)
+    now: str = ""
+
+
+def job_condition(job: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
+    for condition in ((job or {}).get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind and condition.get("status") == "True":
+            return dict(condition)
+    return None
+
+
+def termination(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated")
+        if terminated:
+            return dict(terminated)
+    return None
+
+
+def failure_reason(pods: list[dict[str, Any]]) -> str | None:
+    """The newest failed pod's termination message, else its exit code explained."""
+    failed = [p for p in pods if (termination(p) or {}).get("exitCode", 0) != 0]
+    if not failed:
+        return None
+    newest = max(failed, key=lambda p: (p.get("status") or {}).get("startTime") or "")
+    state = termination(newest) or {}
+    message = (state.get("message") or "").strip()
+    if message:
+        return message.splitlines()[-1][:512]
+    code = state.get("exitCode")
+    explained = EXIT_CODE_REASONS.get(code, state.get("reason") or "error")
+    return f"trainer exited with code {code}: {explained}"
+
+
+def pod_waiting_reason(pods: list[dict[str, Any]]) -> str | None:
+    for pod in pods:
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting")
+            if waiting:
+                return f"{waiting.get('reason', 'Waiting')}: {waiting.get('message', '')}".rstrip(": ")
+        for condition in (pod.get("status") or {}).get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                return f"Unschedulable: {condition.get('message', '')}".rstrip(": ")
+    return None
+
+
+def decide_phase(seen: Observed) -> tuple[Phase, str, str]:
+    """The transition table above: (phase, reason, message)."""
+    previous = seen.previous
+    if seen.spec_problems:
+        return Phase.FAILED, c.VALIDATION_FAILED, "; ".join(seen.spec_problems)
+    if previous.phase in TERMINAL and previous.attempts == seen.attempt:
+        return Phase(previous.phase), _reason(previous, previous.phase), previous.message or ""
+    if job_condition(seen.job, "Complete"):
+        return Phase.SUCCEEDED, c.COMPLETED, "training finished"
+    failed = job_condition(seen.job, "Failed")
+    if failed:
+        reason = failure_reason(seen.pods) or failed.get("message") or "the Job failed"
+        if previous.openai and previous.openai.status == "cancelled":
+            return Phase.CANCELLED, c.CANCELLED, reason
+        by_job_reason = {
+            "PodFailurePolicy": c.INVALID_DATA,
+            "BackoffLimitExceeded": c.BACKOFF_LIMIT_EXCEEDED,
+            "DeadlineExceeded": c.DEADLINE_EXCEEDED,
+        }
+        return Phase.FAILED, by_job_reason.get(failed.get("reason", ""), c.BACKOFF_LIMIT_EXCEEDED), reason
+    if seen.suspend:
+        return Phase.SUSPENDED, c.SUSPENDED_BY_USER, "spec.suspend is true; set it to false to resume"
+    if seen.job is None:
+        if previous.phase in {Phase.RUNNING, Phase.VALIDATING}:
+            return Phase.FAILED, c.JOB_LOST, f"Job {previous.job_name} disappeared before it finished"
+        return Phase.PENDING, c.JOB_CREATED, "creating the training Job"
+    if any((p.get("status") or {}).get("phase") == "Running" for p in seen.pods):
+        if previous.progress and previous.progress.total_steps:
+            return Phase.RUNNING, c.TRAINING, "training"
+        return Phase.VALIDATING, c.VALIDATING_DATA, "fetching and validating data, loading the model"
+    return Phase.PENDING, c.POD_PENDING, pod_waiting_reason(seen.pods) or "waiting for the pod to start"
+
+
+def _reason(status: ToolTuneJobStatus, phase: str) -> str:
+    for condition in status.conditions:
+        if condition.type in {c.SUCCEEDED, c.FAILED} and condition.status == "True":
+            return condition.reason
+    return {Phase.SUCCEEDED: c.COMPLETED, Phase.CANCELLED: c.CANCELLED}.get(Phase(phase), c.FAILED)
+
+
+def build_conditions(phase: Phase, reason: str, message: str, seen: Observed) -> list[Condition]:
+    validated = not seen.spec_problems
+    wanted = [
+        (c.VALIDATED, validated, c.SPEC_VALID if validated else c.VALIDATION_FAILED),
+        (c.RUNNING, phase in {Phase.VALIDATING, Phase.RUNNING}, reason),
+        (c.SUCCEEDED, phase == Phase.SUCCEEDED, reason),
+        (c.FAILED, phase in {Phase.FAILED, Phase.CANCELLED}, reason),
+        (c.SUSPENDED, phase == Phase.SUSPENDED, reason),
+    ]
+    old = {cond.type: cond for cond in seen.previous.conditions}
+    result = []
+    for kind, true, why in wanted:
+        status = "True" if true else "False"
+        if kind == c.VALIDATED:
+            text = "; ".join(seen.spec_problems or [])
+        else:
+            text = message if true else ""
+        before = old.get(kind)
+        since = before.last_transition_time if before and before.status == status else seen.now
+        result.append(
+            Condition(
+                type=kind,
+                status=status,
+                reason=why,
+                message=text,
+                last_transition_time=since,
+                observed_generation=seen.generation,
+            )
+        )
+    return result
+
+
+def compute_status(seen: Observed) -> ToolTuneJobStatus:
+    """The operator-owned fields of the new status."""
+    phase, reason, message = decide_phase(seen)
+    previous = seen.previous
+    job_status = (seen.job or {}).get("status") or {}
+    running = phase in {Phase.VALIDATING, Phase.RUNNING}
+    start = previous.start_time or (seen.now if running or phase in TERMINAL else None)
+    terminal = phase in TERMINAL
+    failed = phase in {Phase.FAILED, Phase.CANCELLED}
+    return ToolTuneJobStatus(
+        phase=phase,
+        conditions=build_conditions(phase, reason, message, seen),
+        observed_generation=seen.generation,
+        attempts=previous.attempts if seen.spec_problems else seen.attempt,
+        retries=job_status.get("failed", previous.retries or 0) if seen.job else previous.retries,
+        job_name=(seen.job or {}).get("metadata", {}).get("name") or previous.job_name,
+        start_time=job_status.get("startTime") or start,
+        completion_time=(previous.completion_time or seen.now) if terminal else None,
+        failure_reason=message if failed else None,
+        message=message,
+    )
+
+
+OWNED_FIELDS = (
+    "phase",
+    "conditions",
+    "observedGeneration",
+    "attempts",
+    "retries",
+    "jobName",
+    "startTime",
+    "completionTime",
+    "failureReason",
+    "message",
+)
+
+
+def status_patch(previous: dict[str, Any], new: ToolTuneJobStatus) -> dict[str, Any]:
+    """A merge patch of the operator-owned fields that changed; {} when nothing did."""
+    wanted = new.model_dump(by_alias=True, mode="json")
+    patch = {}
+    for key in OWNED_FIELDS:
+        if (previous or {}).get(key) != wanted.get(key):
+            patch[key] = wanted.get(key)
+    return patch

@@ -1,0 +1,144 @@
+"""The operator's child objects, compared with golden YAML files beside this test.
+
+Regenerate after an intended change with: UPDATE_GOLDEN=1 pytest tests/unit/test_builders.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tooltune_api.models import TrainerContract, parse_spec
+from tooltune_operator import builders
+from tooltune_operator.settings import Settings
+
+GOLDEN = Path(__file__).parent / "golden"
+SETTINGS = Settings(trainer_image="registry.example/tooltune/trainer:1.2.3")
+
+
+def resource(spec: dict[str, Any], name: str = "task-api-tools") -> dict[str, Any]:
+    return {
+        "apiVersion": "tooltune.dev/v1alpha1",
+        "kind": "ToolTuneJob",
+        "metadata": {"name": name, "namespace": "ml", "uid": "0b6f6d6e-1111-2222-3333-444455556666"},
+        "spec": spec,
+    }
+
+
+GPU_JOB = {
+    "baseModel": "unsloth/llama-3-8b-Instruct-bnb-4bit",
+    "dataset": {"train": "s3://datasets/task_api_tool_calling.jsonl", "validationSplit": 0.1},
+    "output": {"uri": "s3://models/task-api-tools/"},
+    "storage": {"endpoint": "http://seaweedfs.storage:8333", "credentialsSecret": "s3-credentials"},
+    "resources": {
+        "gpus": 2,
+        "cpu": "8",
+        "memory": "64Gi",
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "priorityClassName": "training",
+    },
+    "backoffLimit": 4,
+    "activeDeadlineSeconds": 86400,
+    "ttlSecondsAfterFinished": 3600,
+}
+OPENAI_JOB = {
+    "backend": "openai",
+    "baseModel": "gpt-4o-mini-2024-07-18",
+    "dataset": {"train": "configmap://task-api-data/train.jsonl"},
+    "output": {"uri": "s3://models/task-api-openai/"},
+    "openai": {"model": "gpt-4o-mini-2024-07-18", "apiKeySecret": {"name": "openai"}, "suffix": "task-api"},
+}
+
+CASES = {
+    "gpu-job": (GPU_JOB, lambda r, s: builders.training_job(r, s, 1, SETTINGS)),
+    "gpu-configmap": (GPU_JOB, lambda r, s: builders.contract_configmap(r, s, 1, SETTINGS)),
+    "openai-job": (OPENAI_JOB, lambda r, s: builders.training_job(r, s, 2, SETTINGS)),
+}
+
+
+def check_golden(name: str, produced: Any) -> None:
+    path = GOLDEN / f"{name}.yaml"
+    text = yaml.safe_dump(produced, sort_keys=True, width=110)
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.exists(), f"missing golden file {path}; run with UPDATE_GOLDEN=1"
+    assert yaml.safe_load(path.read_text()) == produced
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_children_match_golden_files(name: str) -> None:
+    spec_dict, build = CASES[name]
+    body = resource(spec_dict)
+    check_golden(name, build(body, parse_spec(spec_dict)))
+
+
+def test_trainer_rbac_matches_golden_file() -> None:
+    check_golden("trainer-rbac", builders.trainer_rbac("ml", SETTINGS))
+
+
+def test_credentials_are_referenced_never_inlined() -> None:
+    job = builders.training_job(resource(GPU_JOB), parse_spec(GPU_JOB), 1, SETTINGS)
+    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"] == {
+        "name": "AWS_SECRET_ACCESS_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "s3-credentials", "key": "AWS_SECRET_ACCESS_KEY"}},
+    }
+    assert all("value" not in e for e in env.values() if e["name"].startswith("AWS_"))
+
+
+def test_invalid_data_fails_the_job_at_once_and_disruptions_do_not_count() -> None:
+    job = builders.training_job(resource(GPU_JOB), parse_spec(GPU_JOB), 1, SETTINGS)
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2]},
+    }
+    assert rules[1]["action"] == "Ignore"
+    assert rules[1]["onPodConditions"][0]["type"] == "DisruptionTarget"
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_gpus_are_requested_and_limited_under_the_configured_resource_name() -> None:
+    spec = {**GPU_JOB, "resources": {"gpus": 1, "gpuResourceName": "amd.com/gpu"}}
+    job = builders.training_job(resource(spec), parse_spec(spec), 1, SETTINGS)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"] == {"requests": {"amd.com/gpu": "1"}, "limits": {"amd.com/gpu": "1"}}
+
+
+def test_cpu_only_job_asks_for_no_gpu_and_no_shared_memory_volume() -> None:
+    spec = {**GPU_JOB, "resources": {"gpus": 0}}
+    job = builders.training_job(resource(spec), parse_spec(spec), 1, SETTINGS)
+    pod = job["spec"]["template"]["spec"]
+    assert "resources" not in pod["containers"][0]
+    assert "dshm" not in {v["name"] for v in pod["volumes"]}
+
+
+def test_contract_round_trips_through_the_configmap() -> None:
+    body = resource(GPU_JOB)
+    configmap = builders.contract_configmap(body, parse_spec(GPU_JOB), 3, SETTINGS)
+    contract = TrainerContract.model_validate(json.loads(configmap["data"]["contract.json"]))
+    assert (contract.job.name, contract.job.namespace, contract.job.attempt) == ("task-api-tools", "ml", 3)
+    assert contract.spec == parse_spec(GPU_JOB)
+    assert contract.image == SETTINGS.trainer_image
+
+
+def test_names_are_deterministic_per_attempt_and_fit_in_a_label() -> None:
+    assert builders.child_name("task-api-tools", 2) == "task-api-tools-2"
+    long = "x" * 80
+    assert builders.child_name(long, 12) == builders.child_name(long, 12)
+    assert len(builders.child_name(long, 12, "-contract")) <= 63
+    assert builders.child_name(long, 1) != builders.child_name("y" * 80, 1)
+
+
+def test_configmap_datasets_are_mounted_where_the_trainer_reads_them() -> None:
+    job = builders.training_job(resource(OPENAI_JOB), parse_spec(OPENAI_JOB), 1, SETTINGS)
+    pod = job["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/etc/tooltune/data/task-api-data"] == "data-0"
+    assert {"name": "data-0", "configMap": {"name": "task-api-data"}} in pod["volumes"]
+    assert pod["containers"][0]["command"] == ["tooltune", "submit"]

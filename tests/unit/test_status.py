@@ -1,0 +1,220 @@
+"""The phase machine as a table: observed Job and Pods (and the previous status) → expected status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from tooltune_api.models import ToolTuneJobStatus
+from tooltune_operator import conditions as c
+from tooltune_operator.status import Observed, compute_status, status_patch
+
+NOW = "2026-11-25T10:00:00Z"
+
+
+def job(*conditions: tuple[str, str], failed: int = 0, suspend: bool = False) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "demo-1"},
+        "spec": {"suspend": suspend},
+        "status": {
+            "failed": failed,
+            "startTime": "2026-11-25T09:00:00Z",
+            "conditions": [
+                {"type": t, "status": "True", "reason": r, "message": f"{t} {r}"} for t, r in conditions
+            ],
+        },
+    }
+
+
+def pod(phase: str, exit_code: int | None = None, message: str = "", reason: str = "") -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    if exit_code is not None:
+        state = {"terminated": {"exitCode": exit_code, "message": message, "reason": reason}}
+    elif phase == "Pending":
+        state = {"waiting": {"reason": "CreateContainerConfigError", "message": 'secret "s3" not found'}}
+    return {
+        "metadata": {"name": "demo-1-abcde"},
+        "status": {
+            "phase": phase,
+            "startTime": "2026-11-25T09:00:00Z",
+            "containerStatuses": [{"state": state}],
+        },
+    }
+
+
+TRAINING = ToolTuneJobStatus.model_validate(
+    {"phase": "Running", "attempts": 1, "progress": {"step": 5, "totalSteps": 90}}
+)
+RUNNING_BEFORE = ToolTuneJobStatus.model_validate({"phase": "Running", "attempts": 1, "jobName": "demo-1"})
+SUCCEEDED_BEFORE = ToolTuneJobStatus.model_validate(
+    {
+        "phase": "Succeeded",
+        "attempts": 1,
+        "message": "training finished",
+        "conditions": [{"type": "Succeeded", "status": "True", "reason": "Completed"}],
+    }
+)
+CANCELLED_REMOTE = ToolTuneJobStatus.model_validate(
+    {"phase": "Running", "attempts": 1, "openai": {"status": "cancelled"}}
+)
+
+# (case, observed, expected phase, expected reason, expected message fragment)
+TABLE = [
+    (
+        "invalid spec",
+        Observed(1, spec_problems=["spec.baseModel: is required"]),
+        "Failed",
+        c.VALIDATION_FAILED,
+        "spec.baseModel",
+    ),
+    ("no job yet", Observed(1), "Pending", c.JOB_CREATED, "creating"),
+    (
+        "pod waits for a secret",
+        Observed(1, job=job(), pods=[pod("Pending")]),
+        "Pending",
+        c.POD_PENDING,
+        'secret "s3" not found',
+    ),
+    (
+        "pod runs, no step yet",
+        Observed(1, job=job(), pods=[pod("Running")]),
+        "Validating",
+        c.VALIDATING_DATA,
+        "",
+    ),
+    (
+        "pod runs and reports steps",
+        Observed(1, job=job(), pods=[pod("Running")], previous=TRAINING),
+        "Running",
+        c.TRAINING,
+        "",
+    ),
+    (
+        "job complete",
+        Observed(1, job=job(("Complete", "")), pods=[pod("Succeeded", 0)]),
+        "Succeeded",
+        c.COMPLETED,
+        "",
+    ),
+    (
+        "exit 2: invalid data",
+        Observed(
+            1,
+            job=job(("Failed", "PodFailurePolicy")),
+            pods=[pod("Failed", 2, "line 7: tool 'delete_task' is not in tools")],
+        ),
+        "Failed",
+        c.INVALID_DATA,
+        "line 7: tool 'delete_task'",
+    ),
+    (
+        "retries exhausted, OOM",
+        Observed(
+            1,
+            job=job(("Failed", "BackoffLimitExceeded"), failed=4),
+            pods=[pod("Failed", 137, reason="OOMKilled")],
+        ),
+        "Failed",
+        c.BACKOFF_LIMIT_EXCEEDED,
+        "code 137",
+    ),
+    (
+        "deadline",
+        Observed(1, job=job(("Failed", "DeadlineExceeded")), pods=[]),
+        "Failed",
+        c.DEADLINE_EXCEEDED,
+        "DeadlineExceeded",
+    ),
+    (
+        "remote job cancelled",
+        Observed(
+            1, job=job(("Failed", "BackoffLimitExceeded")), pods=[pod("Failed", 1)], previous=CANCELLED_REMOTE
+        ),
+        "Cancelled",
+        c.CANCELLED,
+        "",
+    ),
+    (
+        "suspended",
+        Observed(1, suspend=True, job=job(suspend=True)),
+        "Suspended",
+        c.SUSPENDED_BY_USER,
+        "suspend",
+    ),
+    ("job deleted mid-run", Observed(1, job=None, previous=RUNNING_BEFORE), "Failed", c.JOB_LOST, "demo-1"),
+    (
+        "succeeded, job cleaned up by TTL",
+        Observed(1, job=None, previous=SUCCEEDED_BEFORE),
+        "Succeeded",
+        c.COMPLETED,
+        "finished",
+    ),
+    (
+        "new attempt after failure",
+        Observed(
+            1,
+            attempt=2,
+            job=None,
+            previous=ToolTuneJobStatus.model_validate({"phase": "Failed", "attempts": 1}),
+        ),
+        "Pending",
+        c.JOB_CREATED,
+        "",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "seen", "phase", "reason", "fragment"), TABLE, ids=[row[0] for row in TABLE]
+)
+def test_transition_table(case: str, seen: Observed, phase: str, reason: str, fragment: str) -> None:
+    seen.now = NOW
+    status = compute_status(seen)
+    assert status.phase == phase
+    true = [cond for cond in status.conditions if cond.status == "True" and cond.type != c.VALIDATED]
+    assert len(true) <= 1, "at most one of Running / Succeeded / Failed / Suspended holds"
+    if phase not in {"Pending"}:
+        assert true and true[0].reason == reason
+        assert fragment in true[0].message
+    else:
+        assert reason in {cond.reason for cond in status.conditions}
+        assert fragment in (status.message or "")
+    assert status.observed_generation == seen.generation
+
+
+def test_validated_condition_names_the_fields() -> None:
+    status = compute_status(
+        Observed(3, spec_problems=["spec.hyperparameters.learningRate: must be > 0"], now=NOW)
+    )
+    validated = next(cond for cond in status.conditions if cond.type == c.VALIDATED)
+    assert (validated.status, validated.reason) == ("False", c.VALIDATION_FAILED)
+    assert "learningRate" in validated.message
+    assert status.failure_reason and "learningRate" in status.failure_reason
+
+
+def test_retries_and_times_come_from_the_job() -> None:
+    status = compute_status(Observed(1, job=job(("Failed", "BackoffLimitExceeded"), failed=4), now=NOW))
+    assert status.retries == 4
+    assert status.start_time == "2026-11-25T09:00:00Z"
+    assert status.completion_time == NOW
+
+
+def test_transition_times_only_move_when_a_condition_flips() -> None:
+    first = compute_status(
+        Observed(1, job=job(), pods=[pod("Running")], previous=TRAINING, now="2026-11-25T10:00:00Z")
+    )
+    later = compute_status(
+        Observed(1, job=job(), pods=[pod("Running")], previous=first, now="2026-11-25T10:05:00Z")
+    )
+    running = [cond for cond in later.conditions if cond.type == c.RUNNING][0]
+    assert running.last_transition_time == "2026-11-25T10:00:00Z"
+
+
+def test_patch_holds_only_changed_operator_fields() -> None:
+    seen = Observed(1, job=job(), pods=[pod("Running")], previous=TRAINING, now=NOW)
+    new = compute_status(seen)
+    previous = new.model_dump(by_alias=True, mode="json")
+    previous["progress"] = {"step": 5}  # trainer-owned: never in the operator's patch
+    assert status_patch(previous, new) == {}
+    previous["phase"] = "Validating"
+    assert status_patch(previous, new) == {"phase": "Running"}
