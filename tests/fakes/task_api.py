@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +88,36 @@ def task_api_examples(count: int = 30) -> list[dict[str, Any]]:
 
 
 def write_dataset(
-    path: Path, examples: list[dict[str, Any]] | None = None, extra_lines: list[str] = ()
+    path: Path, examples: list[dict[str, Any]] | None = None, extra_lines: Sequence[str] = ()
 ) -> Path:
     """Write examples (default: 30 valid ones) as JSONL, followed by any raw extra lines."""
     lines = [json.dumps(example) for example in (examples if examples is not None else task_api_examples())]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join([*lines, *extra_lines]) + "\n")
     return path
+
+
+def openai_contract(
+    tmp_path: Path, base_url: str, *, train: Path | None = None, **openai: Any
+) -> dict[str, Any]:
+    """A contract (JSON-ready) for the OpenAI backend with data and output under tmp_path."""
+    train = train or write_dataset(tmp_path / "data" / "train.jsonl")
+    return {
+        "job": {"namespace": "tuning", "name": "task-api-tools", "uid": "5f1c-uid", "attempt": 1},
+        "spec": {
+            "backend": "openai",
+            "baseModel": "gpt-4o-mini-2024-07-18",
+            "dataset": {"train": str(train)},
+            "output": {"uri": str(tmp_path / "models" / "task-api-tools")},
+            "openai": {
+                "model": "gpt-4o-mini-2024-07-18",
+                "apiKeySecret": {"name": "openai-api-key", "key": "OPENAI_API_KEY"},
+                "baseUrl": base_url,
+                "suffix": "task-api-tools",
+                "pollSeconds": 1,
+                **openai,
+            },
+        },
+        "metricsPort": 0,
+        "progressIntervalSeconds": 0,
+    }
