@@ -397,7 +397,7 @@ class Store:
 
     def fetch(self, uri: str, dest: Path) -> Path:
         """Copy the object at uri to the local file dest and return dest."""
-        self._backend(uri).fetch_many([(uri, dest)])
+        self.fetch_many([(uri, dest)])
         return dest
 
     def fetch_many(self, items: Iterable[tuple[str, Path]]) -> None:
@@ -412,7 +412,7 @@ class Store:
         return dest
 
     def upload_file(self, local: Path, uri: str) -> None:
-        self._backend(uri).upload_many([(local, uri)])
+        self.upload_many([(local, uri)])
 
     def upload_many(self, items: Iterable[tuple[Path, str]]) -> None:
         items = list(items)

@@ -1,0 +1,370 @@
+"""Checkpoints in the output store: background upload, manifest last, retention, resume; final lineage.
+
+Layout under the job's output URI:
+
+    <output>/checkpoints/step-<N>/<every file of the trainer's checkpoint-<N> directory>
+    <output>/checkpoints/step-<N>/manifest.json     written last: step, and size + sha256 of every file
+    <output>/final/lineage.json                      what went into the final model
+
+A checkpoint is complete only when its manifest exists and its files match it. Resume takes the newest
+complete one; anything else (a pod killed mid-upload, a server outage) is ignored and later pruned.
+Training waits only for the trainer's local save: `CheckpointSync.on_save` hard-links the checkpoint
+into a staging directory (so the trainer may rotate its local copy away) and a background thread
+uploads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tooltune_api import __version__
+from tooltune_api.models import TrainerContract, now_iso
+from transformers import TrainerCallback
+
+from tooltune_trainer.storage import StorageError, Store, join
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+STEP_PREFIX = "step-"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "tooltune.dev/checkpoint-v1"
+LINEAGE = "lineage.json"
+LINEAGE_FORMAT = "tooltune.dev/lineage-v1"
+FINAL_DIR = "final"
+LOCAL_CHECKPOINT_PREFIX = "checkpoint-"  # what transformers.Trainer names its checkpoint directories
+STAGING_DIR = ".tooltune-uploads"  # inside args.output_dir; hard links of checkpoints waiting for upload
+HASH_CHUNK_BYTES = 4 * 1024**2
+
+_STEP_NAME = re.compile(rf"^{STEP_PREFIX}(\d+)$")
+
+OnComplete = Callable[[int, str, int], None]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff for one checkpoint's upload: 1, 2, 4, … s, capped, a bounded number of times."""
+
+    attempts: int = 8
+    first_delay_seconds: float = 1.0
+    max_delay_seconds: float = 30.0
+
+    def delay(self, failed_attempts: int) -> float:
+        return min(self.first_delay_seconds * 2 ** (failed_attempts - 1), self.max_delay_seconds)
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while chunk := source.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_uri(output_uri: str, step: int) -> str:
+    return join(output_uri, CHECKPOINTS_DIR, f"{STEP_PREFIX}{step}")
+
+
+def build_manifest(step: int, local_dir: Path) -> dict[str, Any]:
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+    entries = [
+        {"path": p.relative_to(local_dir).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in files
+    ]
+    if any(entry["path"] == MANIFEST for entry in entries):
+        raise StorageError(f"{local_dir}: a checkpoint may not contain a file named {MANIFEST}")
+    return {"format": MANIFEST_FORMAT, "step": step, "createdAt": now_iso(), "files": entries}
+
+
+def checkpoint_steps(names: Iterable[str]) -> dict[int, bool]:
+    """From object names under <output>/checkpoints/: step → whether its manifest is there."""
+    steps: dict[int, bool] = {}
+    for name in names:
+        top, _, rest = name.partition("/")
+        match = _STEP_NAME.match(top)
+        if match and rest:
+            step = int(match.group(1))
+            steps[step] = steps.get(step, False) or rest == MANIFEST
+    return steps
+
+
+def complete_steps(names: Iterable[str]) -> list[int]:
+    """Steps that have a manifest, newest first."""
+    return sorted((step for step, done in checkpoint_steps(names).items() if done), reverse=True)
+
+
+def steps_to_prune(names: Iterable[str], keep: int) -> list[int]:
+    """Complete checkpoints beyond the newest `keep`, and incomplete ones older than the newest complete one.
+
+    The newest complete checkpoint is never returned, whatever `keep` says.
+    """
+    steps = checkpoint_steps(names)
+    complete = sorted((s for s, done in steps.items() if done), reverse=True)
+    if not complete:
+        return []
+    stale = [s for s, done in steps.items() if not done and s < complete[0]]
+    return sorted(complete[max(keep, 1) :] + stale)
+
+
+def manifest_problems(manifest: Any, local_dir: Path) -> list[str]:
+    """Why the files in local_dir do not match the manifest (empty when they do)."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list) or not manifest["files"]:
+        return ["the manifest lists no files"]
+    problems = []
+    for entry in manifest["files"]:
+        path = local_dir / str(entry.get("path", ""))
+        if not entry.get("path") or not path.is_file():
+            problems.append(f"{entry.get('path')}: missing")
+        elif path.stat().st_size != entry.get("size"):
+            problems.append(
+                f"{entry['path']}: {path.stat().st_size} bytes, the manifest says {entry.get('size')}"
+            )
+        elif sha256_file(path) != entry.get("sha256"):
+            problems.append(f"{entry['path']}: sha256 differs from the manifest")
+    return problems
+
+
+# ---------------------------------------------------------------- background upload
+
+
+@dataclass
+class _Pending:
+    step: int
+    staged: Path
+
+
+class CheckpointSync(TrainerCallback):
+    """Uploads every checkpoint the trainer saves to <output>/checkpoints/step-N/ in the background.
+
+    `on_complete(step, uri, count)` runs on the upload thread after each checkpoint is complete and old ones
+    are pruned (count = complete checkpoints now kept). Call `wait()` before the process ends.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        output_uri: str,
+        keep: int,
+        on_complete: OnComplete | None = None,
+        retry: RetryPolicy | None = None,
+    ):
+        self.store = store
+        self.output_uri = output_uri
+        self.keep = keep
+        self.on_complete = on_complete
+        self.retry = retry or RetryPolicy()
+        self.completed: list[int] = []
+        self.failures: list[str] = []
+        self._queue: queue.Queue[_Pending] = queue.Queue()
+        self._idle = threading.Condition()
+        self._in_flight = 0
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- trainer side
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            output_dir = Path(args.output_dir)
+            self.submit(
+                state.global_step,
+                output_dir / f"{LOCAL_CHECKPOINT_PREFIX}{state.global_step}",
+                output_dir / STAGING_DIR,
+            )
+
+    def submit(self, step: int, local_dir: Path, staging_root: Path) -> None:
+        """Snapshot local_dir (hard links: instant, immune to the trainer deleting it), queue its upload."""
+        staged = staging_root / f"{STEP_PREFIX}{step}"
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(local_dir, staged, copy_function=_link_or_copy)
+        with self._idle:
+            self._in_flight += 1
+        self._queue.put(_Pending(step, staged))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="checkpoint-upload", daemon=True)
+            self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every queued checkpoint is uploaded or given up; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while self._in_flight:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def close(self, timeout: float | None = None) -> bool:
+        drained = self.wait(timeout)
+        self._closing.set()
+        return drained
+
+    # -- upload thread
+
+    def _run(self) -> None:
+        while not self._closing.is_set():
+            try:
+                pending = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            # a newer checkpoint supersedes older ones still waiting: upload only the newest
+            superseded = []
+            while not self._queue.empty():
+                superseded.append(pending)
+                pending = self._queue.get_nowait()
+            for old in superseded:
+                log.info("checkpoint step %d skipped: step %d is newer", old.step, pending.step)
+                self._finish(old)
+            try:
+                self._upload_with_retries(pending)
+            except Exception as error:  # the thread must survive anything, training goes on
+                self.failures.append(f"step {pending.step}: {error}")
+                log.error("checkpoint step %d not uploaded: %s", pending.step, error)
+            finally:
+                self._finish(pending)
+
+    def _finish(self, pending: _Pending) -> None:
+        shutil.rmtree(pending.staged, ignore_errors=True)
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def _upload_with_retries(self, pending: _Pending) -> None:
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                self._upload(pending)
+                break
+            except StorageError as error:
+                if attempt == self.retry.attempts:
+                    raise
+                delay = self.retry.delay(attempt)
+                log.warning("checkpoint step %d upload failed (attempt %d of %d): %s; retrying in %.0f s",
+                            pending.step, attempt, self.retry.attempts, error, delay)  # fmt: skip
+                if self._closing.wait(delay):
+                    raise
+        uri = checkpoint_uri(self.output_uri, pending.step)
+        self.completed.append(pending.step)
+        count = self._prune()
+        log.info("checkpoint step %d complete at %s (%d kept)", pending.step, uri, count)
+        if self.on_complete is not None:
+            self.on_complete(pending.step, uri, count)
+
+    def _upload(self, pending: _Pending) -> None:
+        uri = checkpoint_uri(self.output_uri, pending.step)
+        if self.store.list(uri):  # left over from an earlier attempt: make it incomplete before replacing it
+            self.store.delete(join(uri, MANIFEST))
+            self.store.delete_prefix(uri)
+        files = sorted(p for p in pending.staged.rglob("*") if p.is_file())
+        with ThreadPoolExecutor(max_workers=1) as hasher:  # hash while the files travel
+            manifest = hasher.submit(build_manifest, pending.step, pending.staged)
+            self.store.upload_many((p, join(uri, p.relative_to(pending.staged).as_posix())) for p in files)
+            document = manifest.result()
+        self.store.write_bytes(join(uri, MANIFEST), json.dumps(document, indent=1).encode())
+
+    def _prune(self) -> int:
+        root = join(self.output_uri, CHECKPOINTS_DIR)
+        try:
+            for step in steps_to_prune(self.store.list(root), self.keep):
+                uri = checkpoint_uri(self.output_uri, step)
+                self.store.delete(join(uri, MANIFEST))  # first, so a half-deleted checkpoint is incomplete
+                self.store.delete_prefix(uri)
+            return len(complete_steps(self.store.list(root)))
+        except StorageError as error:
+            log.warning("old checkpoints not pruned: %s", error)
+            return min(len(set(self.completed)), self.keep)
+
+
+def _link_or_copy(source: str, dest: str) -> str:
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copy2(source, dest)
+    return dest
+
+
+# ---------------------------------------------------------------- resume
+
+
+def fetch_latest_checkpoint(store: Store, output_uri: str, dest_dir: Path) -> Path | None:
+    """Download the newest complete checkpoint into dest_dir/checkpoint-<N> and return that directory.
+
+    Checkpoints without a manifest, or whose files do not match it, are skipped (with a warning). None when
+    there is nothing to resume from. Pass the result to `trainer.train(resume_from_checkpoint=...)`.
+    """
+    root = join(output_uri, CHECKPOINTS_DIR)
+    for step in complete_steps(store.list(root)):
+        uri = checkpoint_uri(output_uri, step)
+        target = dest_dir / f"{LOCAL_CHECKPOINT_PREFIX}{step}"
+        shutil.rmtree(target, ignore_errors=True)
+        try:
+            manifest = json.loads(store.read_bytes(join(uri, MANIFEST)))
+            names = [str(entry["path"]) for entry in manifest["files"]]
+            store.fetch_many((join(uri, name), target / name) for name in names)
+            problems = manifest_problems(manifest, target)
+        except (ValueError, KeyError, TypeError) as error:
+            problems = [f"unreadable manifest ({type(error).__name__})"]
+        except StorageError as error:
+            problems = [str(error)]
+        if not problems:
+            log.info("resuming from %s", uri)
+            return target
+        log.warning("checkpoint %s skipped: %s", uri, "; ".join(problems[:5]))
+        shutil.rmtree(target, ignore_errors=True)
+    return None
+
+
+# ---------------------------------------------------------------- lineage of the final model
+
+
+def lineage_manifest(
+    contract: TrainerContract, datasets: Mapping[str, Path], metrics: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What went into the final model: base model, data (URI + sha256), hyperparameters, versions, results.
+
+    datasets maps each dataset URI as the spec wrote it to the local file that was trained on.
+    """
+    spec = contract.spec
+    return {
+        "format": LINEAGE_FORMAT,
+        "createdAt": now_iso(),
+        "tooltuneVersion": __version__,
+        "image": contract.image,
+        "job": contract.job.dump(),
+        "backend": spec.backend,
+        "baseModel": spec.base_model,
+        "datasets": [
+            {"uri": uri, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+            for uri, path in datasets.items()
+        ],
+        "hyperparameters": spec.hyperparameters.dump(),
+        "seed": spec.dataset.seed,
+        "output": spec.output.uri,
+        "metrics": dict(metrics),
+    }
+
+
+def write_lineage(
+    store: Store, contract: TrainerContract, datasets: Mapping[str, Path], metrics: Mapping[str, Any]
+) -> str:
+    """Write <output>/final/lineage.json and return its URI."""
+    uri = join(contract.spec.output.uri, FINAL_DIR, LINEAGE)
+    document = lineage_manifest(contract, datasets, metrics)
+    store.write_bytes(uri, json.dumps(document, indent=1, sort_keys=True, default=str).encode())
+    return uri
