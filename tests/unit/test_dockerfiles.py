@@ -156,3 +156,11 @@ def test_shellcheck_passes(script: Path) -> None:
         [shellcheck, "--severity=style", str(script)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_trainer_image_user_is_the_one_the_operator_runs_pods_as() -> None:
+    from tooltune_operator.settings import Settings
+
+    by_name = dict(stages(ROOT / "Dockerfile.trainer"))
+    for target in ("cpu", "cuda"):
+        assert final_user(by_name[target]) == str(Settings().run_as_user), f"stage {target}"
