@@ -41,8 +41,10 @@ from tooltune_api import (
     TERMINATION_LOG_PATH,
     WORKDIR_ENV,
 )
+from tooltune_api.diagnosis import diagnose
 from tooltune_api.models import (
     Backend,
+    Diagnosis,
     JobRef,
     Phase,
     SecretKeyRef,
@@ -93,7 +95,8 @@ class Reporter(Protocol):
 
 
 class Metrics(Protocol):
-    def observe(self, **values: float) -> None: ...
+    def observe(self, **values: float | None) -> None: ...
+    def set_diagnosis(self, pattern: str) -> None: ...
 
 
 # ---------------------------------------------------------------- pure mappings
@@ -198,11 +201,25 @@ def progress_from_event(event_type: str | None, data: Any) -> ProgressSample | N
     )
 
 
+def progress_samples(events: Iterable[Any]) -> list[ProgressSample]:
+    """The metrics events among events (any order), as samples."""
+    samples = [progress_from_event(getattr(e, "type", None), getattr(e, "data", None)) for e in events]
+    return [sample for sample in samples if sample is not None]
+
+
 def latest_progress(events: Iterable[Any]) -> ProgressSample | None:
     """The metrics event with the highest step among events (any order)."""
-    samples = [progress_from_event(getattr(e, "type", None), getattr(e, "data", None)) for e in events]
-    found = [sample for sample in samples if sample is not None]
-    return max(found, key=lambda sample: sample.step) if found else None
+    samples = progress_samples(events)
+    return max(samples, key=lambda sample: sample.step) if samples else None
+
+
+def loss_diagnosis(samples: Iterable[ProgressSample]) -> Diagnosis | None:
+    """The lab's reading of the remote loss curve, as for local training."""
+    ordered = sorted(samples, key=lambda sample: sample.step)
+    train = [(s.step, s.train_loss) for s in ordered if s.train_loss is not None]
+    evals = [(s.step, s.eval_loss) for s in ordered if s.eval_loss is not None]
+    total = next((s.total_steps for s in reversed(ordered) if s.total_steps), None)
+    return diagnose(train, evals, total)
 
 
 def remote_failure(job: Any) -> str:
@@ -301,6 +318,7 @@ class Submitter:
         self.store = store or open_store(contract.spec.storage)
         self.sleep = sleep
         self._events_seen: set[str] = set()
+        self._samples: dict[int, ProgressSample] = {}  # by step, across polls
 
     def run(self) -> str:
         """Drive the remote job to the end; returns the fine-tuned model's name or raises SubmitError."""
@@ -405,10 +423,15 @@ class Submitter:
                 self._events_seen.add(event.id)
                 log.info("remote %s: %s", event.level, event.message)
         fields: dict[str, Any] = {"openai": self._openai_status(job)}
-        sample = latest_progress(events)
-        if sample is not None:
-            fields["progress"] = sample.status()
-            self.metrics.observe(**sample.metrics())
+        self._samples.update((sample.step, sample) for sample in progress_samples(events))
+        if self._samples:
+            latest = self._samples[max(self._samples)]
+            fields["progress"] = latest.status()
+            self.metrics.observe(**latest.metrics())
+            diagnosis = loss_diagnosis(self._samples.values())
+            if diagnosis is not None:
+                fields["diagnosis"] = diagnosis.dump()
+                self.metrics.set_diagnosis(diagnosis.pattern)
         if checkpoints:
             newest = max(checkpoints, key=lambda checkpoint: checkpoint.step_number)
             fields["checkpoints"] = {
@@ -491,9 +514,12 @@ class Submitter:
             raise SubmitError(
                 f"spec.output.uri: could not store the smoke report: {error}", EXIT_RETRYABLE
             ) from None
+        summary = smoke_summary(answers)
+        self.metrics.observe(
+            no_call_rate=summary.get("noCallRate"), valid_json_rate=summary.get("validJsonRate")
+        )
         self.reporter.update(
-            evaluation=smoke_summary(answers) | {"reportUri": report_uri},
-            output={"uri": self.spec.output.uri},
+            evaluation=summary | {"reportUri": report_uri}, output={"uri": self.spec.output.uri}
         )
 
 
@@ -559,4 +585,5 @@ def main(config: Path | None = None) -> int:
         return error.exit_code
     finally:
         reporter.flush()
+        metrics.close()
     return EXIT_OK
