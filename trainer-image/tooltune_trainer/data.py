@@ -489,6 +489,11 @@ def validate_examples(
         if not line.strip():
             report.warnings.append(Problem(number, "blank line is ignored"))
             continue
+        if "\x00" in line:  # JSONL text never holds NUL: reading on would report every line of a binary file
+            reason = "contains NUL bytes: this looks like a binary file, not JSONL text; stopped reading here"
+            report.problems.append(Problem(number, reason))
+            report.summary.invalid_lines += 1
+            break
         check = _LineCheck()
         value, walk = _check_line(line, check)
         if walk is not None and not check.problems and count_tokens is not None:
@@ -504,9 +509,6 @@ def validate_examples(
 
 
 def _check_line(line: str, check: _LineCheck) -> tuple[Any, _Walk | None]:
-    if "\x00" in line:
-        check.problem("contains NUL bytes: this looks like a binary file, not JSONL text")
-        return None, None
     if any("\udc80" <= char <= "\udcff" for char in line):  # undecodable bytes, see read_jsonl
         check.problem("is not UTF-8 text; save the file as UTF-8")
         return None, None
