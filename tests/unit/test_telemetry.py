@@ -1,16 +1,20 @@
-"""Trainer telemetry: status patch rate bound, metric labels, Trainer logs → progress, Events, early stop."""
+"""Telemetry: status patch rate bound, trainer metric labels, Trainer logs → progress, Events, early stop;
+and the operator's metrics (reconciles, jobs by phase, durations, retries)."""
 
 from __future__ import annotations
 
+import asyncio
 import urllib.request
 from itertools import pairwise
 from typing import Any
 
+import kopf
 import pytest
 from prometheus_client import CollectorRegistry
 from tooltune_api import TINY_MODEL
 from tooltune_api.diagnosis import ADVICE, DIVERGING, OVERFITTING, PLATEAU
 from tooltune_api.models import JobRef, ToolTuneJobSpec, ToolTuneJobStatus, TrainerContract
+from tooltune_operator.metrics import OperatorMetrics, job_phases
 from tooltune_trainer.telemetry import (
     EventRecorder,
     StatusReporter,
@@ -341,3 +345,85 @@ def test_diverging_stops_training_when_early_stopping_is_on():
         run.step(loss=loss)
     assert run.telemetry.diagnosis.pattern == DIVERGING
     assert run.control.should_training_stop
+
+
+# ---------------------------------------------------------------- the operator's metrics
+
+
+def operator_metrics() -> OperatorMetrics:
+    return OperatorMetrics(registry=CollectorRegistry())
+
+
+def operator_sample(metrics: OperatorMetrics, metric: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(metric, labels)
+
+
+def test_reconciled_counts_times_and_classifies_errors_of_sync_handlers():
+    metrics = operator_metrics()
+
+    @metrics.reconciled("create")
+    def handler(body: dict[str, Any], **_: Any) -> str:
+        if body.get("retry"):
+            raise kopf.TemporaryError("children not ready", delay=5)
+        if body.get("bad"):
+            raise kopf.PermanentError("spec.baseModel is required")
+        return body["name"]
+
+    assert handler({"name": "a"}, logger=None) == "a"
+    with pytest.raises(kopf.TemporaryError):
+        handler({"retry": True})
+    with pytest.raises(kopf.PermanentError):
+        handler({"bad": True})
+    with pytest.raises(KeyError):
+        handler({})
+
+    assert handler.__name__ == "handler"  # kopf identifies handlers by name
+    assert operator_sample(metrics, "tooltune_operator_reconciles_total", handler="create") == 4
+    for kind in ("temporary", "permanent", "unexpected"):
+        labels = {"handler": "create", "kind": kind}
+        assert operator_sample(metrics, "tooltune_operator_reconcile_errors_total", **labels) == 1
+    assert (
+        operator_sample(metrics, "tooltune_operator_reconcile_duration_seconds_count", handler="create") == 4
+    )
+
+
+def test_reconciled_wraps_async_handlers_too():
+    metrics = operator_metrics()
+
+    @metrics.reconciled("delete")
+    async def cleanup(**_: Any) -> str:
+        await asyncio.sleep(0.01)
+        return "done"
+
+    assert asyncio.run(cleanup()) == "done"
+    assert (
+        operator_sample(metrics, "tooltune_operator_reconcile_duration_seconds_sum", handler="delete") >= 0.01
+    )
+
+
+def test_jobs_collector_reads_the_current_phases_at_each_scrape():
+    metrics = operator_metrics()
+    bodies = [
+        {"metadata": {"namespace": "ml", "name": "a"}, "status": {"phase": "Running"}},
+        {"metadata": {"namespace": "ml", "name": "b"}, "status": {"phase": "Failed"}},
+        {"metadata": {"namespace": "ml", "name": "c"}, "status": {}},
+    ]
+    metrics.watch_jobs(lambda: job_phases(bodies))
+
+    assert operator_sample(metrics, "tooltune_jobs", phase="Running") == 1
+    assert operator_sample(metrics, "tooltune_jobs", phase="Pending") == 1  # no phase yet
+    assert operator_sample(metrics, "tooltune_jobs", phase="Succeeded") == 0  # zeros, not gaps
+    assert operator_sample(metrics, "tooltune_job_phase", namespace="ml", name="b", phase="Failed") == 1
+    bodies[0]["status"]["phase"] = "Succeeded"
+    assert operator_sample(metrics, "tooltune_jobs", phase="Running") == 0
+    assert operator_sample(metrics, "tooltune_jobs", phase="Succeeded") == 1
+
+
+def test_job_durations_and_retries():
+    metrics = operator_metrics()
+    metrics.job_finished("unsloth", "Succeeded", 1200)
+    metrics.job_retried("unsloth")
+    metrics.job_retried("unsloth")
+    labels = {"backend": "unsloth", "phase": "Succeeded", "le": "1800.0"}
+    assert operator_sample(metrics, "tooltune_job_duration_seconds_bucket", **labels) == 1
+    assert operator_sample(metrics, "tooltune_job_retries_total", backend="unsloth") == 2
