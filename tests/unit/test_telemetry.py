@@ -13,8 +13,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from tooltune_api import TINY_MODEL
 from tooltune_api.diagnosis import ADVICE, DIVERGING, OVERFITTING, PLATEAU
-from tooltune_api.models import JobRef, ToolTuneJobSpec, ToolTuneJobStatus, TrainerContract
+from tooltune_api.models import Diagnosis, JobRef, ToolTuneJobSpec, ToolTuneJobStatus, TrainerContract
 from tooltune_operator.metrics import OperatorMetrics, job_phases
+from tooltune_trainer.plots import render_loss_curves
 from tooltune_trainer.telemetry import (
     EventRecorder,
     StatusReporter,
@@ -427,3 +428,36 @@ def test_job_durations_and_retries():
     labels = {"backend": "unsloth", "phase": "Succeeded", "le": "1800.0"}
     assert operator_sample(metrics, "tooltune_job_duration_seconds_bucket", **labels) == 1
     assert operator_sample(metrics, "tooltune_job_retries_total", backend="unsloth") == 2
+
+
+# ---------------------------------------------------------------- the loss-curve picture
+
+TAB_RED = (0.839, 0.153, 0.157)
+TAB_ORANGE = (1.0, 0.498, 0.055)
+
+
+def pixels_of(image: Any, color: tuple[float, float, float]) -> int:
+    return int((abs(image[:, :, :3] - color).max(axis=2) < 0.05).sum())
+
+
+def test_loss_curves_png_shows_train_eval_and_the_diagnosis(tmp_path):
+    import matplotlib.image
+
+    train = [(10 * i, 2.0 * 0.9**i) for i in range(1, 30)]
+    evals = [(50, 1.2), (100, 0.8), (150, 0.7), (200, 0.75), (250, 0.8)]
+    diagnosis = Diagnosis(pattern=OVERFITTING, advice=ADVICE[OVERFITTING], step=150)
+    path = render_loss_curves(train, evals, diagnosis, tmp_path / "report" / "loss.png")
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = matplotlib.image.imread(path)
+    assert image.shape[:2] == (540, 960)
+    assert pixels_of(image, TAB_ORANGE) > 100  # the eval curve
+    assert pixels_of(image, TAB_RED) > 50  # the diagnosis marker
+    plain = matplotlib.image.imread(render_loss_curves(train, [], None, tmp_path / "plain.png"))
+    assert pixels_of(plain, TAB_ORANGE) == 0
+    assert pixels_of(plain, TAB_RED) == 0
+
+
+def test_loss_curves_need_some_loss(tmp_path):
+    with pytest.raises(ValueError, match="no loss was recorded"):
+        render_loss_curves([], [], None, tmp_path / "loss.png")
