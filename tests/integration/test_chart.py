@@ -1,0 +1,377 @@
+"""The Helm chart through the real helm binary, and its output applied to the emulator with kubectl."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+import yaml
+from tooltune_api import GROUP, PLURAL
+from tooltune_api.models import ToolTuneJob
+
+from tests.harness import emulator
+from tests.harness.emulator import RunningCluster
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "tooltune"
+MANIFESTS = ROOT / "manifests"
+TELEMETRY_FILES = ("files/tooltune-alerts.yaml", "files/tooltune-dashboard.json")
+EVERY_SWITCH = [
+    "metrics.serviceMonitor.enabled=true",
+    "metrics.podMonitor.enabled=true",
+    "prometheusRule.enabled=true",
+    "grafanaDashboard.enabled=true",
+]
+RELEASE, NAMESPACE = "tt", "ml-platform"
+LONGEST_RELEASE = "a-release-name-as-long-as-helm-allows-it-to-be-000053"  # helm allows 53
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Namespace"}
+
+
+def find_tool(name: str) -> str | None:
+    local = ROOT / ".tools" / "bin" / name
+    return str(local) if local.exists() else shutil.which(name)
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    found = find_tool("helm")
+    if found is None:
+        pytest.skip("helm not installed (make tools puts it in .tools/bin)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def kubectl() -> str:
+    found = find_tool("kubectl")
+    if found is None:
+        pytest.skip("kubectl not installed (make tools puts it in .tools/bin)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chart; where the telemetry files have not landed yet, a copy with small stand-ins for them."""
+    if all((CHART / name).exists() for name in TELEMETRY_FILES):
+        return CHART
+    copy = tmp_path_factory.mktemp("chart") / "tooltune"
+    shutil.copytree(CHART, copy)
+    (copy / "files").mkdir(exist_ok=True)
+    alerts = {
+        "groups": [{"name": "tooltune", "rules": [{"alert": "TooltuneJobFailed", "expr": "vector(0) > 0"}]}]
+    }
+    if not (copy / TELEMETRY_FILES[0]).exists():
+        (copy / TELEMETRY_FILES[0]).write_text(yaml.safe_dump(alerts))
+    if not (copy / TELEMETRY_FILES[1]).exists():
+        (copy / TELEMETRY_FILES[1]).write_text(json.dumps({"title": "tooltune", "panels": []}))
+    return copy
+
+
+def run(command: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def render(helm: str, chart: Path, *settings: str, crds: bool = False) -> list[dict[str, Any]]:
+    command = [helm, "template", RELEASE, str(chart), "--namespace", NAMESPACE]
+    command += ["--include-crds"] if crds else []
+    for setting in settings:
+        command += ["--set", setting]
+    result = run(command)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def by_kind(objects: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for obj in objects:
+        kinds.setdefault(obj["kind"], []).append(obj)
+    return kinds
+
+
+def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    return granted
+
+
+def manifest(path: str) -> dict[str, Any]:
+    return yaml.safe_load((MANIFESTS / path).read_text())
+
+
+# ---------------------------------------------------------------- helm lint and template
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [[], EVERY_SWITCH, ["namespaceScoped=true", *EVERY_SWITCH]],
+    ids=["defaults", "every-switch", "namespace-scoped"],
+)
+def test_helm_lint_is_clean(helm: str, chart: Path, settings: list[str]) -> None:
+    command = [helm, "lint", "--strict", str(chart)]
+    for setting in settings:
+        command += ["--set", setting]
+    result = run(command)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
+
+
+def test_chart_ships_the_telemetry_files() -> None:
+    missing = [name for name in TELEMETRY_FILES if not (CHART / name).exists()]
+    assert not missing, (
+        f"charts/tooltune/{missing} missing: the PrometheusRule and dashboard switches need them"
+    )
+
+
+def test_defaults_render_the_operator_and_cluster_rbac_only(helm: str, chart: Path) -> None:
+    kinds = by_kind(render(helm, chart))
+    assert set(kinds) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"}
+    (deployment,) = kinds["Deployment"]
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TOOLTUNE_NAMESPACE"] == ""
+    assert env["TOOLTUNE_TRAINER_IMAGE"] == "ghcr.io/tooltune/trainer:0.1.0"
+
+
+def test_every_switch_renders_monitoring_objects(helm: str, chart: Path) -> None:
+    kinds = by_kind(render(helm, chart, *EVERY_SWITCH))
+    for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap"):
+        assert kind in kinds, f"{kind} not rendered with every switch on"
+    (service_monitor,) = kinds["ServiceMonitor"]
+    (service,) = kinds["Service"]
+    assert service_monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert service_monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+
+    (pod_monitor,) = kinds["PodMonitor"]
+    assert pod_monitor["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/component": "trainer",
+        "app.kubernetes.io/managed-by": "tooltune",
+    }
+    assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
+    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+    (rule,) = kinds["PrometheusRule"]
+    alerts = yaml.safe_load((chart / TELEMETRY_FILES[0]).read_text())
+    assert rule["spec"]["groups"] == alerts["groups"]
+
+    (dashboard,) = kinds["ConfigMap"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    (content,) = dashboard["data"].values()
+    assert json.loads(content) == json.loads((chart / TELEMETRY_FILES[1]).read_text())
+
+
+def test_namespace_scoped_mode_uses_a_role_and_watches_one_namespace(helm: str, chart: Path) -> None:
+    objects = render(helm, chart, "namespaceScoped=true", *EVERY_SWITCH)
+    kinds = by_kind(objects)
+    assert not {"ClusterRole", "ClusterRoleBinding"} & set(kinds)
+    (role,) = kinds["Role"]
+    (binding,) = kinds["RoleBinding"]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    cluster_only = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
+    expected = {
+        k: v
+        for k, v in grants(manifest("rbac/operator-clusterrole.yaml")["rules"]).items()
+        if k not in cluster_only
+    }
+    assert grants(role["rules"]) == expected
+    (deployment,) = kinds["Deployment"]
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TOOLTUNE_NAMESPACE"] == NAMESPACE
+    (pod_monitor,) = kinds["PodMonitor"]
+    assert pod_monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+
+
+def test_chart_and_plain_manifests_grant_the_same(helm: str, chart: Path) -> None:
+    (role,) = by_kind(render(helm, chart))["ClusterRole"]
+    assert grants(role["rules"]) == grants(manifest("rbac/operator-clusterrole.yaml")["rules"])
+
+
+def test_chart_and_plain_manifests_run_the_operator_the_same_way(helm: str, chart: Path) -> None:
+    (deployment,) = by_kind(render(helm, chart))["Deployment"]
+    plain = manifest("operator/deployment.yaml")
+    ours, theirs = (d["spec"]["template"]["spec"] for d in (deployment, plain))
+    assert ours["securityContext"] == theirs["securityContext"]
+    for key in ("image", "securityContext", "livenessProbe", "ports", "resources", "volumeMounts"):
+        assert ours["containers"][0][key] == theirs["containers"][0][key], key
+    assert {e["name"] for e in theirs["containers"][0]["env"]} <= {
+        e["name"] for e in ours["containers"][0]["env"]
+    }
+
+
+def test_values_schema_refuses_a_typo(helm: str, chart: Path) -> None:
+    result = run([helm, "template", RELEASE, str(chart), "--set", "metrics.serviceMonitor.enabeld=true"])
+    assert result.returncode != 0
+    assert "enabeld" in result.stderr
+
+
+def test_missing_service_account_name_is_explained(helm: str, chart: Path) -> None:
+    result = run([helm, "template", RELEASE, str(chart), "--set", "serviceAccount.create=false"])
+    assert result.returncode != 0
+    assert "serviceAccount.name is required" in result.stderr
+
+
+def structural_problems(obj: dict[str, Any]) -> Iterator[str]:
+    """Offline checks in the spirit of kubeconform: what an API server would refuse or what breaks wiring."""
+    kind, meta = obj.get("kind"), obj.get("metadata", {})
+    if not obj.get("apiVersion") or not kind:
+        yield f"object without apiVersion/kind: {meta}"
+    name = meta.get("name", "")
+    limit = (
+        253 if kind in {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "ConfigMap"} else 63
+    )
+    if not name or len(name) > limit or not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", name):
+        yield f"{kind}: invalid name {name!r}"
+    if (kind in CLUSTER_SCOPED) == bool(meta.get("namespace")):
+        yield f"{kind} {name}: namespace {meta.get('namespace')!r} does not fit its scope"
+    for key, value in meta.get("labels", {}).items():
+        if not isinstance(value, str) or len(value) > 63:
+            yield f"{kind} {name}: label {key}={value!r} is not a short string"
+    if kind == "Deployment":
+        template = obj["spec"]["template"]
+        if not obj["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items():
+            yield "Deployment selector does not match its pod labels"
+        for container in template["spec"]["containers"]:
+            for env in container.get("env", []):
+                if "value" in env and not isinstance(env["value"], str):
+                    yield f"env {env['name']} is not a string"
+            for port in container.get("ports", []):
+                if not DNS_LABEL.match(port["name"]) or len(port["name"]) > 15:
+                    yield f"port name {port['name']!r} is invalid"
+
+
+@pytest.mark.parametrize("release", [RELEASE, LONGEST_RELEASE])
+@pytest.mark.parametrize("settings", [[], EVERY_SWITCH, ["namespaceScoped=true", *EVERY_SWITCH]])
+def test_rendered_objects_are_structurally_valid(
+    helm: str, chart: Path, release: str, settings: list[str]
+) -> None:
+    command = [helm, "template", release, str(chart), "--namespace", NAMESPACE, "--include-crds"]
+    for setting in settings:
+        command += ["--set", setting]
+    result = run(command)
+    assert result.returncode == 0, result.stderr
+    objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    problems = [problem for obj in objects for problem in structural_problems(obj)]
+    assert not problems, "\n".join(problems)
+    accounts = {o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount"}
+    for binding in (o for o in objects if o["kind"].endswith("Binding")):
+        assert {s["name"] for s in binding["subjects"]} <= accounts
+
+
+def test_notes_say_what_to_do_next(helm: str, chart: Path) -> None:
+    result = run([helm, "install", RELEASE, str(chart), "--namespace", NAMESPACE, "--dry-run=client"])
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert f"kubectl -n {NAMESPACE} rollout status deployment/{RELEASE}-tooltune" in notes
+    assert "create secret generic s3-credentials" in notes
+    assert "kubectl get ttj" in notes
+
+
+# ---------------------------------------------------------------- applied to the emulator
+
+# What the emulator must serve besides its defaults for the chart's objects to apply.
+EXTRA_RESOURCES = {
+    "apps/v1/deployments": "Deployment",
+    "rbac.authorization.k8s.io/v1/roles": "Role",
+    "rbac.authorization.k8s.io/v1/rolebindings": "RoleBinding",
+    "rbac.authorization.k8s.io/v1/clusterroles": "ClusterRole",
+    "rbac.authorization.k8s.io/v1/clusterrolebindings": "ClusterRoleBinding",
+    "monitoring.coreos.com/v1/servicemonitors": "ServiceMonitor",
+    "monitoring.coreos.com/v1/podmonitors": "PodMonitor",
+    "monitoring.coreos.com/v1/prometheusrules": "PrometheusRule",
+}
+VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
+    """The emulator, also serving the kinds the chart renders (for this module only)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, kind in EXTRA_RESOURCES.items():
+            if key not in emulator.RESOURCES:
+                scoped = not kind.startswith("Cluster")
+                info = kmock.ResourceInfo(kind=kind, singular=kind.lower(), namespaced=scoped, verbs=VERBS)
+                patch.setitem(emulator.RESOURCES, key, info)
+        # Namespaces are created here, not through kubectl: the emulator cannot serve Namespace objects
+        # over HTTP (/api/v1/namespaces/<name> reads as a namespace, not as an object).
+        namespaces = ("default", NAMESPACE, "tooltune-system")
+        running = emulator.start_cluster(tmp_path_factory.mktemp("k8s"), namespaces=namespaces)
+        yield running
+        running.stop()
+
+
+def kubectl_apply(
+    kubectl: str, cluster: RunningCluster, tmp_path: Path, objects: list[dict[str, Any]]
+) -> str:
+    path = tmp_path / "objects.yaml"
+    path.write_text(yaml.safe_dump_all(objects, sort_keys=False))
+    command = [kubectl, "--kubeconfig", str(cluster.kubeconfig), "--cache-dir", str(tmp_path / "cache")]
+    result = run([*command, "apply", "--validate=false", "-f", str(path)], timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize(
+    "settings", [EVERY_SWITCH, ["namespaceScoped=true", *EVERY_SWITCH]], ids=["cluster", "ns"]
+)
+def test_rendered_chart_applies_with_kubectl(
+    helm: str, kubectl: str, chart: Path, cluster: RunningCluster, tmp_path: Path, settings: list[str]
+) -> None:
+    objects = render(helm, chart, *settings, crds=True)
+    output = kubectl_apply(kubectl, cluster, tmp_path, objects)
+    for obj in objects:
+        assert f"/{obj['metadata']['name']} " in output, (
+            f"{obj['kind']} {obj['metadata']['name']} not applied"
+        )
+
+    crd = cluster.get("apiextensions.k8s.io/v1/customresourcedefinitions", None, f"{PLURAL}.{GROUP}")
+    assert crd is not None and crd["spec"]["names"]["shortNames"] == ["ttj"]
+    if "namespaceScoped=true" in settings:
+        role = cluster.get("rbac.authorization.k8s.io/v1/roles", NAMESPACE, f"{RELEASE}-tooltune")
+    else:
+        role = cluster.get("rbac.authorization.k8s.io/v1/clusterroles", None, f"{RELEASE}-tooltune")
+    assert role is not None and grants(role["rules"])[(GROUP, PLURAL)] >= {"get", "list", "watch", "patch"}
+    deployment = cluster.get("apps/v1/deployments", NAMESPACE, f"{RELEASE}-tooltune")
+    assert deployment is not None
+
+
+def test_plain_manifests_and_example_jobs_apply_with_kubectl(
+    kubectl: str, cluster: RunningCluster, tmp_path: Path
+) -> None:
+    kustomized = run([kubectl, "kustomize", str(MANIFESTS)])
+    assert kustomized.returncode == 0, kustomized.stderr
+    installed = [doc for doc in yaml.safe_load_all(kustomized.stdout) if doc]
+    kinds = {o["kind"] for o in installed}
+    assert {"Namespace", "CustomResourceDefinition", "ClusterRole", "Deployment"} <= kinds
+    kubectl_apply(kubectl, cluster, tmp_path, [o for o in installed if o["kind"] != "Namespace"])
+    assert cluster.get("apps/v1/deployments", "tooltune-system", "tooltune-operator") is not None
+
+    examples = [
+        doc
+        for path in sorted((MANIFESTS / "examples").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+    for doc in examples:
+        doc["metadata"]["namespace"] = "default"
+    kubectl_apply(kubectl, cluster, tmp_path, examples)
+    for doc in (d for d in examples if d["kind"] == "ToolTuneJob"):
+        stored = cluster.get(f"{GROUP}/v1alpha1/{PLURAL}", "default", doc["metadata"]["name"])
+        assert stored is not None
+        assert ToolTuneJob.model_validate(stored).spec == ToolTuneJob.model_validate(doc).spec
+    secret = cluster.get("v1/secrets", "default", "s3-credentials")
+    assert secret is not None and set(secret["data"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
