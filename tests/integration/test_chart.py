@@ -151,6 +151,8 @@ def test_every_switch_renders_monitoring_objects(helm: str, chart: Path) -> None
     (service,) = kinds["Service"]
     assert service_monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert service_monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    # The operator's series name the job's namespace: Prometheus must not overwrite it with the pod's.
+    assert service_monitor["spec"]["endpoints"][0]["honorLabels"] is True
 
     (pod_monitor,) = kinds["PodMonitor"]
     assert pod_monitor["spec"]["selector"]["matchLabels"] == {
@@ -159,6 +161,7 @@ def test_every_switch_renders_monitoring_objects(helm: str, chart: Path) -> None
     }
     assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
     assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["honorLabels"] is True
 
     (rule,) = kinds["PrometheusRule"]
     alerts = yaml.safe_load((chart / TELEMETRY_FILES[0]).read_text())
