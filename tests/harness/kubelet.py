@@ -1,0 +1,817 @@
+"""A test kubelet, Job controller and garbage collector for the emulated cluster.
+
+It plays the controllers the emulator lacks, on the emulator's event loop, reading and writing the store
+directly:
+
+- Job controller: one pod at a time per batch/v1 Job (parallelism and completions of 1), named
+  ``<job>-<5 random characters>``, owned by the Job, labelled with the template's labels plus
+  ``job-name``/``batch.kubernetes.io/job-name`` and the controller uid. Honours ``backoffLimit``,
+  ``podFailurePolicy`` (``FailJob``/``Ignore``/``Count`` on exit codes and on pod conditions),
+  ``activeDeadlineSeconds``, ``suspend`` (pods are deleted; resuming starts a new pod) and
+  ``ttlSecondsAfterFinished``. Conditions are the API's: ``FailureTarget`` then ``Failed`` (reasons
+  ``BackoffLimitExceeded``, ``PodFailurePolicy``, ``DeadlineExceeded``), ``SuccessCriteriaMet`` then
+  ``Complete``, ``Suspended``. Retries start at once (the real controller backs off from 10 s).
+- Kubelet: runs the first container of each pod as a local process: ``command`` + ``args`` (``$(VAR)``
+  expanded from the container's env), the image is ignored. Env: plain values, ``valueFrom``
+  ``secretKeyRef``/``configMapKeyRef``/``fieldRef`` and ``envFrom``; a missing Secret/ConfigMap/key keeps
+  the pod Pending with reason ``CreateContainerConfigError`` until it appears. Volumes: ConfigMap and
+  Secret volumes are written into ``<pod dir>/volumes/<volume>``, emptyDir volumes are empty directories
+  there, persistentVolumeClaim volumes are ``<root>/pvc/<namespace>/<claim>`` (shared by the pods that
+  mount the claim, so data survives a retry). **Mount paths are rewritten**: every occurrence of a
+  ``mountPath`` (and of ``terminationMessagePath``) in command, args, env values and workingDir is
+  replaced by the local directory (file), because a local process cannot see ``/etc/...``.
+  ``TOOLTUNE_TERMINATION_LOG`` is the local termination-message file, ``KUBECONFIG`` points at the
+  emulator, ``HOSTNAME`` is the pod name; stdout and stderr go to ``<pod dir>/container.log`` and are
+  kept. Pod status: Pending → Running → Succeeded/Failed with ``containerStatuses[0].state.terminated``
+  (``exitCode``, ``reason`` Completed/Error/OOMKilled, ``message`` from the termination file, or the log
+  tail with ``FallbackToLogsOnError``), ``startTime``, conditions. A deleted pod's process gets SIGTERM,
+  then SIGKILL after its grace period (capped at `MAX_GRACE_SECONDS`).
+- Garbage collector: an object whose owner references all name uids that no longer exist is deleted
+  (so deleting a ToolTuneJob removes its Job, whose pods are then removed and their processes killed).
+
+Not emulated: several containers, init containers, restartPolicy OnFailure restarts in place (treated as
+Never), resource limits, probes, parallel or indexed Jobs, node scheduling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import copy
+import os
+import random
+import re
+import signal
+import string
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tests.harness.emulator import CONFIGMAPS, JOBS, PODS, RESOURCES, SECRETS, RunningCluster, now_iso
+
+TICK_SECONDS = 0.5  # the longest the loop sleeps without a change (deadlines and TTLs are checked per tick)
+MAX_GRACE_SECONDS = 2.0
+STOP_TIMEOUT = 10.0
+TERMINATION_MESSAGE_LIMIT = 4096
+FALLBACK_LOG_LINES = 80
+FALLBACK_LOG_BYTES = 2048
+SIGKILL_EXIT = 128 + signal.SIGKILL
+DEFAULT_TERMINATION_PATH = "/dev/termination-log"
+TERMINATION_LOG_ENV = "TOOLTUNE_TERMINATION_LOG"
+REPO = Path(__file__).resolve().parents[2]
+PYTHONPATH_DIRS = [REPO / "api", REPO / "operator", REPO / "trainer-image", REPO]
+
+FINISHED = {"Complete", "Failed"}
+_ENV_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+class ContainerConfigError(Exception):
+    """The pod cannot start yet: a reason and message as the kubelet reports them."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+@dataclass
+class PodRun:
+    """A pod's local process and the files kept for assertions."""
+
+    namespace: str
+    name: str
+    uid: str
+    directory: Path
+    log_path: Path
+    termination_path: Path
+    fallback_to_logs: bool
+    started_at: str
+    process: asyncio.subprocess.Process
+    grace_seconds: float = MAX_GRACE_SECONDS
+    exit_code: int | None = None
+    finished_at: str | None = None
+    killed: bool = False  # killed by the harness (deletion, suspension, kill_pod), not by the system
+    reported: bool = False
+
+
+@dataclass
+class JobMemory:
+    accounted: set[str] = field(default_factory=set)  # uids of terminated pods already counted
+
+
+def _owner_uids(obj: dict[str, Any]) -> list[str]:
+    return [owner["uid"] for owner in obj["metadata"].get("ownerReferences") or [] if owner.get("uid")]
+
+
+def _condition(kind: str, reason: str, message: str, status: str = "True") -> dict[str, Any]:
+    now = now_iso()
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastProbeTime": now,
+        "lastTransitionTime": now,
+    }
+
+
+def _has_condition(status: dict[str, Any], kind: str) -> bool:
+    return any(c["type"] == kind and c["status"] == "True" for c in status.get("conditions", []))
+
+
+def _seconds_since(timestamp: str) -> float:
+    return (datetime.now(UTC) - datetime.fromisoformat(timestamp.replace("Z", "+00:00"))).total_seconds()
+
+
+def _random_suffix() -> str:
+    return "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+
+
+def expand_references(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion: known variables are replaced, ``$$`` is a literal ``$``."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _ENV_REFERENCE.sub(replace, text)
+
+
+def rewrite_paths(text: str, mounts: list[tuple[str, Path]]) -> str:
+    """Replace container paths (mount paths, the termination path) by their local counterparts."""
+    for container_path, local in sorted(mounts, key=lambda m: -len(m[0])):
+        pattern = r"(?<![\w.-])" + re.escape(container_path.rstrip("/")) + r"(?=/|$|[^\w.-])"
+        text = re.sub(pattern, lambda _m, local=local: str(local), text)
+    return text
+
+
+def pod_failure_action(job: dict[str, Any], pod: dict[str, Any]) -> tuple[str, str]:
+    """The podFailurePolicy action for a failed pod (``Count`` when no rule matches) and its message."""
+    rules = job["spec"].get("podFailurePolicy", {}).get("rules", [])
+    meta = pod["metadata"]
+    terminated = [
+        (status["name"], status["state"]["terminated"]["exitCode"])
+        for status in pod.get("status", {}).get("containerStatuses", [])
+        if "terminated" in status.get("state", {})
+    ]
+    for index, rule in enumerate(rules):
+        on_codes = rule.get("onExitCodes")
+        if on_codes:
+            values = set(on_codes.get("values", []))
+            for container, code in terminated:
+                if on_codes.get("containerName") not in (None, container) or code == 0:
+                    continue
+                if (code in values) == (on_codes.get("operator", "In") == "In"):
+                    return rule["action"], (
+                        f"Container {container} for pod {meta['namespace']}/{meta['name']} "
+                        f"failed with exit code {code} matching {rule['action']} rule "
+                        f"at index {index}"
+                    )
+        for pattern in rule.get("onPodConditions") or []:
+            for condition in pod.get("status", {}).get("conditions", []):
+                if condition["type"] == pattern["type"] and condition["status"] == pattern.get(
+                    "status", "True"
+                ):
+                    return rule["action"], (
+                        f"Pod {meta['namespace']}/{meta['name']} has condition "
+                        f"{pattern['type']} matching {rule['action']} rule at index {index}"
+                    )
+    return "Count", ""
+
+
+class Kubelet:
+    """Start with `start()`, stop with `stop()`; the other public methods are safe from any thread."""
+
+    def __init__(
+        self,
+        cluster: RunningCluster,
+        root: Path,
+        *,
+        env: dict[str, str] | None = None,
+        executables: dict[str, list[str]] | None = None,
+    ):
+        self.cluster = cluster
+        self.emulator = cluster.emulator
+        self.root = root
+        self.env = env or {}
+        self.executables = {"python": [sys.executable], "python3": [sys.executable], **(executables or {})}
+        self._runs: dict[str, PodRun] = {}
+        self._jobs: dict[str, JobMemory] = {}
+        self._wake: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Future[None] | None = None
+        self._stopping = False
+        self.errors: list[BaseException] = []
+
+    # ------------------------------------------------------------ public, thread-safe
+
+    def start(self) -> Kubelet:
+        async def launch() -> asyncio.Task[None]:
+            self._wake = asyncio.Event()
+            return asyncio.create_task(self._main(), name="test-kubelet")
+
+        self._task = self.cluster.call(launch())
+        return self
+
+    def stop(self) -> None:
+        if self._task is None:
+            return
+
+        async def shutdown() -> None:
+            self._stopping = True
+            assert self._wake is not None and self._task is not None
+            self._wake.set()
+            await asyncio.wait([self._task], timeout=STOP_TIMEOUT)
+            for run in list(self._runs.values()):
+                if run.exit_code is None:
+                    self._signal(run, signal.SIGKILL)
+            for run in list(self._runs.values()):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(run.process.wait(), STOP_TIMEOUT)
+
+        self.cluster.call(shutdown(), timeout=2 * STOP_TIMEOUT + 1)
+        self._task = None
+        if self.errors:
+            raise RuntimeError(f"the test kubelet failed: {self.errors[0]!r}") from self.errors[0]
+
+    def kill_pod(self, name: str, namespace: str = "default", *, disruption: bool = True) -> None:
+        """SIGKILL the pod's process; with `disruption`, first mark the pod as an eviction would."""
+
+        def kill() -> None:
+            run = next((r for r in self._runs.values() if (r.namespace, r.name) == (namespace, name)), None)
+            if run is None or run.exit_code is not None:
+                raise LookupError(f"pod {namespace}/{name} has no running process")
+            if disruption:
+                pod = self.emulator.get(PODS, namespace, name) or {}
+                conditions = [
+                    c for c in pod.get("status", {}).get("conditions", []) if c["type"] != "DisruptionTarget"
+                ]
+                conditions.append(
+                    _condition("DisruptionTarget", "EvictionByEvictionAPI", "Eviction API: evicting")
+                )
+                self.emulator.patch(
+                    PODS, namespace, name, {"status": {"conditions": conditions}}, subresource="status"
+                )
+            self._signal(run, signal.SIGKILL)
+            run.killed = True
+
+        self.cluster.call(kill)
+
+    def exit_code(self, name: str, namespace: str = "default") -> int | None:
+        """The exit code of the pod's process (128 + N for signal N), None while it runs or never ran."""
+        return self.cluster.call(
+            lambda: next(
+                (
+                    run.exit_code
+                    for run in self._runs.values()
+                    if (run.namespace, run.name) == (namespace, name)
+                ),
+                None,
+            )
+        )
+
+    def pod_directory(self, name: str, namespace: str = "default") -> Path:
+        return self.root / "pods" / f"{namespace}-{name}"
+
+    def logs(self, name: str, namespace: str = "default") -> str:
+        path = self.pod_directory(name, namespace) / "container.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # ------------------------------------------------------------ the loop
+
+    async def _main(self) -> None:
+        assert self._wake is not None
+        while not self._stopping:
+            try:
+                await self._reconcile()
+            except Exception as error:  # a harness bug: keep it for stop() to raise, keep serving
+                self.errors.append(error)
+            change = asyncio.ensure_future(self.emulator.next_change(TICK_SECONDS))
+            wake = asyncio.ensure_future(self._wake.wait())
+            await asyncio.wait([change, wake], return_when=asyncio.FIRST_COMPLETED)
+            for waiter in (change, wake):
+                waiter.cancel()
+            self._wake.clear()
+
+    async def _reconcile(self) -> None:
+        self._collect_garbage()
+        pods = self.emulator.list(PODS)
+        for job in self.emulator.list(JOBS):
+            self._sync_job(job, [p for p in pods if job["metadata"]["uid"] in _owner_uids(p)])
+        live = set()
+        for pod in self.emulator.list(PODS):
+            live.add(pod["metadata"]["uid"])
+            await self._sync_pod(pod)
+        for uid, run in list(self._runs.items()):
+            if uid not in live and run.exit_code is None and not run.killed:
+                run.killed = True
+                self._spawn(self._terminate(run))
+
+    def _collect_garbage(self) -> None:
+        objects = [(resource, obj) for resource in RESOURCES for obj in self.emulator.list(resource)]
+        uids = {obj["metadata"]["uid"] for _, obj in objects}
+        for resource, obj in objects:
+            owners = _owner_uids(obj)
+            if (
+                owners
+                and not any(uid in uids for uid in owners)
+                and not obj["metadata"].get("deletionTimestamp")
+            ):
+                meta = obj["metadata"]
+                with contextlib.suppress(Exception):
+                    self.emulator.delete(
+                        resource, meta.get("namespace"), meta["name"], propagation="Background"
+                    )
+
+    # ------------------------------------------------------------ Job controller
+
+    def _sync_job(self, job: dict[str, Any], pods: list[dict[str, Any]]) -> None:
+        meta, spec = job["metadata"], job["spec"]
+        status = copy.deepcopy(job.get("status", {}))
+        memory = self._jobs.setdefault(meta["uid"], JobMemory())
+        if _has_condition(status, "Complete") or _has_condition(status, "Failed"):
+            self._expire(job, status)
+            self._delete_pods(p for p in pods if self._is_active(p))
+            return
+        active = [p for p in pods if self._is_active(p)]
+        verdict: tuple[str, str, str] | None = None  # (condition, reason, message)
+        for pod in pods:
+            phase = pod.get("status", {}).get("phase")
+            if phase not in ("Succeeded", "Failed") or pod["metadata"]["uid"] in memory.accounted:
+                continue
+            memory.accounted.add(pod["metadata"]["uid"])
+            if phase == "Succeeded":
+                status["succeeded"] = status.get("succeeded", 0) + 1
+                continue
+            action, message = pod_failure_action(job, pod)
+            if action == "FailJob":
+                verdict = verdict or ("Failed", "PodFailurePolicy", message)
+            if action != "Ignore":
+                status["failed"] = status.get("failed", 0) + 1
+        if verdict is None:
+            verdict = self._verdict(spec, status)
+        if verdict is not None:
+            self._finish(status, *verdict)
+            self._delete_pods(active)
+            status["active"], status["ready"] = 0, 0
+        elif spec.get("suspend"):
+            if not _has_condition(status, "Suspended"):
+                status["conditions"] = [c for c in status.get("conditions", []) if c["type"] != "Suspended"]
+                status["conditions"].append(_condition("Suspended", "JobSuspended", "Job suspended"))
+                status.pop("startTime", None)
+            self._delete_pods(active)
+            status["active"], status["ready"] = 0, 0
+        else:
+            if _has_condition(status, "Suspended"):
+                status["conditions"] = [c for c in status["conditions"] if c["type"] != "Suspended"]
+                status["conditions"].append(_condition("Suspended", "JobResumed", "Job resumed", "False"))
+            status.setdefault("startTime", now_iso())
+            if not active:
+                active = [self._create_pod(job)]
+            status["active"] = len(active)
+            status["ready"] = sum(p.get("status", {}).get("phase") == "Running" for p in active)
+        if status != job.get("status", {}):
+            self.emulator.patch(
+                JOBS,
+                meta["namespace"],
+                meta["name"],
+                [{"op": "add", "path": "/status", "value": status}],
+                subresource="status",
+            )
+
+    @staticmethod
+    def _verdict(spec: dict[str, Any], status: dict[str, Any]) -> tuple[str, str, str] | None:
+        if status.get("succeeded", 0) >= spec.get("completions", 1):
+            return "Complete", "CompletionsReached", "Reached expected number of succeeded pods"
+        if status.get("failed", 0) > spec.get("backoffLimit", 6):
+            return "Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit"
+        deadline = spec.get("activeDeadlineSeconds")
+        if (
+            deadline is not None
+            and status.get("startTime")
+            and _seconds_since(status["startTime"]) >= deadline
+        ):
+            return "Failed", "DeadlineExceeded", "Job was active longer than specified deadline"
+        return None
+
+    @staticmethod
+    def _finish(status: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        target = "SuccessCriteriaMet" if kind == "Complete" else "FailureTarget"
+        status.setdefault("conditions", [])
+        status["conditions"] += [_condition(target, reason, message), _condition(kind, reason, message)]
+        if kind == "Complete":
+            status["completionTime"] = now_iso()
+
+    def _expire(self, job: dict[str, Any], status: dict[str, Any]) -> None:
+        ttl = job["spec"].get("ttlSecondsAfterFinished")
+        finished = next(
+            (
+                c["lastTransitionTime"]
+                for c in status.get("conditions", [])
+                if c["type"] in FINISHED and c["status"] == "True"
+            ),
+            None,
+        )
+        if ttl is not None and finished and _seconds_since(finished) >= ttl:
+            meta = job["metadata"]
+            self.emulator.delete(JOBS, meta["namespace"], meta["name"], propagation="Background")
+
+    @staticmethod
+    def _is_active(pod: dict[str, Any]) -> bool:
+        return pod.get("status", {}).get("phase", "Pending") in ("Pending", "Running") and not pod[
+            "metadata"
+        ].get("deletionTimestamp")
+
+    def _delete_pods(self, pods: Any) -> None:
+        for pod in pods:
+            with contextlib.suppress(Exception):
+                self.emulator.delete(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"])
+
+    def _create_pod(self, job: dict[str, Any]) -> dict[str, Any]:
+        meta, template = job["metadata"], job["spec"]["template"]
+        labels = {
+            **(template.get("metadata", {}).get("labels") or {}),
+            "job-name": meta["name"],
+            "batch.kubernetes.io/job-name": meta["name"],
+            "controller-uid": meta["uid"],
+            "batch.kubernetes.io/controller-uid": meta["uid"],
+        }
+        pod = {
+            "metadata": {
+                "name": f"{meta['name']}-{_random_suffix()}",
+                "namespace": meta["namespace"],
+                "labels": labels,
+                "annotations": template.get("metadata", {}).get("annotations") or {},
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": copy.deepcopy(template["spec"]),
+        }
+        created = self.emulator.create(PODS, pod)
+        return self.emulator.patch(
+            PODS,
+            meta["namespace"],
+            created["metadata"]["name"],
+            {"status": {"phase": "Pending"}},
+            subresource="status",
+        )
+
+    # ------------------------------------------------------------ kubelet
+
+    async def _sync_pod(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        phase = pod.get("status", {}).get("phase", "Pending")
+        run = self._runs.get(meta["uid"])
+        if phase in ("Succeeded", "Failed") or meta.get("deletionTimestamp"):
+            return
+        if run is None:
+            try:
+                run = await self._launch(pod)
+            except ContainerConfigError as error:
+                self._report_waiting(pod, error)
+                return
+            self._runs[meta["uid"]] = run
+            self._report_running(pod, run)
+        elif run.exit_code is not None and not run.reported:
+            self._report_terminated(pod, run)
+
+    def _container_status(self, pod: dict[str, Any], state: dict[str, Any], ready: bool) -> dict[str, Any]:
+        container = pod["spec"]["containers"][0]
+        return {
+            "name": container["name"],
+            "image": container.get("image", ""),
+            "ready": ready,
+            "started": ready,
+            "restartCount": 0,
+            "state": state,
+        }
+
+    def _patch_pod_status(self, pod: dict[str, Any], status: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        merged = {**pod.get("status", {}), **status}
+        if merged != pod.get("status"):
+            with contextlib.suppress(Exception):  # the pod may be gone already
+                self.emulator.patch(
+                    PODS,
+                    meta["namespace"],
+                    meta["name"],
+                    [{"op": "add", "path": "/status", "value": merged}],
+                    subresource="status",
+                )
+
+    def _report_waiting(self, pod: dict[str, Any], error: ContainerConfigError) -> None:
+        state = {"waiting": {"reason": error.reason, "message": error.message}}
+        self._patch_pod_status(
+            pod, {"phase": "Pending", "containerStatuses": [self._container_status(pod, state, False)]}
+        )
+
+    def _report_running(self, pod: dict[str, Any], run: PodRun) -> None:
+        conditions = [
+            c for c in pod.get("status", {}).get("conditions", []) if c["type"] == "DisruptionTarget"
+        ]
+        conditions += [
+            _condition(kind, "", "") for kind in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
+        ]
+        state = {"running": {"startedAt": run.started_at}}
+        self._patch_pod_status(
+            pod,
+            {
+                "phase": "Running",
+                "startTime": run.started_at,
+                "conditions": conditions,
+                "containerStatuses": [self._container_status(pod, state, True)],
+            },
+        )
+
+    def _report_terminated(self, pod: dict[str, Any], run: PodRun) -> None:
+        run.reported = True
+        code = run.exit_code or 0
+        reason = (
+            "Completed"
+            if code == 0
+            else ("OOMKilled" if code == SIGKILL_EXIT and not run.killed else "Error")
+        )
+        terminated = {
+            "exitCode": code,
+            "reason": reason,
+            "startedAt": run.started_at,
+            "finishedAt": run.finished_at,
+            "containerID": f"local://{run.process.pid}",
+        }
+        message = self._termination_message(run, code)
+        if message:
+            terminated["message"] = message
+        conditions = [
+            c for c in pod.get("status", {}).get("conditions", []) if c["type"] == "DisruptionTarget"
+        ]
+        conditions += [
+            _condition(kind, "PodCompleted" if code == 0 else "PodFailed", "", "False")
+            for kind in ("Ready", "ContainersReady")
+        ]
+        self._patch_pod_status(
+            pod,
+            {
+                "phase": "Succeeded" if code == 0 else "Failed",
+                "conditions": conditions,
+                "containerStatuses": [self._container_status(pod, {"terminated": terminated}, False)],
+            },
+        )
+
+    @staticmethod
+    def _termination_message(run: PodRun, code: int) -> str:
+        if run.termination_path.exists():
+            message = run.termination_path.read_bytes()[:TERMINATION_MESSAGE_LIMIT].decode(errors="replace")
+            if message.strip():
+                return message
+        if code != 0 and run.fallback_to_logs and run.log_path.exists():
+            lines = run.log_path.read_text(errors="replace").splitlines()[-FALLBACK_LOG_LINES:]
+            return "\n".join(lines)[-FALLBACK_LOG_BYTES:]
+        return ""
+
+    # ------------------------------------------------------------ starting a container
+
+    def _lookup(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.emulator.get(SECRETS if kind == "Secret" else CONFIGMAPS, namespace, name)
+
+    def _values(self, kind: str, namespace: str, name: str) -> dict[str, str] | None:
+        obj = self._lookup(kind, namespace, name)
+        if obj is None:
+            return None
+        if kind == "Secret":
+            return {
+                k: base64.b64decode(v).decode(errors="replace") for k, v in (obj.get("data") or {}).items()
+            }
+        return dict(obj.get("data") or {})
+
+    def _resolve_env(self, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+        namespace = pod["metadata"]["namespace"]
+        env: dict[str, str] = {}
+        for source in container.get("envFrom") or []:
+            kind, ref = (
+                ("Secret", source["secretRef"])
+                if "secretRef" in source
+                else ("ConfigMap", source["configMapRef"])
+            )
+            values = self._values(kind, namespace, ref["name"])
+            if values is None:
+                if ref.get("optional"):
+                    continue
+                raise ContainerConfigError(
+                    "CreateContainerConfigError", f'{kind.lower()} "{ref["name"]}" not found'
+                )
+            env.update({source.get("prefix", "") + k: v for k, v in values.items()})
+        for item in container.get("env") or []:
+            if "valueFrom" not in item:
+                env[item["name"]] = expand_references(str(item.get("value", "")), env)
+                continue
+            source = item["valueFrom"]
+            if "fieldRef" in source:
+                env[item["name"]] = self._field(pod, source["fieldRef"]["fieldPath"])
+                continue
+            kind, ref = (
+                ("Secret", source["secretKeyRef"])
+                if "secretKeyRef" in source
+                else ("ConfigMap", source.get("configMapKeyRef"))
+            )
+            if ref is None:
+                raise ContainerConfigError(
+                    "CreateContainerConfigError",
+                    f"env {item['name']}: valueFrom {sorted(source)} is not emulated",
+                )
+            values = self._values(kind, namespace, ref["name"])
+            if values is None or ref["key"] not in values:
+                if ref.get("optional"):
+                    continue
+                problem = (
+                    f'{kind.lower()} "{ref["name"]}" not found'
+                    if values is None
+                    else f"couldn't find key {ref['key']} in {kind} {namespace}/{ref['name']}"
+                )
+                raise ContainerConfigError("CreateContainerConfigError", problem)
+            env[item["name"]] = values[ref["key"]]
+        return env
+
+    @staticmethod
+    def _field(pod: dict[str, Any], path: str) -> str:
+        meta = pod["metadata"]
+        simple = {
+            "metadata.name": meta["name"],
+            "metadata.namespace": meta["namespace"],
+            "metadata.uid": meta["uid"],
+            "spec.nodeName": "test-node",
+            "status.podIP": "127.0.0.1",
+            "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
+        }
+        if path in simple:
+            return simple[path]
+        label = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
+        if label:
+            return (meta.get(label.group(1)) or {}).get(label.group(2), "")
+        raise ContainerConfigError("CreateContainerConfigError", f"fieldRef {path} is not emulated")
+
+    def _materialise_volumes(self, pod: dict[str, Any], directory: Path) -> dict[str, Path]:
+        namespace = pod["metadata"]["namespace"]
+        local: dict[str, Path] = {}
+        for volume in pod["spec"].get("volumes") or []:
+            target = directory / "volumes" / volume["name"]
+            if "configMap" in volume or "secret" in volume:
+                kind = "ConfigMap" if "configMap" in volume else "Secret"
+                ref = volume["configMap"] if kind == "ConfigMap" else volume["secret"]
+                name = ref.get("name") or ref.get("secretName")
+                values = self._values(kind, namespace, name)
+                if kind == "ConfigMap" and values is not None:
+                    binary = (self._lookup(kind, namespace, name) or {}).get("binaryData") or {}
+                    values.update(
+                        {k: base64.b64decode(v).decode(errors="replace") for k, v in binary.items()}
+                    )
+                if values is None:
+                    if not ref.get("optional"):
+                        raise ContainerConfigError(
+                            "ContainerCreating",
+                            f"MountVolume.SetUp failed for volume "
+                            f'"{volume["name"]}" : {kind.lower()} "{name}" not found',
+                        )
+                    values = {}
+                items = ref.get("items") or [{"key": key, "path": key} for key in values]
+                target.mkdir(parents=True, exist_ok=True)
+                for item in items:
+                    if item["key"] not in values:
+                        raise ContainerConfigError(
+                            "ContainerCreating",
+                            f"MountVolume.SetUp failed for volume "
+                            f'"{volume["name"]}" : key {item["key"]} not found in {name}',
+                        )
+                    path = target / item["path"]
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(values[item["key"]])
+            elif "emptyDir" in volume:
+                target.mkdir(parents=True, exist_ok=True)
+            elif "persistentVolumeClaim" in volume:
+                target = self.root / "pvc" / namespace / volume["persistentVolumeClaim"]["claimName"]
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                kinds = sorted(set(volume) - {"name"})
+                raise ContainerConfigError(
+                    "ContainerCreating",
+                    f'volume "{volume["name"]}": {kinds} volumes are '
+                    "not emulated by the test kubelet (use configMap, secret, emptyDir "
+                    "or persistentVolumeClaim)",
+                )
+            local[volume["name"]] = target
+        return local
+
+    async def _launch(self, pod: dict[str, Any]) -> PodRun:
+        meta = pod["metadata"]
+        container = pod["spec"]["containers"][0]
+        directory = self.pod_directory(meta["name"], meta["namespace"])
+        directory.mkdir(parents=True, exist_ok=True)
+        env = self._resolve_env(pod, container)
+        volumes = self._materialise_volumes(pod, directory)
+        termination_path = directory / "termination-log"
+        termination_path.write_text("")
+        mounts: list[tuple[str, Path]] = []
+        for mount in container.get("volumeMounts") or []:
+            if mount["name"] not in volumes:
+                raise ContainerConfigError(
+                    "CreateContainerConfigError", f'volumeMount "{mount["name"]}" names no volume of the pod'
+                )
+            mounts.append((mount["mountPath"], volumes[mount["name"]] / mount.get("subPath", "")))
+        mounts.append((container.get("terminationMessagePath", DEFAULT_TERMINATION_PATH), termination_path))
+        env = {name: rewrite_paths(value, mounts) for name, value in env.items()}
+        argv = [
+            rewrite_paths(expand_references(part, env), mounts)
+            for part in [*(container.get("command") or []), *(container.get("args") or [])]
+        ]
+        if not container.get("command"):
+            raise ContainerConfigError(
+                "CreateContainerError",
+                f"container {container['name']} has no command: "
+                "the test kubelet ignores images, so the pod spec must set command",
+            )
+        argv = [*self.executables.get(argv[0], [argv[0]]), *argv[1:]]
+        workdir = (
+            Path(rewrite_paths(container["workingDir"], mounts))
+            if container.get("workingDir")
+            else (directory / "cwd")
+        )
+        workdir.mkdir(parents=True, exist_ok=True)
+        log_path = directory / "container.log"
+        with log_path.open("ab") as log:
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *argv,
+                    cwd=workdir,
+                    env=self._process_env(pod, env, termination_path),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as error:
+                raise ContainerConfigError(
+                    "CreateContainerError", f"cannot start {argv[0]!r}: {error}"
+                ) from None
+        run = PodRun(
+            meta["namespace"],
+            meta["name"],
+            meta["uid"],
+            directory,
+            log_path,
+            termination_path,
+            container.get("terminationMessagePolicy") == "FallbackToLogsOnError",
+            now_iso(),
+            process,
+            min(MAX_GRACE_SECONDS, pod["spec"].get("terminationGracePeriodSeconds", 30)),
+        )
+        self._spawn(self._reap(run))
+        return run
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _process_env(self, pod: dict[str, Any], env: dict[str, str], termination: Path) -> dict[str, str]:
+        inherited = {k: v for k, v in os.environ.items() if k in {"HOME", "LANG", "LC_ALL", "TMPDIR", "USER"}}
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")])
+        pythonpath = os.pathsep.join(map(str, PYTHONPATH_DIRS))
+        return {
+            **inherited,
+            "PATH": path,
+            "PYTHONPATH": pythonpath,
+            "PYTHONUNBUFFERED": "1",
+            "HOSTNAME": pod["metadata"]["name"],
+            "KUBECONFIG": str(self.cluster.kubeconfig),
+            TERMINATION_LOG_ENV: str(termination),
+            **self.env,
+            **env,
+        }
+
+    async def _reap(self, run: PodRun) -> None:
+        code = await run.process.wait()
+        run.exit_code = 128 - code if code < 0 else code  # a signal N is reported as 128 + N
+        run.finished_at = now_iso()
+        if self._wake is not None:
+            self._wake.set()
+
+    def _signal(self, run: PodRun, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(run.process.pid, signum)
+
+    async def _terminate(self, run: PodRun) -> None:
+        self._signal(run, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(run.process.wait()), run.grace_seconds)
+        except TimeoutError:
+            self._signal(run, signal.SIGKILL)

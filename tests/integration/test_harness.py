@@ -1,0 +1,433 @@
+"""The local cluster harness itself: emulator semantics, the test kubelet, a kopf operator, kubectl."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+import kopf
+import kubernetes
+import pytest
+from tooltune_api import GROUP, PLURAL, VERSION
+
+from tests.harness.emulator import CONFIGMAPS, JOBS, PODS, TTJ
+from tests.harness.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+NS = "default"
+TTJ_BODY = {
+    "apiVersion": f"{GROUP}/{VERSION}",
+    "kind": "ToolTuneJob",
+    "metadata": {"name": "demo"},
+    "spec": {
+        "baseModel": "tooltune/tiny-llama",
+        "dataset": {"train": "/data/train.jsonl"},
+        "output": {"uri": "/tmp/out/"},
+    },
+}
+
+
+def job_body(name: str, script: str, **spec: Any) -> dict[str, Any]:
+    container = {"name": "trainer", "image": "tooltune-trainer:test", "command": ["python", "-c", script]}
+    container.update(spec.pop("container", {}))
+    pod_spec = {"restartPolicy": "Never", "containers": [container], **spec.pop("pod", {})}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "labels": {"app": "test"}},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {"metadata": {"labels": {"app": "test"}}, "spec": pod_spec},
+            **spec,
+        },
+    }
+
+
+def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
+    conditions = (obj or {}).get("status", {}).get("conditions", [])
+    return next((c for c in conditions if c["type"] == kind and c["status"] == "True"), None)
+
+
+def job_pods(k8s, job: str) -> list[dict[str, Any]]:
+    return k8s.cluster.list(PODS, NS, labels=f"job-name={job}")
+
+
+def wait_for_job(k8s, name: str, kind: str, timeout: float = 15) -> dict[str, Any]:
+    return wait_for(
+        lambda: condition(k8s.cluster.get(JOBS, NS, name), kind),
+        timeout,
+        what=f"Job {name} {kind}",
+        describe=lambda: (k8s.cluster.get(JOBS, NS, name) or {}).get("status"),
+    )
+
+
+def tiny_operator(kubeconfig: str, script: str):
+    """A ToolTuneJob → Job operator in a few lines, and Job conditions → the ToolTuneJob's phase."""
+    api = kubernetes.config.new_client_from_config(config_file=kubeconfig)
+    batch, custom = kubernetes.client.BatchV1Api(api), kubernetes.client.CustomObjectsApi(api)
+
+    def register() -> None:
+        @kopf.on.create(GROUP, VERSION, PLURAL)
+        def create_job(body: kopf.Body, name: str, namespace: str, patch: kopf.Patch, **_: Any) -> None:
+            job = job_body(f"{name}-1", script)
+            job["metadata"]["labels"]["tooltune.dev/job"] = name
+            kopf.adopt(job, owner=body)
+            batch.create_namespaced_job(namespace, job)
+            patch.status["phase"] = "Running"
+            patch.status["jobName"] = job["metadata"]["name"]
+
+        @kopf.on.delete(GROUP, VERSION, PLURAL)
+        def deleted(**_: Any) -> None:
+            """Only here so that kopf puts a finalizer on the ToolTuneJob, as a real operator would."""
+
+        @kopf.on.event("batch", "v1", "jobs", labels={"tooltune.dev/job": kopf.PRESENT})
+        def job_changed(body: kopf.Body, namespace: str, labels: dict[str, str], **_: Any) -> None:
+            for kind, phase in (("Complete", "Succeeded"), ("Failed", "Failed")):
+                if condition(dict(body), kind):
+                    custom.patch_namespaced_custom_object_status(
+                        GROUP,
+                        VERSION,
+                        namespace,
+                        PLURAL,
+                        labels["tooltune.dev/job"],
+                        {"status": {"phase": phase}},
+                    )
+
+    return register
+
+
+# ---------------------------------------------------------------- operator + kubelet
+
+
+def test_operator_job_runs_to_completion(k8s, kubelet, kopf_operator):
+    script = "import os; print('hello from', os.environ['HOSTNAME'])"
+    kopf_operator(tiny_operator(str(k8s.kubeconfig), script))
+    k8s.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, TTJ_BODY)
+
+    wait_for(
+        lambda: (k8s.cluster.get(TTJ, NS, "demo") or {}).get("status", {}).get("phase") == "Succeeded",
+        15,
+        what="the ToolTuneJob to succeed",
+        describe=lambda: k8s.cluster.get(TTJ, NS, "demo"),
+    )
+    job = k8s.batch.read_namespaced_job("demo-1", NS)
+    assert job.status.succeeded == 1 and job.status.active == 0 and job.status.completion_time
+    assert [c.type for c in job.status.conditions] == ["SuccessCriteriaMet", "Complete"]
+    [pod] = job_pods(k8s, "demo-1")
+    assert pod["metadata"]["name"].startswith("demo-1-")
+    assert pod["metadata"]["ownerReferences"][0]["uid"] == job.metadata.uid
+    assert pod["metadata"]["labels"]["app"] == "test"
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert pod["status"]["phase"] == "Succeeded" and (terminated["exitCode"], terminated["reason"]) == (
+        0,
+        "Completed",
+    )
+    assert kubelet.logs(pod["metadata"]["name"]) == f"hello from {pod['metadata']['name']}\n"
+    # The CRD's defaults were applied on create, and kopf's finalizer is in place.
+    ttj = k8s.cluster.get(TTJ, NS, "demo")
+    assert ttj["spec"]["backend"] == "unsloth" and ttj["metadata"]["finalizers"]
+
+
+def test_deleting_the_owner_collects_job_and_pods_and_kills_the_process(k8s, kubelet, kopf_operator):
+    kopf_operator(tiny_operator(str(k8s.kubeconfig), "import time; time.sleep(60)"))
+    k8s.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, TTJ_BODY)
+    pod = wait_for(
+        lambda: [p for p in job_pods(k8s, "demo-1") if p.get("status", {}).get("phase") == "Running"],
+        15,
+        what="a running pod",
+    )[0]
+    name = pod["metadata"]["name"]
+    assert kubelet.exit_code(name) is None
+
+    k8s.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "demo")
+
+    wait_for(lambda: k8s.cluster.get(TTJ, NS, "demo") is None, 10, what="kopf to release the finalizer")
+    wait_for(
+        lambda: not k8s.cluster.list(JOBS, NS) and not k8s.cluster.list(PODS, NS),
+        10,
+        what="the Job and its pod to be garbage-collected",
+    )
+    assert wait_for(lambda: kubelet.exit_code(name), 5, what="the process to end") == 128 + 15  # SIGTERM
+
+
+def test_operator_restart_picks_up_what_happened_while_it_was_down(k8s, kopf_operator):
+    seen: list[str] = []
+
+    def register() -> None:
+        @kopf.on.create(GROUP, VERSION, PLURAL)
+        def created(name: str, **_: Any) -> None:
+            seen.append(name)
+
+    operator = kopf_operator(register)
+    k8s.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, TTJ_BODY)
+    wait_for(lambda: seen == ["demo"], 10, what="the first operator run")
+    operator.stop()
+    k8s.custom.create_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, {**TTJ_BODY, "metadata": {"name": "second"}}
+    )
+    operator.start()
+    wait_for(lambda: seen == ["demo", "second"], 10, what="the restarted operator", describe=lambda: seen)
+
+
+# ---------------------------------------------------------------- Job controller
+
+
+def test_exit_2_fails_the_job_at_once_by_pod_failure_policy(k8s, kubelet):
+    script = (
+        "open('/dev/termination-log', 'w').write('line 3: unknown tool get_weather'); raise SystemExit(2)"
+    )
+    policy = {
+        "rules": [
+            {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]
+    }
+    k8s.batch.create_namespaced_job(NS, job_body("bad-data", script, backoffLimit=3, podFailurePolicy=policy))
+
+    failed = wait_for_job(k8s, "bad-data", "Failed")
+    assert failed["reason"] == "PodFailurePolicy"
+    [pod] = job_pods(k8s, "bad-data")  # no retry despite backoffLimit 3
+    assert failed["message"] == (
+        f"Container trainer for pod {NS}/{pod['metadata']['name']} failed with exit "
+        "code 2 matching FailJob rule at index 0"
+    )
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (2, "Error")
+    assert terminated["message"] == "line 3: unknown tool get_weather"
+    assert pod["status"]["phase"] == "Failed"
+
+
+def test_disruption_is_ignored_and_other_failures_count_against_backoff_limit(k8s, kubelet):
+    policy = {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]}
+    k8s.batch.create_namespaced_job(
+        NS, job_body("flaky", "import time; time.sleep(60)", backoffLimit=0, podFailurePolicy=policy)
+    )
+
+    def running_pod() -> str | None:
+        pods = [p for p in job_pods(k8s, "flaky") if p.get("status", {}).get("phase") == "Running"]
+        return pods[0]["metadata"]["name"] if pods else None
+
+    first = wait_for(running_pod, 10, what="the first pod")
+    kubelet.kill_pod(first, disruption=True)
+    second = wait_for(lambda: (name := running_pod()) != first and name, 10, what="a replacement pod")
+    evicted = k8s.cluster.get(PODS, NS, first)
+    assert condition(evicted, "DisruptionTarget")["reason"] == "EvictionByEvictionAPI"
+    assert evicted["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
+
+    kubelet.kill_pod(second, disruption=False)
+    failed = wait_for_job(k8s, "flaky", "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded"
+    assert k8s.cluster.get(JOBS, NS, "flaky")["status"]["failed"] == 1
+
+
+def test_retries_until_backoff_limit(k8s, kubelet):
+    k8s.batch.create_namespaced_job(NS, job_body("retry", "raise SystemExit(1)", backoffLimit=1))
+    assert wait_for_job(k8s, "retry", "Failed")["reason"] == "BackoffLimitExceeded"
+    assert len(job_pods(k8s, "retry")) == 2
+    assert k8s.cluster.get(JOBS, NS, "retry")["status"]["failed"] == 2
+
+
+def test_suspend_kills_the_pod_and_resume_starts_a_new_one(k8s, kubelet):
+    k8s.batch.create_namespaced_job(NS, job_body("pausable", "import time; time.sleep(60)"))
+    first = wait_for(lambda: job_pods(k8s, "pausable"), 10, what="a pod")[0]["metadata"]["name"]
+
+    k8s.batch.patch_namespaced_job("pausable", NS, {"spec": {"suspend": True}})
+    suspended = wait_for_job(k8s, "pausable", "Suspended")
+    assert suspended["reason"] == "JobSuspended"
+    wait_for(lambda: not job_pods(k8s, "pausable"), 10, what="the pod to be deleted on suspension")
+    assert k8s.cluster.get(JOBS, NS, "pausable")["status"]["active"] == 0
+
+    k8s.batch.patch_namespaced_job("pausable", NS, {"spec": {"suspend": False}})
+    resumed = wait_for(lambda: job_pods(k8s, "pausable"), 10, what="a new pod after resuming")
+    assert resumed[0]["metadata"]["name"] != first
+    assert not condition(k8s.cluster.get(JOBS, NS, "pausable"), "Suspended")
+
+
+def test_active_deadline_and_ttl_after_finished(k8s, kubelet):
+    k8s.batch.create_namespaced_job(
+        NS, job_body("slow", "import time; time.sleep(60)", activeDeadlineSeconds=1)
+    )
+    k8s.batch.create_namespaced_job(NS, job_body("short-lived", "pass", ttlSecondsAfterFinished=0))
+
+    assert wait_for_job(k8s, "slow", "Failed")["reason"] == "DeadlineExceeded"
+    wait_for(lambda: not job_pods(k8s, "slow"), 10, what="the deadline to delete the pod")
+    wait_for(lambda: k8s.cluster.get(JOBS, NS, "short-lived") is None, 10, what="the TTL to delete the Job")
+
+
+# ---------------------------------------------------------------- kubelet: env, volumes, paths
+
+
+def test_secret_env_and_mounted_config_reach_the_process(k8s, kubelet):
+    script = textwrap.dedent("""
+        import os, pathlib
+        print(os.environ['API_KEY'], os.environ['MODE'], os.environ['POD'])
+        print(pathlib.Path(os.environ['TOOLTUNE_CONFIG']).read_text())
+        pathlib.Path('/scratch/out.txt').write_text('written')
+        print(pathlib.Path('/scratch/out.txt').read_text())
+    """)
+    container = {
+        "env": [
+            {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "openai", "key": "OPENAI_API_KEY"}}},
+            {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "TOOLTUNE_CONFIG", "value": "/etc/tooltune/contract.json"},
+        ],
+        "volumeMounts": [
+            {"name": "contract", "mountPath": "/etc/tooltune"},
+            {"name": "scratch", "mountPath": "/scratch"},
+        ],
+    }
+    volumes = [
+        {
+            "name": "contract",
+            "configMap": {"name": "settings", "items": [{"key": "contract.json", "path": "contract.json"}]},
+        },
+        {"name": "scratch", "emptyDir": {}},
+    ]
+    k8s.core.create_namespaced_config_map(
+        NS, {"metadata": {"name": "settings"}, "data": {"mode": "cpu", "contract.json": '{"contract": 1}'}}
+    )
+    k8s.batch.create_namespaced_job(
+        NS, job_body("env", script, container=container, pod={"volumes": volumes})
+    )
+
+    pending = wait_for(
+        lambda: [p for p in job_pods(k8s, "env") if p.get("status", {}).get("containerStatuses")],
+        10,
+        what="a waiting pod",
+    )[0]
+    waiting = pending["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert pending["status"]["phase"] == "Pending"
+    assert waiting == {"reason": "CreateContainerConfigError", "message": 'secret "openai" not found'}
+
+    k8s.core.create_namespaced_secret(
+        NS, {"metadata": {"name": "openai"}, "stringData": {"OPENAI_API_KEY": "sk-test"}}
+    )
+    wait_for_job(k8s, "env", "Complete")
+    pod = job_pods(k8s, "env")[0]["metadata"]["name"]
+    assert kubelet.logs(pod).splitlines() == [f"sk-test cpu {pod}", '{"contract": 1}', "written"]
+
+
+# ---------------------------------------------------------------- the API emulator
+
+
+def test_watch_resumes_from_a_resource_version(k8s):
+    k8s.core.create_namespaced_config_map(NS, {"metadata": {"name": "before"}})
+    listed = k8s.core.list_namespaced_config_map(NS)
+    k8s.core.create_namespaced_config_map(NS, {"metadata": {"name": "after"}})
+    k8s.core.patch_namespaced_config_map("before", NS, {"data": {"k": "v"}})
+
+    stream = kubernetes.watch.Watch().stream(
+        k8s.core.list_namespaced_config_map,
+        NS,
+        resource_version=listed.metadata.resource_version,
+        timeout_seconds=1,
+    )
+    events = [(e["type"], e["object"].metadata.name) for e in stream]
+    assert events == [("ADDED", "after"), ("MODIFIED", "before")]
+
+    fresh = kubernetes.watch.Watch().stream(k8s.core.list_namespaced_config_map, NS, timeout_seconds=1)
+    assert sorted((e["type"], e["object"].metadata.name) for e in fresh) == [
+        ("ADDED", "after"),
+        ("ADDED", "before"),
+    ]
+    assert listed.kind == "ConfigMapList" and int(listed.metadata.resource_version) > 0
+
+
+def test_api_semantics_kopf_and_kubectl_rely_on(k8s):
+    created = k8s.cluster.create(
+        CONFIGMAPS, {"metadata": {"name": "cm", "labels": {"tier": "a"}}, "data": {}}
+    )
+    meta = created["metadata"]
+    assert meta["uid"] and meta["creationTimestamp"] and meta["namespace"] == NS and meta["resourceVersion"]
+
+    with pytest.raises(kubernetes.client.ApiException) as conflict:
+        k8s.core.create_namespaced_config_map(NS, {"metadata": {"name": "cm"}})
+    assert conflict.value.status == 409
+    stale = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": "0"},
+        {"op": "replace", "path": "/data", "value": {"x": "y"}},
+    ]
+    with pytest.raises(kubernetes.client.ApiException) as failed_test:
+        k8s.core.patch_namespaced_config_map("cm", NS, stale)
+    assert failed_test.value.status == 422
+    with pytest.raises(kubernetes.client.ApiException) as stale_write:
+        k8s.core.patch_namespaced_config_map(
+            "cm", NS, {"metadata": {"resourceVersion": "1"}, "data": {"x": "y"}}
+        )
+    assert stale_write.value.status == 409
+
+    unchanged = k8s.cluster.patch(CONFIGMAPS, NS, "cm", {"data": {}})
+    assert unchanged["metadata"]["resourceVersion"] == meta["resourceVersion"]  # a no-op keeps the version
+    k8s.cluster.create(CONFIGMAPS, {"metadata": {"name": "other", "labels": {"tier": "b"}}})
+    assert [
+        c.metadata.name for c in k8s.core.list_namespaced_config_map(NS, label_selector="tier=a").items
+    ] == ["cm"]
+    assert [
+        c.metadata.name for c in k8s.core.list_namespaced_config_map(NS, label_selector="tier!=a").items
+    ] == ["other"]
+
+    # The status subresource: writes to the object ignore status, writes to /status touch only status.
+    k8s.custom.create_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, {**TTJ_BODY, "status": {"phase": "X"}}
+    )
+    assert "status" not in k8s.cluster.get(TTJ, NS, "demo")
+    k8s.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, "demo", {"status": {"phase": "Running"}}
+    )
+    assert "status" not in k8s.cluster.get(TTJ, NS, "demo")
+    k8s.custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, NS, PLURAL, "demo", {"status": {"phase": "Running"}, "spec": {"baseModel": "x"}}
+    )
+    ttj = k8s.cluster.get(TTJ, NS, "demo")
+    assert ttj["status"] == {"phase": "Running"} and ttj["spec"]["baseModel"] == "tooltune/tiny-llama"
+    assert ttj["metadata"]["generation"] == 1
+    k8s.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, "demo", {"spec": {"baseModel": "y"}}
+    )
+    assert k8s.cluster.get(TTJ, NS, "demo")["metadata"]["generation"] == 2
+
+    with pytest.raises(kubernetes.client.ApiException) as invalid_job:
+        k8s.batch.create_namespaced_job(NS, job_body("x", "pass", pod={"restartPolicy": "Always"}))
+    assert invalid_job.value.status == 422 and "restartPolicy" in invalid_job.value.body
+
+
+# ---------------------------------------------------------------- kubectl
+
+
+def test_kubectl_applies_lists_prints_columns_and_deletes(k8s, tmp_path):
+    manifest = tmp_path / "ttj.yaml"
+    manifest.write_text(
+        textwrap.dedent("""
+        apiVersion: tooltune.dev/v1alpha1
+        kind: ToolTuneJob
+        metadata: {name: task-api-tools}
+        spec:
+          baseModel: tooltune/tiny-llama
+          dataset: {train: s3://datasets/train.jsonl}
+          output: {uri: s3://models/task-api-tools/}
+    """)
+    )
+    assert "created" in k8s.kubectl("apply", "--validate=false", "-f", str(manifest)).stdout
+    k8s.custom.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        NS,
+        PLURAL,
+        "task-api-tools",
+        {"status": {"phase": "Running", "progress": {"step": 12, "trainLoss": 0.53}}},
+    )
+
+    output = k8s.kubectl("get", "ttj")
+    header, row = output.stdout.splitlines()
+    assert header.split() == ["NAME", "PHASE", "BACKEND", "MODEL", "STEP", "LOSS", "AGE"]
+    assert row.split()[:6] == ["task-api-tools", "Running", "unsloth", "tooltune/tiny-llama", "12", "0.53"]
+    assert row.split()[6].endswith("s")
+    assert "Warning" not in output.stderr
+
+    as_yaml = k8s.kubectl("get", "ttj", "task-api-tools", "-o", "yaml").stdout
+    assert "kind: ToolTuneJob" in as_yaml and "trainLoss: 0.53" in as_yaml
+    assert "unchanged" in k8s.kubectl("apply", "--validate=false", "-f", str(manifest)).stdout
+    k8s.kubectl("delete", "-f", str(manifest))
+    assert "No resources found" in k8s.kubectl("get", "tooltunejobs").stderr
