@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 from collections.abc import Callable
@@ -110,7 +111,7 @@ CHORE_VERBS = [
 ]
 BILLS = [
     "the electricity bill", "the car insurance", "the rent", "the phone bill", "the gym membership",
-    "the passport", "the parking permit", "the internet bill", "the library books", "the taxes",
+    "the water bill", "the parking permit", "the internet bill", "the credit card bill", "the taxes",
     "the domain name", "the magazine subscription"
 ]
 BILL_VERBS = [
@@ -154,6 +155,8 @@ class Builder:
     def __init__(self, seed: int):
         self.rng = random.Random(seed)
         self.title_groups = title_groups()
+        # Big groups are drawn more often, but less than their size would say, so every kind appears.
+        self.group_weights = [math.sqrt(len(verbs) * len(things)) for verbs, things in self.title_groups]
         self.call_number = 0
         self.task_numbers = list(range(1, 1000))
 
@@ -162,7 +165,7 @@ class Builder:
 
     def task(self) -> str:
         """What to do, as the user says it: 'review the quarterly report'."""
-        verbs, things = self.pick(self.title_groups)
+        verbs, things = self.rng.choices(self.title_groups, weights=self.group_weights)[0]
         return f"{self.pick(verbs)} {self.pick(things)}"
 
     def date(self) -> str:
@@ -254,8 +257,8 @@ class Builder:
     def complete_request(self) -> tuple[str, str, dict[str, Any]]:
         named, task_id = self.task_id()
         text = self.pick([
-            "Mark {t} as complete", "Mark {t} as done", "Complete {t}", "I finished {t}",
-            "{t} is done, please close it", "Please mark {t} as completed", "Check off {t}",
+            "Mark {t} as complete", "Mark {t} as complete", "Mark {t} as done", "Complete {t}",
+            "I finished {t}", "{t} is done, please close it", "Please mark {t} as completed", "Check off {t}",
             "Set {t} to done", "Close {t}", "I'm done with {t}",
         ]).format(t=named)  # fmt: skip
         text = capitalised(text) if text.startswith("the ") else text  # an id stays as written: task_17

@@ -321,7 +321,8 @@ class _Walk:
     """What walking one example's messages found."""
 
     has_assistant: bool = False
-    trained_assistant: bool = False  # an assistant turn with weight 1
+    trained_assistant: bool = False  # an assistant turn whose weight is not 0
+    unreadable: bool = False  # a message without a known role was skipped
     calls: list[str] = field(default_factory=list)
     tool_results: int = 0
     texts: list[tuple[str, str]] = field(default_factory=list)  # (where, text) for the PII scan
@@ -338,11 +339,13 @@ def _check_messages(
         where = f"messages[{index}]"
         if not isinstance(message, dict):
             check.problem(f"{where} must be an object with role and content, got {_type_name(message)}")
+            walk.unreadable = True
             continue
         role = message.get("role")
         if role not in ROLES:
             got = "missing" if role is None else f"{role!r}"
             check.problem(f"{where}.role is {got}; use one of {', '.join(ROLES)}")
+            walk.unreadable = True
             continue
         if role != "tool" and pending:
             check.problem(
@@ -368,11 +371,13 @@ def _check_messages(
                 check.problem(
                     f"{where}: tool message has no tool_call_id; set it to the id of the call it answers"
                 )
+                pending = {}  # reported here; the calls it leaves unanswered would only repeat it
             elif call_id not in pending:
                 check.problem(
                     f"{where}: tool message answers tool_call_id '{call_id}', which matches no "
                     "unanswered tool call of the assistant message before it"
                 )
+                pending = {}
             else:
                 del pending[call_id]
                 walk.tool_results += 1
@@ -383,7 +388,7 @@ def _check_messages(
         weight = message.get("weight", 1)
         if weight not in WEIGHTS or isinstance(weight, bool):
             check.problem(f"{where}.weight is {json.dumps(weight)}; use 0 (do not train on this turn) or 1")
-        elif weight == 1:
+        if weight != 0:
             walk.trained_assistant = True
         has_calls = message.get("tool_calls") is not None
         calls = _check_tool_calls(message, where, tools, has_tools, check) if has_calls else []
@@ -399,9 +404,9 @@ def _check_messages(
             if call_id is not None:
                 pending[call_id] = name
         pending_from = where
-    if not walk.has_assistant:
+    if not walk.has_assistant and not walk.unreadable:  # an unknown role may have been the assistant
         check.problem("no assistant turn: every example needs at least one assistant message to learn from")
-    elif not walk.trained_assistant:
+    elif walk.has_assistant and not walk.trained_assistant:
         check.warn("every assistant turn has weight 0, so this example trains nothing")
     last = messages[-1] if isinstance(messages[-1], dict) else {}
     if pending and last.get("role") == "tool":
@@ -436,9 +441,9 @@ def find_pii(text: str) -> list[tuple[str, str]]:
     taken: list[range] = []
     for match in CARD.finditer(text):
         digits = re.sub(r"\D", "", match.group())
+        taken.append(range(match.start(), match.end()))  # a long digit run is no phone number either way
         if 13 <= len(digits) <= 19 and _luhn_ok(digits):
             found.append(("card", f"****{digits[-4:]}"))
-            taken.append(range(match.start(), match.end()))
     for match in PHONE.finditer(text):
         digits = re.sub(r"\D", "", match.group())
         if len(digits) in PHONE_DIGITS and not any(match.start() in span for span in taken):
