@@ -1,0 +1,179 @@
+"""Tool-call evaluation of a trained model: greedy answers on held-out turns, scored, plus the smoke prompts.
+
+Each validation example contributes its first assistant turn: the model sees the conversation before it
+(with the tools) and answers greedily. Scores, over turns that expect a call:
+  tool_name_accuracy     the called tool names equal the expected ones, in order
+  arguments_exact_match  names and parsed arguments equal the expected calls exactly
+  no_call_rate           the answer attempts no call at all
+and valid_json_rate over every call the model attempted (well-formed JSON / attempted), false_call_rate
+over turns that expect plain text. Answers are read with `formatting.parse_tool_calls`, the parser the
+training data was checked with.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tooltune_trainer.formatting import (
+    ParsedAnswer,
+    ToolCall,
+    expected_calls,
+    normalize_example,
+    parse_tool_calls,
+)
+
+MAX_NEW_TOKENS = 128
+GENERATION_BATCH = 16
+SAMPLES_IN_REPORT = 100
+
+
+@dataclass
+class Turn:
+    messages: list[dict[str, Any]]  # the conversation before the assistant answers
+    tools: list[dict[str, Any]]
+    expected: list[ToolCall]
+    expected_text: str
+
+
+def evaluation_turns(examples: list[dict[str, Any]]) -> list[Turn]:
+    turns = []
+    for example in examples:
+        example = normalize_example(example)
+        messages = example["messages"]
+        position = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), None)
+        if position is None:
+            continue
+        answer = messages[position]
+        turns.append(
+            Turn(messages[:position], example["tools"], expected_calls(answer), answer.get("content") or "")
+        )
+    return turns
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]],
+    max_new_tokens: int = MAX_NEW_TOKENS,
+) -> list[str]:
+    """Greedy answers to (messages, tools) prompts, decoded up to the first end-of-turn token."""
+    import torch
+
+    stop = _stop_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop))
+    device = next(model.parameters()).device
+    answers = []
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(prompts), GENERATION_BATCH):
+        batch = [
+            tokenizer.apply_chat_template(
+                messages, tools=tools or None, add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+            for messages, tools in prompts[start : start + GENERATION_BATCH]
+        ]
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + list(ids) for ids in batch], device=device)
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
+        with torch.inference_mode():
+            output = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=sorted(stop),
+                pad_token_id=pad,
+            )
+        for row in output[:, width:].tolist():
+            end = next((i for i, token in enumerate(row) if token in stop), len(row))
+            answers.append(tokenizer.decode(row[:end], skip_special_tokens=False).strip())
+    model.train(was_training)
+    return answers
+
+
+def score(turns: list[Turn], answers: list[str]) -> dict[str, Any]:
+    parsed: list[ParsedAnswer] = [parse_tool_calls(answer) for answer in answers]
+    with_call = [(t, p) for t, p in zip(turns, parsed, strict=True) if t.expected]
+    without_call = [(t, p) for t, p in zip(turns, parsed, strict=True) if not t.expected]
+    attempted = sum(p.attempted for p in parsed)
+    return {
+        "examples": len(turns),
+        "expectedCalls": len(with_call),
+        "toolNameAccuracy": _share(
+            sum([c.name for c in p.calls] == [c.name for c in t.expected] for t, p in with_call),
+            len(with_call),
+        ),
+        "argumentsExactMatch": _share(
+            sum(p.calls == t.expected and not p.malformed for t, p in with_call), len(with_call)
+        ),
+        "validJsonRate": _share(sum(len(p.calls) for p in parsed), attempted),
+        "noCallRate": _share(sum(p.attempted == 0 for _, p in with_call), len(with_call)),
+        "falseCallRate": _share(sum(p.attempted > 0 for _, p in without_call), len(without_call)),
+    }
+
+
+def _share(count: int, total: int) -> float | None:
+    return round(count / total, 4) if total else None
+
+
+def _calls_json(calls: list[ToolCall]) -> list[dict[str, Any]]:
+    return [{"name": c.name, "arguments": c.arguments} for c in calls]
+
+
+def smoke_prompts_context(
+    examples: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The system turn and tools the smoke prompts are asked with: the first example's that has tools."""
+    for example in examples:
+        if example.get("tools"):
+            first = example["messages"][0]
+            return ([first] if first.get("role") == "system" else []), example["tools"]
+    return [], []
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    validation: list[dict[str, Any]],
+    smoke_prompts: list[str],
+    context_examples: list[dict[str, Any]],
+    max_examples: int | None = None,
+) -> dict[str, Any]:
+    """The evaluation report: scores, per-example samples and the smoke prompts' answers."""
+    turns = evaluation_turns(validation)[:max_examples]
+    system, tools = smoke_prompts_context(context_examples or validation)
+    smoke = [([*system, {"role": "user", "content": prompt}], tools) for prompt in smoke_prompts]
+    answers = generate_answers(model, tokenizer, [(t.messages, t.tools) for t in turns] + smoke)
+    turn_answers, smoke_answers = answers[: len(turns)], answers[len(turns) :]
+    samples = [
+        {
+            "prompt": next((m.get("content") for m in reversed(t.messages) if m.get("role") == "user"), ""),
+            "expected": _calls_json(t.expected) or t.expected_text,
+            "answer": answer,
+        }
+        for t, answer in zip(turns, turn_answers, strict=True)
+    ][:SAMPLES_IN_REPORT]
+    return {
+        "metrics": score(turns, turn_answers),
+        "smokeTests": [
+            {"prompt": prompt, "answer": answer, "toolCalls": _calls_json(parse_tool_calls(answer).calls)}
+            for prompt, answer in zip(smoke_prompts, smoke_answers, strict=True)
+        ],
+        "samples": samples,
+    }
+
+
+def write_report(report: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
