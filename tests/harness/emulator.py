@@ -15,10 +15,15 @@ real clients rely on:
   ``metadata.name``/``metadata.namespace`` field selectors; WATCH that resumes after ``?resourceVersion=``
   (events are kept for the emulator's lifetime), honours ``timeoutSeconds`` and ``sendInitialEvents``;
 - the meta.k8s.io Table format for ``kubectl get`` (printer columns from the CRD file);
-- Secrets' ``stringData`` folded into base64 ``data``; Job validation of restartPolicy.
+- Secrets' ``stringData`` folded into base64 ``data``; Job validation of restartPolicy; the CRD's structural
+  defaults and pruning of unknown fields for ToolTuneJobs (tests/harness/crd_schema.py);
+- Namespace objects (kmock reads /api/v1/namespaces/<name> as a namespace); deleting a namespace deletes
+  its objects; ``kubectl logs`` from the test kubelet's log files.
 
 Not emulated: admission (the CRD's openAPIV3Schema is checked by tests/unit/test_crd_schema.py),
-server-side apply, RBAC, ``limit``/``continue`` paging, namespaces' existence on create.
+server-side apply, protobuf bodies (kubectl's imperative ``create <kind>``: use ``apply -f``), RBAC,
+``limit``/``continue`` paging, namespaces' existence on create, graceful pod deletion (pods go at once; the
+kubelet then stops the process).
 Everything runs on the emulator's event loop; other threads go through `RunningCluster.call`.
 """
 
@@ -30,7 +35,9 @@ import contextlib
 import copy
 import datetime
 import itertools
+import json
 import random
+import re
 import string
 import threading
 import uuid
@@ -92,6 +99,11 @@ RESOURCES: dict[str, kmock.ResourceInfo] = {
     "v1/namespaces": _info("Namespace", namespaced=False, status=True, short=("ns",)),
     "events.k8s.io/v1/events": _info("Event", short=("ev",)),
     "coordination.k8s.io/v1/leases": _info("Lease"),
+    "apps/v1/deployments": _info("Deployment", status=True, short=("deploy",), categories=("all",)),
+    "rbac.authorization.k8s.io/v1/roles": _info("Role"),
+    "rbac.authorization.k8s.io/v1/rolebindings": _info("RoleBinding"),
+    "rbac.authorization.k8s.io/v1/clusterroles": _info("ClusterRole", namespaced=False),
+    "rbac.authorization.k8s.io/v1/clusterrolebindings": _info("ClusterRoleBinding", namespaced=False),
     "apiextensions.k8s.io/v1/customresourcedefinitions": _info(
         "CustomResourceDefinition", namespaced=False, status=True, short=("crd", "crds")
     ),
@@ -290,6 +302,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
     printer_columns: dict[str, list[dict[str, Any]]] = attrs.field(factory=dict)
     schemas: dict[str, dict[str, Any]] = attrs.field(factory=dict)  # resource → openAPIV3Schema
+    pod_logs: Callable[[str, str], str] | None = None  # (name, namespace) → log text: `kubectl logs`
     _store: dict[tuple[str, str | None, str], dict[str, Any]] = attrs.field(factory=dict, init=False)
     _events: list[WatchEvent] = attrs.field(factory=list, init=False)
     _revision: int = attrs.field(default=0, init=False)
@@ -395,6 +408,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self, resource: str, namespace: str | None, name: str, *, propagation: str | None = None
     ) -> dict[str, Any]:
         key, current = self._existing(resource, namespace, name)
+        if resource == NAMESPACES:  # the namespace controller's job, done at once
+            for res, obj_namespace, obj_name in [k for k in self._store if k[1] == name]:
+                self.delete(res, obj_namespace, obj_name, propagation="Background")
         if propagation == ORPHAN or (propagation is None and resource == JOBS):
             self._orphan_dependents(current["metadata"]["uid"])
         if current["metadata"].get("finalizers"):
@@ -581,6 +597,42 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
     # ------------------------------------------------------------ HTTP
 
+    async def __call__(self, raw_request: Any) -> Any:
+        """Namespace objects: kmock reads /api/v1/namespaces/<name> as a namespace, not as an object."""
+        match = NAMESPACE_PATH.fullmatch(raw_request.path)
+        if match is None:
+            return await super().__call__(raw_request)
+        body = await raw_request.read()
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            data = None
+        name, subresource = match.group("name"), match.group("subresource")
+        params = dict(raw_request.query)
+        method = kmock.method(raw_request.method)
+        request = rendering.Request(
+            id=len(self._requests),
+            raw_request=raw_request,
+            url=raw_request.url,
+            method=raw_request.method,
+            params=params,
+            headers=dict(raw_request.headers),
+            cookies=dict(raw_request.cookies),
+            data=data,
+            body=body,
+            text=body.decode(errors="replace"),
+            action=_guess_action(method, name, params),
+            resource=kmock.resource("", "v1", "namespaces"),
+            namespace=None,
+            name=name,
+            subresource=subresource,
+        )
+        self._requests.append(request)
+        try:
+            return await self._handle(request)
+        except kmock.KubernetesError as error:
+            return await self._render_error(error)
+
     def _served(self, request: rendering.Request) -> str | None:
         if request.resource is None or request.resource.plural is None or request.resource.version is None:
             return None
@@ -600,6 +652,13 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
     def _mutate(self, resource: str, request: rendering.Request) -> tuple[int, dict[str, Any]] | None:
         self._info(resource)
+        if "protobuf" in request.headers.get("Content-Type", ""):
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                "protobuf bodies are not emulated (kubectl's imperative "
+                "`create <kind>` sends them): use `kubectl apply -f` with a manifest",
+            )
         method, name, data = request.method, request.name, request.data
         if method == kmock.method.POST and name is None:
             if not isinstance(data, dict):
@@ -645,6 +704,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             raise NotImplementedError  # discovery, served by kmock
         if self._is_watch(request):
             return self._serve_watch(request)
+        if resource == PODS and request.subresource == "log" and self.pod_logs is not None:
+            return self.pod_logs(request.name or "", request.namespace or "default").encode()
         with self._as_status():
             if request.subresource not in (None, "status"):
                 raise ApiError(404, "NotFound", f"subresource {request.subresource} is not emulated")
@@ -749,6 +810,25 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     @staticmethod
     def _wants_table(request: rendering.Request) -> bool:
         return "as=Table" in request.headers.get("Accept", "")
+
+
+NAMESPACE_PATH = re.compile(
+    r"/api/v1/namespaces(?:/(?P<name>[^/]+)(?:/(?P<subresource>status|finalize))?)?/?"
+)
+
+
+def _guess_action(method: Any, name: str | None, params: dict[str, str]) -> Any:
+    """kmock's action for a request, which its path parser cannot work out for Namespace objects."""
+    if method == kmock.method.GET:
+        if params.get("watch") in {"1", "t", "T", "true", "TRUE", "True"}:
+            return kmock.action.WATCH
+        return kmock.action.FETCH if name else kmock.action.LIST
+    actions = {
+        kmock.method.POST: kmock.action.CREATE,
+        kmock.method.PATCH: kmock.action.UPDATE,
+        kmock.method.DELETE: kmock.action.DELETE,
+    }
+    return actions.get(method) if (method == kmock.method.POST) != bool(name) else None
 
 
 # ---------------------------------------------------------------- running it

@@ -64,6 +64,13 @@ TERMINATION_LOG_ENV = "TOOLTUNE_TERMINATION_LOG"
 REPO = Path(__file__).resolve().parents[2]
 PYTHONPATH_DIRS = [REPO / "api", REPO / "operator", REPO / "trainer-image", REPO]
 
+# A container's argv[0] → what runs locally: this interpreter, and the tooltune CLI (its console script is
+# not installed in the development environment).
+DEFAULT_EXECUTABLES = {
+    "python": [sys.executable],
+    "python3": [sys.executable],
+    "tooltune": [sys.executable, "-c", "from tooltune_trainer.cli import app; app()"],
+}
 FINISHED = {"Complete", "Failed"}
 _ENV_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
@@ -197,7 +204,7 @@ class Kubelet:
         self.emulator = cluster.emulator
         self.root = root
         self.env = env or {}
-        self.executables = {"python": [sys.executable], "python3": [sys.executable], **(executables or {})}
+        self.executables = {**DEFAULT_EXECUTABLES, **(executables or {})}
         self._runs: dict[str, PodRun] = {}
         self._jobs: dict[str, JobMemory] = {}
         self._wake: asyncio.Event | None = None
@@ -214,6 +221,7 @@ class Kubelet:
             return asyncio.create_task(self._main(), name="test-kubelet")
 
         self._task = self.cluster.call(launch())
+        self.emulator.pod_logs = self.logs
         return self
 
     def stop(self) -> None:

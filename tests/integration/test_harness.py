@@ -124,6 +124,7 @@ def test_operator_job_runs_to_completion(k8s, kubelet, kopf_operator):
         "Completed",
     )
     assert kubelet.logs(pod["metadata"]["name"]) == f"hello from {pod['metadata']['name']}\n"
+    assert k8s.kubectl("logs", pod["metadata"]["name"]).stdout == f"hello from {pod['metadata']['name']}\n"
     # The CRD's defaults were applied on create, and kopf's finalizer is in place.
     ttj = k8s.cluster.get(TTJ, NS, "demo")
     assert ttj["spec"]["backend"] == "unsloth" and ttj["metadata"]["finalizers"]
@@ -387,6 +388,14 @@ def test_api_semantics_kopf_and_kubectl_rely_on(k8s):
         GROUP, VERSION, NS, PLURAL, "demo", {"spec": {"baseModel": "y"}}
     )
     assert k8s.cluster.get(TTJ, NS, "demo")["metadata"]["generation"] == 2
+
+    # Namespaces are objects too, and deleting one deletes what is in it.
+    k8s.core.create_namespace({"metadata": {"name": "team-a"}})
+    assert k8s.core.read_namespace("team-a").status.phase == "Active"
+    k8s.core.create_namespaced_config_map("team-a", {"metadata": {"name": "inside"}})
+    k8s.core.delete_namespace("team-a")
+    assert k8s.cluster.list(CONFIGMAPS, "team-a") == []
+    assert [n.metadata.name for n in k8s.core.list_namespace().items] == ["default"]
 
     with pytest.raises(kubernetes.client.ApiException) as invalid_job:
         k8s.batch.create_namespaced_job(NS, job_body("x", "pass", pod={"restartPolicy": "Always"}))
