@@ -10,6 +10,7 @@ personal data. The functions here are pure: ``read_jsonl`` and ``write_jsonl`` a
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -197,13 +198,22 @@ def _check_tools(tools: Any, check: _LineCheck) -> dict[str, dict[str, Any]]:
                 f"{where}.function.parameters must be a JSON schema object, got {_type_name(parameters)}"
             )
             continue
-        try:
-            Draft202012Validator.check_schema(parameters)
-        except SchemaError as error:
-            check.problem(f"{where}.function.parameters is not a valid JSON schema: {error.message}")
+        schema_error = _schema_error(json.dumps(parameters, sort_keys=True))
+        if schema_error:
+            check.problem(f"{where}.function.parameters is not a valid JSON schema: {schema_error}")
             continue
         schemas[name] = parameters
     return schemas
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_error(schema: str) -> str | None:
+    """Why a JSON schema (as canonical JSON) is invalid, or None. Cached: every line repeats its tools."""
+    try:
+        Draft202012Validator.check_schema(json.loads(schema))
+    except SchemaError as error:
+        return error.message
+    return None
 
 
 def _schema_problem(tool: str, error: SchemaViolation) -> str:
