@@ -85,9 +85,8 @@ def validate(obj: dict[str, Any], crd: dict[str, Any] | None = None) -> list[str
         if error.validator == "additionalProperties" and error.validator_value is False:
             known = set(error.schema.get("properties", {}))
             for name in sorted(set(error.instance) - known):
-                problems.append(
-                    f'{_path([*error.absolute_path, name])}: Unsupported value: unknown field "{name}"'
-                )
+                where = _path([*error.absolute_path, name])
+                problems.append(f'{where}: unknown field "{name}"; remove it or check its spelling')
         elif error.validator == "required":
             missing = error.message.split("'")[1]
             problems.append(f"{_path([*error.absolute_path, missing])}: Required value")
