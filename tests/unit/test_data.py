@@ -486,3 +486,16 @@ def test_split_sizes_follow_the_lab_formula(n: int, fraction: float, seed: int) 
         return
     train, val = split_examples(numbered(n), fraction, seed)
     assert (len(train), len(val)) == (cut, n - cut)
+
+
+def test_nested_parameters_are_named_by_their_path() -> None:
+    tagged = {"type": "function", "function": {"name": "tag", "parameters": {
+        "type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}},
+                                         "owner": {"type": "object", "properties": {"id": {"type": "string"}},
+                                                   "required": ["id"]}}}}}  # fmt: skip
+    arguments = {"tags": ["ok", 1], "owner": {}}
+    text = json.dumps({"messages": [user(), assistant(call("tag", arguments))], "tools": [tagged]})
+    assert reasons(validate_examples([text])) == [
+        "messages[1].tool_calls[0]: arguments for tag: parameter 'owner': 'id' is a required property",
+        "messages[1].tool_calls[0]: arguments for tag: parameter 'tags.1' is 1, expected type string",
+    ]

@@ -254,10 +254,9 @@ def _check_arguments(
     if not isinstance(parsed, dict):
         check.problem(f"{where}.function.arguments must encode a JSON object, got {_type_name(parsed)}")
         return
-    for error in sorted(
-        Draft202012Validator(schema).iter_errors(parsed), key=lambda e: list(e.absolute_path)
-    ):
-        check.problem(f"{where}: {_schema_problem(tool, error)}")
+    violations = Draft202012Validator(schema).iter_errors(parsed)
+    for violation in sorted(violations, key=lambda v: [str(part) for part in v.absolute_path]):
+        check.problem(f"{where}: {_schema_problem(tool, violation)}")
     properties = schema.get("properties")
     if isinstance(properties, dict) and "additionalProperties" not in schema:
         for name in parsed:
