@@ -164,3 +164,22 @@ def test_trainer_image_user_is_the_one_the_operator_runs_pods_as() -> None:
     by_name = dict(stages(ROOT / "Dockerfile.trainer"))
     for target in ("cpu", "cuda"):
         assert final_user(by_name[target]) == str(Settings().run_as_user), f"stage {target}"
+
+
+def test_trainer_works_in_the_directory_the_operator_mounts_writable() -> None:
+    """Pods have a read-only root filesystem; Unsloth writes compiled kernels into the working directory."""
+    from tooltune_operator.builders import WORKDIR
+
+    by_name = dict(stages(ROOT / "Dockerfile.trainer"))
+    for target in ("cpu", "cuda"):
+        workdirs = [line.split()[1] for line in by_name[target] if line.upper().startswith("WORKDIR ")]
+        assert workdirs and workdirs[-1] == WORKDIR, (
+            f"stage {target} works in {workdirs}, pods mount {WORKDIR}"
+        )
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_entrypoints_are_console_scripts_of_the_distribution(dockerfile: Path) -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    entrypoints = re.findall(r'^ENTRYPOINT \["([^"]+)"', dockerfile.read_text(), re.MULTILINE)
+    assert entrypoints and set(entrypoints) <= set(scripts), (entrypoints, scripts)
