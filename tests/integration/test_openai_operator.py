@@ -1,0 +1,133 @@
+"""The OpenAI backend through the operator: ToolTuneJob → Job → submitter pod (test kubelet) → remote job.
+
+The operator (tooltune_operator.handlers under kopf) runs against the API emulator; the test kubelet runs
+the pod's ``tooltune submit`` as a local process, with OPENAI_API_KEY taken from the Secret; the pod
+talks to the local fine-tuning API server and reports status back to the emulator.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+from tooltune_api import GROUP, PLURAL, VERSION
+from tooltune_operator.kube import Kube
+from tooltune_operator.settings import Settings
+
+from tests.fakes.openai_api import FakeOpenAI, Lifecycle
+from tests.fakes.task_api import write_dataset
+from tests.harness.emulator import TTJ
+from tests.harness.kubelet import Kubelet
+from tests.harness.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+NS = "default"
+NAME = "task-api-openai"
+SECRET = "openai-api-key"
+POD_START_SECONDS = 120  # the pod imports the trainer package; generous on a loaded machine
+TOOLTUNE = [sys.executable, "-c", "from tooltune_trainer.cli import app; app()"]
+
+
+@pytest.fixture
+def cluster(k8s, tmp_path, kopf_operator):
+    """The operator and a kubelet that runs `tooltune` from this checkout."""
+    node = Kubelet(k8s.cluster, tmp_path / "kubelet", executables={"tooltune": TOOLTUNE}).start()
+    settings = Settings(metrics_port=0, trainer_metrics_port=0, progress_interval_seconds=0.2)
+    kopf_operator("tooltune_operator.handlers", memo=kopf.Memo(settings=settings, kube=Kube(k8s.api)))
+    try:
+        yield k8s
+    finally:
+        node.stop()
+
+
+def tooltunejob(tmp_path: Path, server: FakeOpenAI) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ToolTuneJob",
+        "metadata": {"name": NAME},
+        "spec": {
+            "backend": "openai",
+            "baseModel": "gpt-4o-mini-2024-07-18",
+            "dataset": {"train": str(write_dataset(tmp_path / "data" / "train.jsonl"))},
+            "output": {"uri": str(tmp_path / "models" / NAME)},
+            "resources": {"gpus": 0},
+            "backoffLimit": 0,
+            "openai": {
+                "model": "gpt-4o-mini-2024-07-18",
+                "apiKeySecret": {"name": SECRET},
+                "baseUrl": server.base_url,
+                "suffix": "task-api",
+                "pollSeconds": 1,
+            },
+        },
+    }
+
+
+def create(k8s, body: dict[str, Any], api_key: str) -> None:
+    k8s.core.create_namespaced_secret(
+        NS, {"metadata": {"name": SECRET}, "stringData": {"OPENAI_API_KEY": api_key}, "type": "Opaque"}
+    )
+    k8s.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
+
+
+def status(k8s) -> dict[str, Any]:
+    return (k8s.cluster.get(TTJ, NS, NAME) or {}).get("status") or {}
+
+
+def test_remote_job_success_reaches_the_resource_status(cluster, openai_server, tmp_path):
+    openai_server.lifecycle = Lifecycle(running_polls=3, steps_per_poll=20)
+    create(cluster, tooltunejob(tmp_path, openai_server), openai_server.api_key)
+
+    final = wait_for(
+        lambda: status(cluster) if status(cluster).get("phase") in {"Succeeded", "Failed"} else None,
+        POD_START_SECONDS,
+        what="the ToolTuneJob to finish",
+        describe=lambda: status(cluster),
+    )
+
+    assert final["phase"] == "Succeeded", final
+    job = openai_server.job()
+    assert final["openai"]["fineTunedModel"] == job["fine_tuned_model"]
+    assert final["openai"]["trainedTokens"] == 48_210
+    assert final["progress"]["step"] == final["progress"]["totalSteps"] == 60
+    assert final["progress"]["trainLoss"] > 0
+    assert openai_server.jobs_created == 1
+    assert job["metadata"]["tooltune-uid"] == cluster.cluster.get(TTJ, NS, NAME)["metadata"]["uid"]
+
+
+def test_deleting_the_resource_cancels_the_running_remote_job(cluster, openai_server, tmp_path):
+    openai_server.lifecycle = Lifecycle(outcome="running")
+    create(cluster, tooltunejob(tmp_path, openai_server), openai_server.api_key)
+    wait_for(
+        lambda: openai_server.jobs and status(cluster).get("openai", {}).get("jobId"),
+        POD_START_SECONDS,
+        what="the submitter to report its remote job",
+        describe=lambda: status(cluster),
+    )
+
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, NAME)
+
+    wait_for(lambda: cluster.cluster.get(TTJ, NS, NAME) is None, 30, what="the ToolTuneJob to be gone")
+    assert openai_server.job()["status"] == "cancelled"
+    assert openai_server.cancel_requests == 1
+
+
+def test_a_bad_key_fails_the_resource_naming_the_secret(cluster, openai_server, tmp_path):
+    create(cluster, tooltunejob(tmp_path, openai_server), "sk-not-the-right-key")
+
+    final = wait_for(
+        lambda: status(cluster) if status(cluster).get("phase") in {"Succeeded", "Failed"} else None,
+        POD_START_SECONDS,
+        what="the ToolTuneJob to fail",
+        describe=lambda: status(cluster),
+    )
+
+    assert final["phase"] == "Failed"
+    message = final.get("message", "") + final.get("failureReason", "")
+    assert f"Secret {SECRET} (key OPENAI_API_KEY) was rejected (401)" in message
+    assert "sk-not-the-right-key" not in str(final)
+    assert openai_server.files_uploaded == openai_server.jobs_created == 0
