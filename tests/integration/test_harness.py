@@ -10,6 +10,7 @@ import kubernetes
 import pytest
 from tooltune_api import GROUP, PLURAL, VERSION
 
+from tests.harness import tables
 from tests.harness.emulator import CONFIGMAPS, JOBS, PODS, TTJ
 from tests.harness.waiting import wait_for
 
@@ -62,6 +63,14 @@ def wait_for_job(k8s, name: str, kind: str, timeout: float = 15) -> dict[str, An
     )
 
 
+def status_of(k8s, name: str = "demo") -> dict[str, Any]:
+    return (k8s.cluster.get(TTJ, NS, name) or {}).get("status", {})
+
+
+def phase_of(k8s, name: str = "demo") -> str | None:
+    return status_of(k8s, name).get("phase")
+
+
 def tiny_operator(kubeconfig: str, script: str):
     """A ToolTuneJob → Job operator in a few lines, and Job conditions → the ToolTuneJob's phase."""
     api = kubernetes.config.new_client_from_config(config_file=kubeconfig)
@@ -106,7 +115,7 @@ def test_operator_job_runs_to_completion(k8s, kubelet, kopf_operator):
     k8s.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, TTJ_BODY)
 
     wait_for(
-        lambda: (k8s.cluster.get(TTJ, NS, "demo") or {}).get("status", {}).get("phase") == "Succeeded",
+        lambda: phase_of(k8s) == "Succeeded",
         15,
         what="the ToolTuneJob to succeed",
         describe=lambda: k8s.cluster.get(TTJ, NS, "demo"),
@@ -440,3 +449,37 @@ def test_kubectl_applies_lists_prints_columns_and_deletes(k8s, tmp_path):
     assert "unchanged" in k8s.kubectl("apply", "--validate=false", "-f", str(manifest)).stdout
     k8s.kubectl("delete", "-f", str(manifest))
     assert "No resources found" in k8s.kubectl("get", "tooltunejobs").stderr
+
+
+# ---------------------------------------------------------------- the real operator on the harness
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="tooltune_operator.kube.Kube._call passes response_type= to ApiClient.call_api, which the pinned "
+    "kubernetes client (36) does not accept (it takes response_types_map): every operator API call fails. "
+    "Remove this marker when that is fixed.",
+)
+def test_printer_columns_show_the_status_the_real_operator_writes(k8s, kopf_operator):
+    pytest.importorskip("tooltune_operator.handlers")
+    from tooltune_operator.kube import Kube
+    from tooltune_operator.settings import Settings
+
+    kopf_operator(
+        "tooltune_operator.handlers", memo=kopf.Memo(kube=Kube(k8s.api), settings=Settings(metrics_port=0))
+    )
+    k8s.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, TTJ_BODY)
+    status = wait_for(
+        lambda: phase_of(k8s) and status_of(k8s).get("jobName") and status_of(k8s),
+        8,
+        what="a phase and a Job",
+        describe=lambda: k8s.cluster.get(TTJ, NS, "demo"),
+    )
+
+    ttj = k8s.cluster.get(TTJ, NS, "demo")
+    columns = tables.crd_printer_columns()[TTJ]
+    expected = [tables.cell(ttj, column) for column in columns]
+    assert expected[0] == status["phase"] and expected[1:3] == ["unsloth", "tooltune/tiny-llama"]
+    row = k8s.kubectl("get", "ttj").stdout.splitlines()[1]
+    assert row.split()[:4] == ["demo", status["phase"], "unsloth", "tooltune/tiny-llama"]
+    assert k8s.cluster.get(JOBS, NS, status["jobName"]) is not None
