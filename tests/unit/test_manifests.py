@@ -301,3 +301,42 @@ def test_every_value_has_a_comment() -> None:
         if path in named and not is_section and not previous.startswith("#") and "#" not in rest:
             uncommented.append(f"values.yaml:{number + 1}: {path}")
     assert not uncommented, "values without a comment:\n" + "\n".join(uncommented)
+
+
+# ---------------------------------------------------------------- install guide
+
+
+def test_troubleshooting_covers_every_diagnosis_and_failure_reason() -> None:
+    from tooltune_api.diagnosis import CONVERGING, PATTERNS
+    from tooltune_operator import conditions
+
+    guide = (ROOT / "docs" / "install.md").read_text()
+    table = guide.split("## Troubleshooting", 1)[1]
+    failure_reasons = [
+        conditions.VALIDATION_FAILED,
+        conditions.INVALID_DATA,
+        conditions.BACKOFF_LIMIT_EXCEEDED,
+        conditions.DEADLINE_EXCEEDED,
+        conditions.POD_PENDING,
+    ]
+    for name in [*(p for p in PATTERNS if p != CONVERGING), *failure_reasons]:
+        assert re.search(rf"\b{name}\b", table), f"troubleshooting does not mention {name}"
+
+
+def test_install_guide_names_real_values_and_files() -> None:
+    guide = (ROOT / "docs" / "install.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    blocks = [block for block in guide.split("```")[1::2] if "charts/tooltune" in block]
+    settings = [setting for block in blocks for setting in re.findall(r"--set ([\w.]+)=", block)]
+    assert settings, "the guide shows no chart settings"
+    for setting in settings:
+        node: Any = values
+        for part in setting.split("."):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, dict) and not node:  # a free-form map such as labels
+                break
+            else:
+                pytest.fail(f"docs/install.md sets {setting}, which values.yaml does not have")
+    for path in re.findall(r"`((?:manifests|charts|tests|scripts)/[\w./-]+)`", guide):
+        assert (ROOT / path.rstrip("/")).exists(), f"docs/install.md names {path}, which does not exist"
