@@ -499,3 +499,33 @@ def test_nested_parameters_are_named_by_their_path() -> None:
         "messages[1].tool_calls[0]: arguments for tag: parameter 'owner': 'id' is a required property",
         "messages[1].tool_calls[0]: arguments for tag: parameter 'tags.1' is 1, expected type string",
     ]
+
+
+def test_a_malformed_call_beside_a_good_one_is_reported_not_a_crash() -> None:
+    text = line(user(), assistant(content=None, tool_calls=["oops", call()]))
+    assert reasons(validate_examples([text])) == [
+        'messages[1].tool_calls[0] must look like {"id": ..., "type": "function", "function": {"name": ..., '
+        '"arguments": "{...}"}}'
+    ]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+KEYS = st.sampled_from(["role", "content", "tool_calls", "tool_call_id", "weight", "function", "name",
+                        "arguments", "id", "type", "messages", "tools", "parameters"])  # fmt: skip
+SHAPED = st.recursive(
+    JSON | st.sampled_from(["user", "assistant", "tool", "system", "create_task", "call_1", '{"title": 1}']),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(value=SHAPED | JSON, noise=st.text(max_size=20))
+def test_any_input_gives_findings_never_an_exception(value: Any, noise: str) -> None:
+    tools = {"messages": value, "tools": TOOLS} if isinstance(value, list) else value
+    report = validate_examples([json.dumps(tools), noise, json.dumps({"messages": value})])
+    assert report.summary.lines in (1, 2, 3)
+    assert all(problem.reason for problem in report.problems)

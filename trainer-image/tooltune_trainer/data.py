@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from jsonschema import Draft202012Validator, SchemaError
 from jsonschema import ValidationError as SchemaViolation
@@ -281,15 +281,24 @@ def _check_content(message: dict[str, Any], where: str, check: _LineCheck) -> st
     return None
 
 
+class _Call(NamedTuple):
+    """A well-formed tool call: its position in tool_calls, id, tool name and raw arguments."""
+
+    position: int
+    id: str | None
+    name: str
+    arguments: Any
+
+
 def _check_tool_calls(
     message: dict[str, Any], where: str, tools: dict[str, dict[str, Any]], has_tools: bool, check: _LineCheck
-) -> list[tuple[str | None, str]]:
-    """Return (id, name) of each well-formed call."""
+) -> list[_Call]:
+    """Check each call; return the well-formed ones."""
     calls = message["tool_calls"]
     if not isinstance(calls, list) or not calls:
         check.problem(f"{where}.tool_calls must be a non-empty array (leave it out when there is no call)")
         return []
-    found: list[tuple[str | None, str]] = []
+    found: list[_Call] = []
     for index, call in enumerate(calls):
         at = f"{where}.tool_calls[{index}]"
         if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
@@ -318,8 +327,8 @@ def _check_tool_calls(
                 )
         else:
             _check_arguments(name, call["function"].get("arguments"), tools[name], at, check)
-        found.append((call_id, name))
-    ids = [call_id for call_id, _ in found if call_id is not None]
+        found.append(_Call(index, call_id, name, call["function"].get("arguments")))
+    ids = [call.id for call in found if call.id is not None]
     for duplicate in sorted({i for i in ids if ids.count(i) > 1}):
         check.problem(f"{where}: tool call id '{duplicate}' is used twice; give each call its own id")
     return found
@@ -405,13 +414,12 @@ def _check_messages(
             check.problem(f"{where}: empty assistant turn; give it content or tool_calls")
         if len(calls) > 1 and not parallel:
             check.problem(f"{where} has {len(calls)} tool calls but parallel_tool_calls is false")
-        walk.calls.extend(name for _, name in calls)
-        for call_index, (call_id, name) in enumerate(calls):
-            arguments = message["tool_calls"][call_index]["function"].get("arguments")
-            if isinstance(arguments, str):
-                walk.texts.append((f"{where}.tool_calls[{call_index}].function.arguments", arguments))
-            if call_id is not None:
-                pending[call_id] = name
+        walk.calls.extend(call.name for call in calls)
+        for call in calls:
+            if isinstance(call.arguments, str):
+                walk.texts.append((f"{where}.tool_calls[{call.position}].function.arguments", call.arguments))
+            if call.id is not None:
+                pending[call.id] = call.name
         pending_from = where
     if not walk.has_assistant and not walk.unreadable:  # an unknown role may have been the assistant
         check.problem("no assistant turn: every example needs at least one assistant message to learn from")
