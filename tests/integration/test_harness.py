@@ -454,12 +454,6 @@ def test_kubectl_applies_lists_prints_columns_and_deletes(k8s, tmp_path):
 # ---------------------------------------------------------------- the real operator on the harness
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tooltune_operator.kube.Kube._call passes response_type= to ApiClient.call_api, which the pinned "
-    "kubernetes client (36) does not accept (it takes response_types_map): every operator API call fails. "
-    "Remove this marker when that is fixed.",
-)
 def test_printer_columns_show_the_status_the_real_operator_writes(k8s, kopf_operator):
     pytest.importorskip("tooltune_operator.handlers")
     from tooltune_operator.kube import Kube
