@@ -172,6 +172,7 @@ def test_submitter_killed_mid_run_resumes_the_same_remote_job(openai_server, sta
     assert status["evaluation"]["examples"] == 3
     smoke = json.loads((tmp_path / "models" / NAME / "final" / "smoke.json").read_text())
     assert smoke["fineTunedModel"] == job["fine_tuned_model"]
+    assert smoke["finalMetrics"]["step"] == 80 and smoke["finalMetrics"]["evalTokenAccuracy"] == 0.98
     assert [a["toolCalls"][0]["name"] for a in smoke["answers"]] == [
         "create_task",
         "list_tasks",

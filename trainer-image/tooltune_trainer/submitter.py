@@ -173,6 +173,14 @@ class ProgressSample:
         }
         return {key: float(value) for key, value in values.items() if value is not None}
 
+    def report(self) -> dict[str, Any]:
+        """Everything the event said, token accuracies included (status has no place for them)."""
+        fields = self.status() | {
+            "trainTokenAccuracy": self.train_token_accuracy,
+            "evalTokenAccuracy": self.eval_token_accuracy,
+        }
+        return {key: value for key, value in fields.items() if value is not None}
+
 
 def _number(data: dict[str, Any], *keys: str) -> float | None:
     for key in keys:
@@ -502,6 +510,7 @@ class Submitter:
             "jobId": job.id,
             "fineTunedModel": job.fine_tuned_model,
             "trainedTokens": job.trained_tokens,
+            "finalMetrics": self._samples[max(self._samples)].report() if self._samples else None,
             "answers": answers,
         }
         local = self.workdir / "final" / SMOKE_REPORT
