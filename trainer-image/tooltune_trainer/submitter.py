@@ -489,7 +489,7 @@ class Submitter:
         """The lab's quick inference check; its answers are stored, a failed call does not fail the run."""
         tools = smoke_tools(examples)
         system = system_prompt(examples)
-        answers = []
+        answers: list[dict[str, Any]] = []
         for prompt in self.spec.evaluation.smoke_prompts:
             messages = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": prompt}
