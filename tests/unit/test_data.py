@@ -55,6 +55,12 @@ def line(*messages: dict[str, Any], **extra: Any) -> str:
     return json.dumps({"messages": list(messages), "tools": TOOLS, **extra})
 
 
+BROKEN_JSON = (
+    "invalid JSON: Expecting property name enclosed in double quotes at column 2; "
+    "each line must be one whole JSON object"
+)
+
+
 def reasons(report: Any) -> list[str]:
     return [problem.reason for problem in report.problems]
 
@@ -270,9 +276,7 @@ def test_every_problem_of_a_line_is_reported() -> None:
 
 def test_line_numbers_count_blank_lines() -> None:
     report = validate_examples([VALID["single tool call"], "\n", "   \n", "{broken\n"])
-    assert report.problems == [
-        Problem(4, "invalid JSON: Expecting property name enclosed in double quotes at column 2")
-    ]
+    assert report.problems == [Problem(4, BROKEN_JSON)]
     assert [w for w in report.warnings if w.line is not None] == [
         Problem(2, "blank line is ignored"),
         Problem(3, "blank line is ignored"),
@@ -411,9 +415,9 @@ def test_invalid_dataset_lists_the_first_problems() -> None:
     report = validate_examples(["{"] * 25)
     error = InvalidDataset(report, limit=3)
     assert str(error).splitlines() == [
-        "line 1: invalid JSON: Expecting property name enclosed in double quotes at column 2",
-        "line 2: invalid JSON: Expecting property name enclosed in double quotes at column 2",
-        "line 3: invalid JSON: Expecting property name enclosed in double quotes at column 2",
+        f"line 1: {BROKEN_JSON}",
+        f"line 2: {BROKEN_JSON}",
+        f"line 3: {BROKEN_JSON}",
         "… and 22 more problems",
     ]
     assert error.report is report

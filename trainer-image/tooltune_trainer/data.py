@@ -346,6 +346,13 @@ class _Walk:
     texts: list[tuple[str, str]] = field(default_factory=list)  # (where, text) for the PII scan
 
 
+ANSWER_HINT = "; add a tool message with each call's result and its tool_call_id"
+
+
+def _unanswered(where: str, pending: dict[str, str]) -> str:
+    return f"{where} has tool calls without a tool message answering them (ids: {', '.join(sorted(pending))})"
+
+
 def _check_messages(
     messages: list[Any], tools: dict[str, dict[str, Any]], has_tools: bool, parallel: bool, check: _LineCheck
 ) -> _Walk:
@@ -366,10 +373,7 @@ def _check_messages(
             walk.unreadable = True
             continue
         if role != "tool" and pending:
-            check.problem(
-                f"{pending_from} has tool calls without a tool message answering them "
-                f"(ids: {', '.join(sorted(pending))}) before {where}"
-            )
+            check.problem(f"{_unanswered(pending_from, pending)} before {where}{ANSWER_HINT}")
             pending = {}
         text = _check_content(message, where, check)
         if text:
@@ -413,7 +417,10 @@ def _check_messages(
         if not text and not has_calls:
             check.problem(f"{where}: empty assistant turn; give it content or tool_calls")
         if len(calls) > 1 and not parallel:
-            check.problem(f"{where} has {len(calls)} tool calls but parallel_tool_calls is false")
+            check.problem(
+                f"{where} has {len(calls)} tool calls but parallel_tool_calls is false; "
+                "set it to true or make one call per assistant turn"
+            )
         walk.calls.extend(call.name for call in calls)
         for call in calls:
             if isinstance(call.arguments, str):
@@ -427,10 +434,7 @@ def _check_messages(
         check.warn("every assistant turn has weight 0, so this example trains nothing")
     last = messages[-1] if isinstance(messages[-1], dict) else {}
     if pending and last.get("role") == "tool":
-        check.problem(
-            f"{pending_from} has tool calls without a tool message answering them "
-            f"(ids: {', '.join(sorted(pending))})"
-        )
+        check.problem(f"{_unanswered(pending_from, pending)}{ANSWER_HINT}")
     if walk.has_assistant and last.get("role") in {"user", "tool", "system", "developer"}:
         check.warn(
             f"ends with a {last['role']} message that no assistant turn answers; "
@@ -537,7 +541,9 @@ def _check_line(line: str, check: _LineCheck) -> tuple[Any, _Walk | None]:
     try:
         value = json.loads(line)
     except json.JSONDecodeError as error:
-        check.problem(f"invalid JSON: {error.msg} at column {error.colno}")
+        check.problem(
+            f"invalid JSON: {error.msg} at column {error.colno}; each line must be one whole JSON object"
+        )
         return None, None
     return value, _check_example(value, check)
 
