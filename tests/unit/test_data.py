@@ -533,3 +533,13 @@ def test_any_input_gives_findings_never_an_exception(value: Any, noise: str) -> 
     report = validate_examples([json.dumps(tools), noise, json.dumps({"messages": value})])
     assert report.summary.lines in (1, 2, 3)
     assert all(problem.reason for problem in report.problems)
+
+
+def test_read_jsonl_accepts_a_byte_order_mark_and_crlf(tmp_path: Any) -> None:
+    path = tmp_path / "windows.jsonl"
+    path.write_bytes(
+        b"\xef\xbb\xbf" + VALID["plain-text answer"].encode() + b"\r\n" + VALID["single tool call"].encode()
+    )
+    report = validate_examples(read_jsonl(path))
+    assert report.problems == []
+    assert len(report.examples) == 2

@@ -627,9 +627,10 @@ def split_examples(
 
 
 def read_jsonl(path: str | Path) -> Iterator[str]:
-    """The lines of a JSONL file. Bytes that are not UTF-8 survive as lone surrogates, which the
-    validator reports per line, so a binary file gets findings instead of a crash."""
-    with open(path, encoding="utf-8", errors="surrogateescape") as file:
+    """The lines of a JSONL file. A leading byte-order mark is dropped; bytes that are not UTF-8
+    survive as lone surrogates, which the validator reports per line, so a binary file gets
+    findings instead of a crash."""
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as file:
         yield from file
 
 
