@@ -21,7 +21,14 @@ ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
 CHART = ROOT / "charts" / "tooltune"
 EXAMPLES = sorted((MANIFESTS / "examples").glob("*.yaml"))
-PLAIN_YAML = [*sorted(MANIFESTS.rglob("*.yaml")), CHART / "Chart.yaml", CHART / "values.yaml"]
+PLAIN_YAML = [
+    *sorted(MANIFESTS.rglob("*.yaml")),
+    CHART / "Chart.yaml",
+    CHART / "values.yaml",
+    ROOT / "tests" / "e2e" / "seaweedfs.yaml",
+    ROOT / ".yamllint",
+    ROOT / ".hadolint.yaml",
+]
 CLUSTER_ROLE = MANIFESTS / "rbac" / "operator-clusterrole.yaml"
 DEPLOYMENT = MANIFESTS / "operator" / "deployment.yaml"
 
