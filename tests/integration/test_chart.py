@@ -282,6 +282,8 @@ def test_notes_say_what_to_do_next(helm: str, chart: Path) -> None:
     assert f"kubectl -n {NAMESPACE} rollout status deployment/{RELEASE}-tooltune" in notes
     assert "create secret generic s3-credentials" in notes
     assert "kubectl get ttj" in notes
+    named = re.findall(r"\b((?:manifests|docs)/[\w./-]+\.(?:yaml|md))", notes)
+    assert named and all((ROOT / path).exists() for path in named), named
 
 
 # ---------------------------------------------------------------- applied to the emulator
