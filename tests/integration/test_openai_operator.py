@@ -19,7 +19,7 @@ from tooltune_operator.settings import Settings
 
 from tests.fakes.openai_api import FakeOpenAI, Lifecycle
 from tests.fakes.task_api import write_dataset
-from tests.harness.emulator import TTJ
+from tests.harness.emulator import PODS, TTJ
 from tests.harness.kubelet import Kubelet
 from tests.harness.waiting import wait_for
 
@@ -33,15 +33,21 @@ TOOLTUNE = [sys.executable, "-c", "from tooltune_trainer.cli import app; app()"]
 
 
 @pytest.fixture
-def cluster(k8s, tmp_path, kopf_operator):
-    """The operator and a kubelet that runs `tooltune` from this checkout."""
-    node = Kubelet(k8s.cluster, tmp_path / "kubelet", executables={"tooltune": TOOLTUNE}).start()
+def node(k8s, tmp_path):
+    """A test kubelet that runs `tooltune` from this checkout."""
+    kubelet = Kubelet(k8s.cluster, tmp_path / "kubelet", executables={"tooltune": TOOLTUNE}).start()
+    try:
+        yield kubelet
+    finally:
+        kubelet.stop()
+
+
+@pytest.fixture
+def cluster(k8s, node, kopf_operator):
+    """The emulated cluster with the operator and the kubelet running."""
     settings = Settings(metrics_port=0, trainer_metrics_port=0, progress_interval_seconds=0.2)
     kopf_operator("tooltune_operator.handlers", memo=kopf.Memo(settings=settings, kube=Kube(k8s.api)))
-    try:
-        yield k8s
-    finally:
-        node.stop()
+    return k8s
 
 
 def tooltunejob(tmp_path: Path, server: FakeOpenAI) -> dict[str, Any]:
@@ -131,3 +137,29 @@ def test_a_bad_key_fails_the_resource_naming_the_secret(cluster, openai_server, 
     assert f"Secret {SECRET} (key OPENAI_API_KEY) was rejected (401)" in message
     assert "sk-not-the-right-key" not in str(final)
     assert openai_server.files_uploaded == openai_server.jobs_created == 0
+
+
+@pytest.mark.slow
+def test_a_lost_pod_is_replaced_and_resumes_the_same_remote_job(cluster, node, openai_server, tmp_path):
+    """Node disruption kills the submitter; the next pod finds the remote job instead of paying twice."""
+    openai_server.lifecycle = Lifecycle(running_polls=10, steps_per_poll=10)
+    create(cluster, tooltunejob(tmp_path, openai_server), openai_server.api_key)
+    wait_for(
+        lambda: openai_server.jobs and openai_server.job()["status"] == "running",
+        POD_START_SECONDS,
+        what="the remote job to run",
+    )
+    [pod] = cluster.cluster.list(PODS, NS, labels=f"job-name={NAME}-1")
+    node.kill_pod(pod["metadata"]["name"], NS)
+
+    final = wait_for(
+        lambda: status(cluster) if status(cluster).get("phase") in {"Succeeded", "Failed"} else None,
+        POD_START_SECONDS,
+        what="the ToolTuneJob to finish",
+        describe=lambda: status(cluster),
+    )
+
+    assert final["phase"] == "Succeeded", final
+    assert len(cluster.cluster.list(PODS, NS, labels=f"job-name={NAME}-1")) == 2
+    assert openai_server.jobs_created == 1
+    assert openai_server.files_uploaded == 2
