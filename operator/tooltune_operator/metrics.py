@@ -82,8 +82,8 @@ class JobsCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         phases = {key: phase or Phase.PENDING.value for key, phase in self.read_phases().items()}
         by_phase, per_job = _job_families()
-        for phase in Phase:
-            by_phase.add_metric([phase.value], sum(1 for known in phases.values() if known == phase.value))
+        for known in Phase:
+            by_phase.add_metric([known.value], sum(1 for phase in phases.values() if phase == known.value))
         for (namespace, name), phase in sorted(phases.items()):
             per_job.add_metric([namespace, name, phase], 1)
         yield by_phase
