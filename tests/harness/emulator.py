@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp.web
 import attrs
 import jsonpatch
 import jsonpointer
@@ -60,6 +61,7 @@ T = TypeVar("T")
 ALL_VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
 STARTUP_TIMEOUT = 10.0
 DEFAULT_WATCH_SECONDS = 300.0  # a watch without timeoutSeconds ends after this; clients reconnect
+DISCONNECT_CHECK_SECONDS = 1.0  # how often an idle watch checks that its client is still there
 NAME_SUFFIX_LENGTH = 5
 ORPHAN = "Orphan"
 
@@ -209,16 +211,23 @@ def labels_match(labels: dict[str, str], requirements: list[tuple[str, str, set[
     return True
 
 
-def parse_field_selector(selector: str | None) -> dict[str, str]:
-    fields: dict[str, str] = {}
+def parse_field_selector(selector: str | None) -> list[tuple[str, bool, str]]:
+    """``a.b=x,c!=y`` → [(path, equal, value)]. Any field path is accepted (the API allows a few per kind)."""
+    requirements = []
     for raw in filter(None, (selector or "").split(",")):
-        key, _, value = raw.replace("==", "=").partition("=")
-        if key not in {"metadata.name", "metadata.namespace"}:
-            raise ValueError(
-                f'field label not supported: "{key}" (only metadata.name and metadata.namespace)'
-            )
-        fields[key] = value
-    return fields
+        equal = "!=" not in raw
+        key, _, value = raw.replace("!=", "=").replace("==", "=").partition("=")
+        if not key or not _:
+            raise ValueError(f"invalid field selector {raw!r}: expected <field>=<value> or <field>!=<value>")
+        requirements.append((key.strip(), equal, value.strip()))
+    return requirements
+
+
+def field_value(obj: dict[str, Any], path: str) -> str:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 @dataclass
@@ -227,7 +236,7 @@ class Query:
 
     namespace: str | None = None
     labels: list[tuple[str, str, set[str]]] = field(default_factory=list)
-    fields: dict[str, str] = field(default_factory=dict)
+    fields: list[tuple[str, bool, str]] = field(default_factory=list)
 
     @classmethod
     def from_params(cls, namespace: str | None, params: dict[str, str]) -> Query:
@@ -244,7 +253,7 @@ class Query:
         meta = obj.get("metadata", {})
         if self.namespace is not None and meta.get("namespace") != self.namespace:
             return False
-        if any(meta.get(key.split(".")[1]) != value for key, value in self.fields.items()):
+        if any((field_value(obj, path) == value) != equal for path, equal, value in self.fields):
             return False
         return labels_match(meta.get("labels") or {}, self.labels)
 
@@ -280,6 +289,22 @@ def apply_patch(body: dict[str, Any], patch: Any) -> dict[str, Any]:
     raise ApiError(400, "BadRequest", "a patch must be a JSON object (merge patch) or a list (JSON patch)")
 
 
+def select_job_pods(job: dict[str, Any]) -> None:
+    """What the API server adds to a new Job: the selector and the labels its pods carry."""
+    spec, meta = job.setdefault("spec", {}), job["metadata"]
+    if spec.get("manualSelector"):
+        return
+    labels = {
+        "batch.kubernetes.io/controller-uid": meta["uid"],
+        "batch.kubernetes.io/job-name": meta["name"],
+        "controller-uid": meta["uid"],
+        "job-name": meta["name"],
+    }
+    spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": meta["uid"]}}
+    template_meta = spec.setdefault("template", {}).setdefault("metadata", {})
+    template_meta["labels"] = {**(template_meta.get("labels") or {}), **labels}
+
+
 def _essence(obj: dict[str, Any]) -> dict[str, Any]:
     """What `metadata.generation` tracks: everything but metadata and status."""
     return {key: value for key, value in obj.items() if key not in {"metadata", "status"}}
@@ -308,6 +333,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     _revision: int = attrs.field(default=0, init=False)
     _outcomes: dict[int, tuple[int, dict[str, Any]]] = attrs.field(factory=dict, init=False)
     _tick: asyncio.Future[None] | None = attrs.field(default=None, init=False)
+    closing: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -374,6 +400,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             obj.pop("status", None)
         obj["apiVersion"], obj["kind"] = api_version_of(resource), info.kind
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_iso(), generation=1)
+        if resource == JOBS:
+            select_job_pods(obj)
         meta.pop("deletionTimestamp", None)
         self._admit(resource, obj)
         return self._commit(key, obj, "ADDED")
@@ -564,9 +592,19 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return low
 
     async def watch(
-        self, resource: str, query: Query, since: int | None, *, timeout: float, initial_events: bool = False
+        self,
+        resource: str,
+        query: Query,
+        since: int | None,
+        *,
+        timeout: float,
+        initial_events: bool = False,
+        connected: Callable[[], bool] = lambda: True,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Watch events as the API sends them: after `since`, or ADDED for what exists, then live."""
+        """Watch events as the API sends them: after `since`, or ADDED for what exists, then live.
+
+        Ends after `timeout`, when the emulator closes, or soon after `connected()` turns false.
+        """
         deadline = asyncio.get_running_loop().time() + timeout
         if since is None:
             position = len(self._events)
@@ -586,14 +624,22 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 }
         else:
             position = self._events_after(since)
-        while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
+        while (remaining := deadline - asyncio.get_running_loop().time()) > 0 and connected():
             change = self._change_future()
             for event in itertools.islice(self._events, position, None):
                 if event.resource == resource and query.matches(event.object):
                     yield {"type": event.type, "object": copy.deepcopy(event.object)}
             position = len(self._events)
+            if self.closing:
+                return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(change), remaining)
+                await asyncio.wait_for(asyncio.shield(change), min(remaining, DISCONNECT_CHECK_SECONDS))
+
+    def close_watches(self) -> None:
+        """End every watch stream (before the server stops, so no handler is left waiting)."""
+        self.closing = True
+        self._change_future().set_result(None)
+        self._tick = None
 
     # ------------------------------------------------------------ HTTP
 
@@ -642,6 +688,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         resource = self._served(request)
         if resource is None:
             return await super(kmock.KubernetesEmulator, self)._handle(request)
+        if request.method == kmock.method.GET and self._is_watch(request):
+            return await self._stream_watch(resource, request)
         try:
             outcome = self._mutate(resource, request)
         except ApiError as error:
@@ -686,8 +734,6 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return None
 
     def _respond(self, code: int, body: dict[str, Any]) -> Any:
-        import aiohttp.web
-
         return aiohttp.web.json_response(body, status=code)
 
     async def _serve_outcome(self, request: rendering.Request) -> Any:
@@ -702,8 +748,6 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         resource = self._served(request)
         if resource is None:
             raise NotImplementedError  # discovery, served by kmock
-        if self._is_watch(request):
-            return self._serve_watch(request)
         if resource == PODS and request.subresource == "log" and self.pod_logs is not None:
             return self.pod_logs(request.name or "", request.namespace or "default").encode()
         with self._as_status():
@@ -722,8 +766,6 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         resource = self._served(request)
         if resource is None:
             raise NotImplementedError  # discovery, served by kmock
-        if self._is_watch(request):
-            return self._serve_watch(request)
         with self._as_status():
             info = self._info(resource)
             items = self.list(resource, Query.from_params(request.namespace, dict(request.params)))
@@ -738,21 +780,43 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             "items": items,
         }
 
-    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:
-        resource = self._served(request)
-        if resource is None:
-            raise NotImplementedError
+    async def _stream_watch(self, resource: str, request: rendering.Request) -> Any:
+        """A watch, served here rather than by kmock, so the stream says it is JSON (kubectl insists)."""
         params = dict(request.params)
-        query = Query.from_params(request.namespace, params)
+        try:
+            query = Query.from_params(request.namespace, params)
+        except ApiError as error:
+            return self._respond(error.code, error.status())
         if request.name:
-            query.fields["metadata.name"] = request.name
+            query.fields.append(("metadata.name", True, request.name))
         since_text = params.get("resourceVersion", "")
         initial = params.get("sendInitialEvents") == "true"
         since = int(since_text) if since_text not in ("", "0") and not initial else None
         timeout = float(params.get("timeoutSeconds") or DEFAULT_WATCH_SECONDS)
-        yield b""  # send the headers now: a watch may stay silent for a long time
-        async for event in self.watch(resource, query, since, timeout=timeout, initial_events=initial):
-            yield event
+        columns = (
+            self.printer_columns.get(resource, [tables.AGE_COLUMN]) if self._wants_table(request) else None
+        )
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        raw = request._raw_request
+        await response.prepare(raw)
+
+        def connected() -> bool:
+            return raw.transport is not None and not raw.transport.is_closing()
+
+        with contextlib.suppress(ConnectionError):
+            events = self.watch(
+                resource, query, since, timeout=timeout, initial_events=initial, connected=connected
+            )
+            async for event in events:
+                if columns is not None and event["type"] != "BOOKMARK":  # `kubectl get -w` watches rows
+                    revision = event["object"]["metadata"]["resourceVersion"]
+                    event = {
+                        "type": event["type"],
+                        "object": tables.table([event["object"]], columns, revision),
+                    }
+                await response.write(json.dumps(event).encode() + b"\n")
+            await response.write_eof()
+        return response
 
     @staticmethod
     @contextlib.contextmanager
@@ -879,6 +943,8 @@ class RunningCluster:
         if self.thread.is_alive():
             self.loop.call_soon_threadsafe(self._stop.set)
             self.thread.join(timeout)
+            if self.thread.is_alive():
+                raise RuntimeError(f"the Kubernetes emulator did not stop within {timeout} s")
 
 
 def write_kubeconfig(path: Path, url: str, namespace: str = "default") -> Path:
@@ -911,6 +977,7 @@ def start_cluster(directory: Path, namespaces: tuple[str, ...] = ("default",)) -
                 started.update(emulator=emulator, url=str(server.url).rstrip("/"), stop=stop)
                 ready.set()
                 await stop.wait()
+                emulator.close_watches()
         except BaseException as error:
             started["error"] = error
             ready.set()

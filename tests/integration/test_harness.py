@@ -437,6 +437,10 @@ def test_kubectl_applies_lists_prints_columns_and_deletes(k8s, tmp_path):
         {"status": {"phase": "Running", "progress": {"step": 12, "trainLoss": 0.53}}},
     )
 
+    waited = k8s.kubectl(
+        "wait", "--for=jsonpath={.status.phase}=Running", "ttj/task-api-tools", "--timeout=10s"
+    )
+    assert "condition met" in waited.stdout and not waited.stderr
     output = k8s.kubectl("get", "ttj")
     header, row = output.stdout.splitlines()
     assert header.split() == ["NAME", "PHASE", "BACKEND", "MODEL", "STEP", "LOSS", "AGE"]
