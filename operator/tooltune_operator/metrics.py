@@ -1,16 +1,18 @@
 """The operator's own Prometheus metrics: reconciles, jobs by phase (read at scrape time), durations, retries.
 
-Wiring (in the startup handler):
-
-    memo.metrics = OperatorMetrics()
-    memo.metrics.watch_jobs(lambda: job_phases(body for store in index.values() for body in store))
-    start_metrics_server(settings.metrics_port)
-
-and each handler wrapped, innermost under the kopf decorators:
+``METRICS`` lives in the default registry, created once per process at import. Wiring:
 
     @kopf.on.create(GROUP, VERSION, PLURAL)
-    @metrics.reconciled("create")
+    @METRICS.reconciled("create")                  # innermost, under the kopf decorators
     def reconcile(...): ...
+
+    # in the startup handler: phases from a dict the event handler keeps current
+    # (memo.phases[(namespace, name)] = status.phase; deleted on DELETED), read at each scrape
+    METRICS.watch_jobs(lambda: dict(memo.phases))   # or job_phases(<ToolTuneJob bodies>)
+    start_metrics_server(settings.metrics_port)
+
+and, where a job ends or a new attempt starts: ``METRICS.job_finished(backend, phase, seconds)``,
+``METRICS.job_retried(backend)``. Tests make their own ``OperatorMetrics(CollectorRegistry())``.
 """
 
 from __future__ import annotations
@@ -186,3 +188,6 @@ def start_metrics_server(port: int, registry: CollectorRegistry = REGISTRY, addr
         return None
     server, _ = start_http_server(port, addr=addr, registry=registry)
     return server
+
+
+METRICS = OperatorMetrics()
