@@ -73,7 +73,8 @@ diagnose() {
 
 cleanup() {
   local status=$?
-  for pid in "${FORWARDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # ${a[@]+...}: an empty array under set -u on bash 3.2 (macOS) too.
+  for pid in ${FORWARDS[@]+"${FORWARDS[@]}"}; do kill "$pid" 2>/dev/null || true; done
   if [[ $status -ne 0 ]] && [[ -s $KUBECONFIG ]]; then diagnose; fi
   if [[ $KEEP == 1 ]]; then
     log "keeping cluster $CLUSTER (KUBECONFIG=$KUBECONFIG); delete it with: kind delete cluster --name $CLUSTER"
