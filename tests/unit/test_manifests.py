@@ -99,9 +99,17 @@ def test_examples_validate_against_the_api_models(path: Path) -> None:
         if doc["kind"] != "ToolTuneJob":
             continue
         job = ToolTuneJob.model_validate(doc)
-        secret = job.spec.storage.credentials_secret
-        if secret:
-            assert secret in example_secrets(), f"{path.name} names Secret {secret!r} that no example defines"
+        secrets = example_secrets()
+        storage_secret = job.spec.storage.credentials_secret
+        if storage_secret:
+            assert storage_secret in secrets, (
+                f"{path.name} names Secret {storage_secret!r} that no example defines"
+            )
+        if job.spec.openai:
+            key = job.spec.openai.api_key_secret
+            assert key.key in secrets.get(key.name, set()), (
+                f"{path.name}: no example Secret {key.name} with {key.key}"
+            )
 
 
 def example_secrets() -> dict[str, set[str]]:
