@@ -354,18 +354,20 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         """The cluster's current resourceVersion."""
         return self._revision
 
-    def get(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+    def get_object(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         obj = self._store.get((resource, namespace if self._namespaced(resource) else None, name))
         return copy.deepcopy(obj) if obj is not None else None
 
-    def list(self, resource: str, query: Query | None = None) -> list[dict[str, Any]]:
+    def list_objects(self, resource: str, query: Query | None = None) -> list[dict[str, Any]]:
         query = query or Query()
         found = [obj for (res, _, _), obj in self._store.items() if res == resource and query.matches(obj)]
         return copy.deepcopy(
             sorted(found, key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
         )
 
-    def create(self, resource: str, body: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
+    def create_object(
+        self, resource: str, body: dict[str, Any], namespace: str | None = None
+    ) -> dict[str, Any]:
         info = self._info(resource)
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
@@ -406,7 +408,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self._admit(resource, obj)
         return self._commit(key, obj, "ADDED")
 
-    def patch(
+    def patch_object(
         self, resource: str, namespace: str | None, name: str, patch: Any, *, subresource: str | None = None
     ) -> dict[str, Any]:
         """Merge patch (a dict) or JSON patch (a list), of the object or of its status subresource."""
@@ -417,7 +419,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 raise self._conflict(resource, name)
         return self._write(key, current, apply_patch(current, patch), subresource)
 
-    def replace(
+    def replace_object(
         self,
         resource: str,
         namespace: str | None,
@@ -432,13 +434,13 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             raise self._conflict(resource, name)
         return self._write(key, current, copy.deepcopy(body), subresource)
 
-    def delete(
+    def delete_object(
         self, resource: str, namespace: str | None, name: str, *, propagation: str | None = None
     ) -> dict[str, Any]:
         key, current = self._existing(resource, namespace, name)
         if resource == NAMESPACES:  # the namespace controller's job, done at once
             for res, obj_namespace, obj_name in [k for k in self._store if k[1] == name]:
-                self.delete(res, obj_namespace, obj_name, propagation="Background")
+                self.delete_object(res, obj_namespace, obj_name, propagation="Background")
         if propagation == ORPHAN or (propagation is None and resource == JOBS):
             self._orphan_dependents(current["metadata"]["uid"])
         if current["metadata"].get("finalizers"):
@@ -608,7 +610,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         deadline = asyncio.get_running_loop().time() + timeout
         if since is None:
             position = len(self._events)
-            for obj in self.list(resource, query):
+            for obj in self.list_objects(resource, query):
                 yield {"type": "ADDED", "object": obj}
             if initial_events:
                 yield {
@@ -711,7 +713,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if method == kmock.method.POST and name is None:
             if not isinstance(data, dict):
                 raise ApiError(400, "BadRequest", "the request body must be a JSON object")
-            return 201, self.create(resource, data, request.namespace)
+            return 201, self.create_object(resource, data, request.namespace)
         if name is None:
             return None
         namespace, subresource = request.namespace, request.subresource
@@ -722,15 +724,15 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                     "UnsupportedMediaType",
                     "server-side apply is not emulated; use `kubectl apply --server-side=false`",
                 )
-            return 200, self.patch(resource, namespace, name, data, subresource=subresource)
+            return 200, self.patch_object(resource, namespace, name, data, subresource=subresource)
         if method == kmock.method.PUT:
             if not isinstance(data, dict):
                 raise ApiError(400, "BadRequest", "the request body must be a JSON object")
-            return 200, self.replace(resource, namespace, name, data, subresource=subresource)
+            return 200, self.replace_object(resource, namespace, name, data, subresource=subresource)
         if method == kmock.method.DELETE:
             options = data if isinstance(data, dict) else {}
             policy = request.params.get("propagationPolicy") or options.get("propagationPolicy")
-            return 200, self.delete(resource, namespace, name, propagation=policy)
+            return 200, self.delete_object(resource, namespace, name, propagation=policy)
         return None
 
     def _respond(self, code: int, body: dict[str, Any]) -> Any:
@@ -753,7 +755,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         with self._as_status():
             if request.subresource not in (None, "status"):
                 raise ApiError(404, "NotFound", f"subresource {request.subresource} is not emulated")
-            obj = self.get(resource, request.namespace, request.name or "")
+            obj = self.get_object(resource, request.namespace, request.name or "")
             if obj is None:
                 raise not_found(resource, request.name or "")
         if self._wants_table(request):
@@ -768,7 +770,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             raise NotImplementedError  # discovery, served by kmock
         with self._as_status():
             info = self._info(resource)
-            items = self.list(resource, Query.from_params(request.namespace, dict(request.params)))
+            items = self.list_objects(resource, Query.from_params(request.namespace, dict(request.params)))
         if self._wants_table(request):
             return tables.table(
                 items, self.printer_columns.get(resource, [tables.AGE_COLUMN]), str(self._revision)
@@ -798,6 +800,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         )
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         raw = request._raw_request
+        assert raw is not None  # only requests built by hand in kmock's own tests lack it
         await response.prepare(raw)
 
         def connected() -> bool:
@@ -913,31 +916,35 @@ class RunningCluster:
         """Run a function or coroutine on the emulator's loop and return its result (from any thread)."""
 
         async def run() -> T:
-            return await fn if asyncio.iscoroutine(fn) else fn()  # type: ignore[operator,misc]
+            return await fn if asyncio.iscoroutine(fn) else fn()
 
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
 
     # Thread-safe shortcuts to the store, for test code.
     def get(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
-        return self.call(lambda: self.emulator.get(resource, namespace, name))
+        return self.call(lambda: self.emulator.get_object(resource, namespace, name))
 
     def list(
         self, resource: str, namespace: str | None = None, labels: str | None = None
     ) -> list[dict[str, Any]]:
-        return self.call(lambda: self.emulator.list(resource, Query(namespace, parse_label_selector(labels))))
+        return self.call(
+            lambda: self.emulator.list_objects(resource, Query(namespace, parse_label_selector(labels)))
+        )
 
     def create(self, resource: str, body: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
-        return self.call(lambda: self.emulator.create(resource, body, namespace))
+        return self.call(lambda: self.emulator.create_object(resource, body, namespace))
 
     def patch(
         self, resource: str, namespace: str | None, name: str, patch: Any, subresource: str | None = None
     ) -> dict[str, Any]:
         return self.call(
-            lambda: self.emulator.patch(resource, namespace, name, patch, subresource=subresource)
+            lambda: self.emulator.patch_object(resource, namespace, name, patch, subresource=subresource)
         )
 
     def delete(self, resource: str, namespace: str | None, name: str, propagation: str | None = None) -> dict:
-        return self.call(lambda: self.emulator.delete(resource, namespace, name, propagation=propagation))
+        return self.call(
+            lambda: self.emulator.delete_object(resource, namespace, name, propagation=propagation)
+        )
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.thread.is_alive():
@@ -973,7 +980,7 @@ def start_cluster(directory: Path, namespaces: tuple[str, ...] = ("default",)) -
             emulator = ClusterEmulator()
             async with emulator, kmock.Server(emulator) as server:
                 for namespace in namespaces:
-                    emulator.create(NAMESPACES, {"metadata": {"name": namespace}})
+                    emulator.create_object(NAMESPACES, {"metadata": {"name": namespace}})
                 started.update(emulator=emulator, url=str(server.url).rstrip("/"), stop=stop)
                 ready.set()
                 await stop.wait()

@@ -148,11 +148,18 @@ def expand_references(text: str, env: dict[str, str]) -> str:
 
 
 def rewrite_paths(text: str, mounts: list[tuple[str, Path]]) -> str:
-    """Replace container paths (mount paths, the termination path) by their local counterparts."""
-    for container_path, local in sorted(mounts, key=lambda m: -len(m[0])):
-        pattern = r"(?<![\w.-])" + re.escape(container_path.rstrip("/")) + r"(?=/|$|[^\w.-])"
-        text = re.sub(pattern, lambda _m, local=local: str(local), text)
-    return text
+    """Replace container paths (mount paths, the termination path) by their local counterparts.
+
+    One pass over the text, longest path first, so a replacement is never rewritten again (a local path
+    under /tmp must survive a volume mounted at /tmp).
+    """
+    if not mounts:
+        return text
+    ordered = sorted(mounts, key=lambda m: -len(m[0]))
+    locals_by_path = {container_path.rstrip("/"): str(local) for container_path, local in ordered}
+    alternatives = "|".join(re.escape(container_path.rstrip("/")) for container_path, _ in ordered)
+    pattern = r"(?<![\w.-])(" + alternatives + r")(?=/|$|[^\w.-])"
+    return re.sub(pattern, lambda match: locals_by_path[match.group(1)], text)
 
 
 def pod_failure_action(job: dict[str, Any], pod: dict[str, Any]) -> tuple[str, str]:
@@ -253,14 +260,14 @@ class Kubelet:
             if run is None or run.exit_code is not None:
                 raise LookupError(f"pod {namespace}/{name} has no running process")
             if disruption:
-                pod = self.emulator.get(PODS, namespace, name) or {}
+                pod = self.emulator.get_object(PODS, namespace, name) or {}
                 conditions = [
                     c for c in pod.get("status", {}).get("conditions", []) if c["type"] != "DisruptionTarget"
                 ]
                 conditions.append(
                     _condition("DisruptionTarget", "EvictionByEvictionAPI", "Eviction API: evicting")
                 )
-                self.emulator.patch(
+                self.emulator.patch_object(
                     PODS, namespace, name, {"status": {"conditions": conditions}}, subresource="status"
                 )
             self._signal(run, signal.SIGKILL)
@@ -306,11 +313,11 @@ class Kubelet:
 
     async def _reconcile(self) -> None:
         self._collect_garbage()
-        pods = self.emulator.list(PODS)
-        for job in self.emulator.list(JOBS):
+        pods = self.emulator.list_objects(PODS)
+        for job in self.emulator.list_objects(JOBS):
             self._sync_job(job, [p for p in pods if job["metadata"]["uid"] in _owner_uids(p)])
         live = set()
-        for pod in self.emulator.list(PODS):
+        for pod in self.emulator.list_objects(PODS):
             live.add(pod["metadata"]["uid"])
             await self._sync_pod(pod)
         for uid, run in list(self._runs.items()):
@@ -319,7 +326,7 @@ class Kubelet:
                 self._spawn(self._terminate(run))
 
     def _collect_garbage(self) -> None:
-        objects = [(resource, obj) for resource in RESOURCES for obj in self.emulator.list(resource)]
+        objects = [(resource, obj) for resource in RESOURCES for obj in self.emulator.list_objects(resource)]
         uids = {obj["metadata"]["uid"] for _, obj in objects}
         for resource, obj in objects:
             owners = _owner_uids(obj)
@@ -330,7 +337,7 @@ class Kubelet:
             ):
                 meta = obj["metadata"]
                 with contextlib.suppress(Exception):
-                    self.emulator.delete(
+                    self.emulator.delete_object(
                         resource, meta.get("namespace"), meta["name"], propagation="Background"
                     )
 
@@ -382,7 +389,7 @@ class Kubelet:
             status["active"] = len(active)
             status["ready"] = sum(p.get("status", {}).get("phase") == "Running" for p in active)
         if status != job.get("status", {}):
-            self.emulator.patch(
+            self.emulator.patch_object(
                 JOBS,
                 meta["namespace"],
                 meta["name"],
@@ -425,7 +432,7 @@ class Kubelet:
         )
         if ttl is not None and finished and _seconds_since(finished) >= ttl:
             meta = job["metadata"]
-            self.emulator.delete(JOBS, meta["namespace"], meta["name"], propagation="Background")
+            self.emulator.delete_object(JOBS, meta["namespace"], meta["name"], propagation="Background")
 
     @staticmethod
     def _is_active(pod: dict[str, Any]) -> bool:
@@ -436,7 +443,7 @@ class Kubelet:
     def _delete_pods(self, pods: Any) -> None:
         for pod in pods:
             with contextlib.suppress(Exception):
-                self.emulator.delete(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"])
+                self.emulator.delete_object(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"])
 
     def _create_pod(self, job: dict[str, Any]) -> dict[str, Any]:
         meta, template = job["metadata"], job["spec"]["template"]
@@ -466,8 +473,8 @@ class Kubelet:
             },
             "spec": copy.deepcopy(template["spec"]),
         }
-        created = self.emulator.create(PODS, pod)
-        return self.emulator.patch(
+        created = self.emulator.create_object(PODS, pod)
+        return self.emulator.patch_object(
             PODS,
             meta["namespace"],
             created["metadata"]["name"],
@@ -510,7 +517,7 @@ class Kubelet:
         merged = {**pod.get("status", {}), **status}
         if merged != pod.get("status"):
             with contextlib.suppress(Exception):  # the pod may be gone already
-                self.emulator.patch(
+                self.emulator.patch_object(
                     PODS,
                     meta["namespace"],
                     meta["name"],
@@ -590,7 +597,7 @@ class Kubelet:
     # ------------------------------------------------------------ starting a container
 
     def _lookup(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.emulator.get(SECRETS if kind == "Secret" else CONFIGMAPS, namespace, name)
+        return self.emulator.get_object(SECRETS if kind == "Secret" else CONFIGMAPS, namespace, name)
 
     def _values(self, kind: str, namespace: str, name: str) -> dict[str, str] | None:
         obj = self._lookup(kind, namespace, name)
