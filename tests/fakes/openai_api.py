@@ -75,6 +75,7 @@ class FakeOpenAI:
         self.chat_requests: list[dict[str, Any]] = []
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status answered)
         self.cancel_requests = 0
+        self.filters_metadata = True  # False: list every job, as a compatible service without the filter may
         self._failures: list[tuple[int, float]] = []  # (status, retry-after seconds) of the next requests
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
@@ -223,7 +224,8 @@ class FakeOpenAI:
         jobs = [
             j.body
             for j in reversed(list(self.jobs.values()))  # newest first, as the real API does
-            if all((j.body.get("metadata") or {}).get(k) == v for k, v in wanted.items())
+            if not self.filters_metadata
+            or all((j.body.get("metadata") or {}).get(k) == v for k, v in wanted.items())
         ]
         return 200, _page([_public(b) for b in jobs], query)
 

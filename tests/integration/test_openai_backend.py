@@ -371,6 +371,18 @@ def test_a_cancelled_job_of_this_attempt_is_not_resumed(openai_server, tmp_path)
     assert openai_server.job(cancelled.id)["status"] == "cancelled"
 
 
+def test_a_service_ignoring_the_metadata_filter_does_not_confuse_the_lookup(openai_server, tmp_path):
+    """Jobs of other resources come back unfiltered; only this attempt's job counts as already created."""
+    openai_server.filters_metadata = False
+    first, _, _, _ = in_process(tmp_path, openai_server)
+    ours = first.create_job(*first.prepare_data())
+    foreign = running_job(openai_server)  # newer: listed first
+    second, _, _, _ = in_process(tmp_path, openai_server)
+
+    assert second.find_job().id == ours.id != foreign
+    assert openai_server.jobs_created == 2
+
+
 # ---------------------------------------------------------------- the operator side
 
 
