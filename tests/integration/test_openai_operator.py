@@ -163,3 +163,46 @@ def test_a_lost_pod_is_replaced_and_resumes_the_same_remote_job(cluster, node, o
     assert len(cluster.cluster.list(PODS, NS, labels=f"job-name={NAME}-1")) == 2
     assert openai_server.jobs_created == 1
     assert openai_server.files_uploaded == 2
+
+
+@pytest.mark.slow
+def test_suspend_cancels_the_remote_job_and_resume_starts_a_new_one(cluster, openai_server, tmp_path):
+    openai_server.lifecycle = Lifecycle(outcome="running")
+    create(cluster, tooltunejob(tmp_path, openai_server), openai_server.api_key)
+    wait_for(
+        lambda: openai_server.jobs and status(cluster).get("openai", {}).get("jobId"),
+        POD_START_SECONDS,
+        what="the submitter to report its remote job",
+    )
+    first = openai_server.job()["id"]
+
+    cluster.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, NAME, {"spec": {"suspend": True}}
+    )
+
+    wait_for(
+        lambda: openai_server.job(first)["status"] == "cancelled", 30, what="the remote job to be cancelled"
+    )
+    wait_for(
+        lambda: status(cluster).get("phase") == "Suspended",
+        30,
+        what="phase Suspended",
+        describe=lambda: status(cluster),
+    )
+
+    openai_server.lifecycle = Lifecycle(running_polls=2)
+    cluster.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, NAME, {"spec": {"suspend": False}}
+    )
+
+    final = wait_for(
+        lambda: (
+            status(cluster) if status(cluster).get("phase") in {"Succeeded", "Failed", "Cancelled"} else None
+        ),
+        POD_START_SECONDS,
+        what="the resumed ToolTuneJob to finish",
+        describe=lambda: status(cluster),
+    )
+    assert final["phase"] == "Succeeded", final
+    assert openai_server.jobs_created == 2
+    assert final["openai"]["jobId"] != first
