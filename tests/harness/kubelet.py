@@ -21,8 +21,10 @@ directly:
   ``mountPath`` (and of ``terminationMessagePath``) in command, args, env values and workingDir is
   replaced by the local directory (file), because a local process cannot see ``/etc/...``.
   ``TOOLTUNE_TERMINATION_LOG`` is the local termination-message file, ``KUBECONFIG`` points at the
-  emulator, ``HOSTNAME`` is the pod name; stdout and stderr go to ``<pod dir>/container.log`` and are
-  kept. Pod status: Pending → Running → Succeeded/Failed with ``containerStatuses[0].state.terminated``
+  emulator, ``HOSTNAME`` is the pod name, ``TMPDIR`` the local directory of a volume mounted at ``/tmp``
+  (if any); ``python``/``python3``/``tooltune`` run with this interpreter (`DEFAULT_EXECUTABLES`);
+  stdout and stderr go to ``<pod dir>/container.log`` and are kept.
+  Pod status: Pending → Running → Succeeded/Failed with ``containerStatuses[0].state.terminated``
   (``exitCode``, ``reason`` Completed/Error/OOMKilled, ``message`` from the termination file, or the log
   tail with ``FallbackToLogsOnError``), ``startTime``, conditions. A deleted pod's process gets SIGTERM,
   then SIGKILL after its grace period (capped at `MAX_GRACE_SECONDS`).
@@ -767,7 +769,7 @@ class Kubelet:
                 process = await asyncio.create_subprocess_exec(
                     *argv,
                     cwd=workdir,
-                    env=self._process_env(pod, env, termination_path),
+                    env=self._process_env(pod, env, termination_path, dict(mounts).get("/tmp")),
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,
@@ -797,8 +799,12 @@ class Kubelet:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _process_env(self, pod: dict[str, Any], env: dict[str, str], termination: Path) -> dict[str, str]:
+    def _process_env(
+        self, pod: dict[str, Any], env: dict[str, str], termination: Path, tmp: Path | None
+    ) -> dict[str, str]:
         inherited = {k: v for k, v in os.environ.items() if k in {"HOME", "LANG", "LC_ALL", "TMPDIR", "USER"}}
+        if tmp is not None:  # a volume mounted at /tmp: where the process's temporary files go
+            inherited["TMPDIR"] = str(tmp)
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")])
         pythonpath = os.pathsep.join(map(str, PYTHONPATH_DIRS))
         return {
