@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -11,7 +12,16 @@ import pytest
 from tooltune_api import GROUP, PLURAL, VERSION
 
 from tests.harness import tables
-from tests.harness.emulator import CONFIGMAPS, JOBS, PODS, TTJ
+from tests.harness.emulator import (
+    CONFIGMAPS,
+    JOBS,
+    PODS,
+    TTJ,
+    labels_match,
+    merge_patch,
+    parse_label_selector,
+)
+from tests.harness.kubelet import expand_references, rewrite_paths
 from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -236,6 +246,28 @@ def test_retries_until_backoff_limit(k8s, kubelet):
     assert wait_for_job(k8s, "retry", "Failed")["reason"] == "BackoffLimitExceeded"
     assert len(job_pods(k8s, "retry")) == 2
     assert k8s.cluster.get(JOBS, NS, "retry")["status"]["failed"] == 2
+
+
+def test_a_retry_sees_what_the_failed_pod_left_on_a_persistent_volume(k8s, kubelet):
+    script = textwrap.dedent("""
+        import pathlib
+        marker = pathlib.Path('/checkpoints/step-10')
+        if not marker.exists():
+            marker.write_text('saved')
+            raise SystemExit(1)
+        print('resumed from', marker.read_text())
+    """)
+    container = {"volumeMounts": [{"name": "state", "mountPath": "/checkpoints"}]}
+    volumes = [{"name": "state", "persistentVolumeClaim": {"claimName": "trainer-state"}}]
+    k8s.batch.create_namespaced_job(
+        NS, job_body("resume", script, backoffLimit=1, container=container, pod={"volumes": volumes})
+    )
+
+    wait_for_job(k8s, "resume", "Complete")
+    status = k8s.cluster.get(JOBS, NS, "resume")["status"]
+    assert (status["failed"], status["succeeded"]) == (1, 1)
+    logs = {kubelet.logs(pod["metadata"]["name"]) for pod in job_pods(k8s, "resume")}
+    assert logs == {"", "resumed from saved\n"}
 
 
 def test_suspend_kills_the_pod_and_resume_starts_a_new_one(k8s, kubelet):
@@ -481,3 +513,53 @@ def test_printer_columns_show_the_status_the_real_operator_writes(k8s, kopf_oper
     row = k8s.kubectl("get", "ttj").stdout.splitlines()[1]
     assert row.split()[:4] == ["demo", status["phase"], "unsloth", "tooltune/tiny-llama"]
     assert k8s.cluster.get(JOBS, NS, status["jobName"]) is not None
+
+
+# ---------------------------------------------------------------- the harness's pure helpers
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("/etc/tooltune/contract.json", "/pod/contract/contract.json"),
+        ("--config=/etc/tooltune", "--config=/pod/contract"),
+        ("/etc/tooltune-other/x", "/etc/tooltune-other/x"),  # a longer name is another path
+        ("/var/etc/tooltune/x", "/var/etc/tooltune/x"),  # only absolute paths, not suffixes
+        ("/tmp /tmp/a", "/pod/tmp /pod/tmp/a"),
+        ("/dev/termination-log", "/pod/termination-log"),
+    ],
+)
+def test_mount_paths_are_rewritten_only_at_path_boundaries(text, expected):
+    mounts = [
+        ("/etc/tooltune", Path("/pod/contract")),
+        ("/tmp", Path("/pod/tmp")),
+        ("/dev/termination-log", Path("/pod/termination-log")),
+    ]
+    assert rewrite_paths(text, mounts) == expected
+
+
+def test_env_references_expand_like_kubernetes():
+    env = {"DIR": "/data", "N": "3"}
+    assert expand_references("$(DIR)/x-$(N) $(MISSING) $$(DIR)", env) == "/data/x-3 $(MISSING) $(DIR)"
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "matches"),
+    [
+        ("app=test", {"app": "test"}, True),
+        ("app==test,tier!=db", {"app": "test", "tier": "web"}, True),
+        ("app in (a, b)", {"app": "b"}, True),
+        ("app notin (a,b)", {"app": "b"}, False),
+        ("gpu", {"gpu": ""}, True),
+        ("!gpu", {"gpu": ""}, False),
+        ("app=test", {}, False),
+    ],
+)
+def test_label_selectors(selector, labels, matches):
+    assert labels_match(labels, parse_label_selector(selector)) is matches
+
+
+def test_merge_patch_follows_rfc_7386_and_drops_strategic_directives():
+    target = {"a": {"b": 1, "c": 2}, "list": [1, 2], "gone": 1}
+    patch = {"a": {"c": None, "d": 3}, "list": [3], "gone": None, "$setElementOrder/x": []}
+    assert merge_patch(target, patch) == {"a": {"b": 1, "d": 3}, "list": [3]}
