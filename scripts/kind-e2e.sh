@@ -117,8 +117,7 @@ kube apply -f tests/e2e/seaweedfs.yaml
 kube rollout status -n storage deployment/seaweedfs --timeout=300s
 forward storage service/seaweedfs "$S3_PORT:8333"
 s3 wait
-s3 mb s3://datasets
-s3 mb s3://models
+s3 mb s3://datasets s3://models
 s3 put "$DATASET_URI" "$DATASET"
 
 # ---------------------------------------------------------------- tooltune

@@ -1,7 +1,7 @@
 """Small S3 client for scripts/kind-e2e.sh: wait for the endpoint, upload the example data, list results.
 
     python tests/e2e/s3tool.py --endpoint http://127.0.0.1:18333 wait
-    python tests/e2e/s3tool.py --endpoint ... mb s3://models                # make a bucket; fine if it exists
+    python tests/e2e/s3tool.py --endpoint ... mb s3://datasets s3://models  # make buckets; fine if they exist
     python tests/e2e/s3tool.py --endpoint ... put s3://datasets/task_api_tool_calling.jsonl FILE
     python tests/e2e/s3tool.py --endpoint ... ls s3://models/tiny-cpu/      # exit 1 when nothing is there
 
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoint", required=True, help="S3 endpoint URL")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("wait", help="wait until the endpoint answers")
-    mb_command = commands.add_parser("mb", help="make a bucket unless it exists")
-    mb_command.add_argument("uri")
+    mb_command = commands.add_parser("mb", help="make buckets unless they exist")
+    mb_command.add_argument("uris", nargs="+")
     put_command = commands.add_parser("put", help="upload a file, creating the bucket if needed")
     put_command.add_argument("uri")
     put_command.add_argument("file", type=Path)
@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "wait":
         wait(s3)
     elif args.command == "mb":
-        make_bucket(s3, split_uri(args.uri)[0])
+        for uri in args.uris:
+            make_bucket(s3, split_uri(uri)[0])
     elif args.command == "put":
         if not args.file.is_file():
             raise SystemExit(f"no such file: {args.file}")

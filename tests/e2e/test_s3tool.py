@@ -32,8 +32,11 @@ def test_mb_is_idempotent_and_ls_of_an_empty_prefix_fails(
 ) -> None:
     bucket = f"mb-{tmp_path.name[-8:].lower().replace('_', '-')}"
     for _ in range(2):
-        assert s3tool.main(["--endpoint", s3_server.endpoint, "mb", f"s3://{bucket}"]) == 0
+        assert (
+            s3tool.main(["--endpoint", s3_server.endpoint, "mb", f"s3://{bucket}", f"s3://{bucket}-2"]) == 0
+        )
     s3_server.client().head_bucket(Bucket=bucket)
+    s3_server.client().head_bucket(Bucket=f"{bucket}-2")
     assert s3tool.main(["--endpoint", s3_server.endpoint, "ls", f"s3://{bucket}/checkpoints/"]) == 1
 
 
