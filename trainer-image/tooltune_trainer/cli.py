@@ -179,3 +179,130 @@ def _print_verdict(report: ValidationReport) -> None:
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+# ---------------------------------------------------------------- training: tooltune run / tooltune train
+
+DEFAULT_LOCAL_WORKDIR = Path(".tooltune")
+
+
+@app.command()
+def run(
+    file: Annotated[Path, typer.Argument(help="A ToolTuneJob YAML; dataset paths are relative to it.")],
+    workdir: Annotated[
+        Path, typer.Option("--workdir", help="Scratch space: data, built tiny model, local checkpoints.")
+    ] = DEFAULT_LOCAL_WORKDIR,
+) -> None:
+    """Train a ToolTuneJob here with the pod's recipe (no cluster); a relative output.uri is under cwd."""
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    from tooltune_trainer import backends
+
+    backends.prepare(backends.detect_device())  # Unsloth, when used, must be imported before transformers
+    from tooltune_trainer import recipe
+
+    try:
+        contract = recipe.contract_from_job_file(file, Path.cwd())
+        job_workdir = workdir / contract.job.name
+        with _training_progress(console) as progress:
+            result = recipe.run(
+                contract, job_workdir, callbacks=[progress], on_stage=progress.stage, print_logs=False
+            )
+    except recipe.INVALID_JOB_ERRORS as error:
+        console.print(f"[red]invalid job:[/red] {error}", markup=True)
+        raise typer.Exit(recipe.EXIT_INVALID) from None
+    _print_run_summary(console, result)
+
+
+@app.command()
+def train(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Contract JSON; default $TOOLTUNE_CONFIG.")
+    ] = None,
+) -> None:
+    """The training pod's entrypoint: exit 0 done, 2 invalid data or config, anything else retryable."""
+    from tooltune_trainer import backends
+
+    backends.prepare(backends.detect_device())
+    from tooltune_trainer import recipe
+
+    raise typer.Exit(recipe.main(config))
+
+
+def _training_progress(console):  # type: ignore[no-untyped-def]
+    """A rich progress bar over training steps, fed by a TrainerCallback; also prints each recipe stage."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from transformers import TrainerCallback
+
+    class RichProgress(TrainerCallback):
+        def __init__(self) -> None:
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                TextColumn("{task.fields[loss]}"), console=console, transient=False,
+            )  # fmt: skip
+            self.task = None
+            self.loss = ""
+
+        def __enter__(self) -> RichProgress:
+            self.bar.__enter__()
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.bar.__exit__(*exc)
+
+        def stage(self, name: str) -> None:
+            self.bar.console.print(f"[bold]•[/bold] {name}", markup=True)
+
+        def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            self.task = self.bar.add_task(
+                "training", total=state.max_steps, completed=state.global_step, loss=""
+            )
+
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            self.bar.update(self.task, completed=state.global_step, loss=self.loss)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+            logs = logs or {}
+            parts = [f"{label} {logs[key]:.4f}" for key, label in (("loss", "loss"), ("eval_loss", "eval"))
+                     if isinstance(logs.get(key), float)]  # fmt: skip
+            if parts:
+                self.loss = " ".join(parts)
+                self.bar.update(self.task, loss=self.loss)
+
+    return RichProgress()
+
+
+def _print_run_summary(console, result) -> None:  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    scores = result.evaluation["metrics"]
+    table = Table(title="Run summary", show_header=False, title_justify="left")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    rows = [
+        ("backend / device", f"{result.backend} / {result.device}"),
+        ("examples (train / validation)", f"{result.train_examples} / {result.validation_examples}"),
+        ("steps", str(result.steps)),
+        ("time", f"{result.seconds:.0f} s"),
+        ("final train loss", _fmt(result.train_loss)),
+        ("eval loss", _fmt(result.eval_loss)),
+        ("tool-name accuracy", _fmt(scores["toolNameAccuracy"])),
+        ("arguments exact match", _fmt(scores["argumentsExactMatch"])),
+        ("valid JSON rate", _fmt(scores["validJsonRate"])),
+        ("no call when one was expected", _fmt(scores["noCallRate"])),
+        ("model", result.output_uri),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    smoke = Table(title="Smoke prompts", title_justify="left")
+    smoke.add_column("prompt")
+    smoke.add_column("answer")
+    for test in result.evaluation["smokeTests"]:
+        smoke.add_row(test["prompt"], test["answer"])
+    console.print(smoke)
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"

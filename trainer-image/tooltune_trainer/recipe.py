@@ -7,7 +7,10 @@ subclasses, which the entrypoint turns into exit code 2; anything else is worth 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,21 +18,57 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tooltune_api.models import ToolTuneJobSpec, TrainerContract
+from pydantic import ValidationError
+from tooltune_api import (
+    CONTRACT_ENV,
+    CONTRACT_PATH,
+    EXIT_INVALID,
+    EXIT_OK,
+    TERMINATION_LOG_ENV,
+    TERMINATION_LOG_PATH,
+    WORKDIR_ENV,
+)
+from tooltune_api.models import InvalidSpec, ToolTuneJobSpec, TrainerContract, describe_validation_error
+from transformers import PrinterCallback
 
 from tooltune_trainer import backends, tiny
+from tooltune_trainer.checkpoints import CheckpointSync, fetch_latest_checkpoint, write_lineage
 from tooltune_trainer.data import InvalidDataset, read_jsonl, split_examples, validate_examples
 from tooltune_trainer.evaluate import evaluate, write_report
 from tooltune_trainer.formatting import FormattingError, templated_length, training_rows
-from tooltune_trainer.storage import Store, join, open_store
+from tooltune_trainer.plots import render_loss_curves
+from tooltune_trainer.storage import join, open_store
+from tooltune_trainer.telemetry import StatusReporter, TrainingMetrics, telemetry_callbacks
+
+log = logging.getLogger(__name__)
 
 FINAL_DIR = "final"
+CHECKPOINT_UPLOAD_TIMEOUT_SECONDS = 600
+# evaluation report key -> TrainingMetrics gauge (the same names as status.evaluation)
+EVALUATION_METRICS = {
+    "toolNameAccuracy": "tool_name_accuracy",
+    "argumentsExactMatch": "arguments_exact_match",
+    "validJsonRate": "valid_json_rate",
+    "noCallRate": "no_call_rate",
+}
 EVALUATION_FILE = "evaluation.json"
 LOSS_CURVE_FILE = "loss_curve.png"
 TRAIN_LOG_FILE = "train_log.json"
 
+
+class InvalidJob(ValueError):
+    """The contract or the job's settings cannot work as written; the message names the field."""
+
+
 # What a user can fix; the entrypoint exits 2 on these (the Job fails at once instead of retrying).
-INVALID_JOB_ERRORS: tuple[type[Exception], ...] = (InvalidDataset, FormattingError, backends.BackendError)
+INVALID_JOB_ERRORS: tuple[type[Exception], ...] = (
+    InvalidJob,
+    InvalidDataset,
+    InvalidSpec,
+    FormattingError,
+    backends.BackendError,
+)
+TERMINATION_MESSAGE_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
 
 
 @dataclass
@@ -52,16 +91,21 @@ def run(
     workdir: Path,
     callbacks: list[Any] | None = None,
     on_stage: Callable[[str], None] = lambda stage: None,
+    print_logs: bool = True,
 ) -> RunResult:
+    """Train the contract's job end to end; workdir holds data, the tiny model cache and local checkpoints."""
     spec = contract.spec
     started = time.monotonic()
     device = backends.detect_device()
     backend = backends.prepare(device)
     backends.check_supported(spec, device)
     store = open_store(spec.storage)
+    reporter, metrics = StatusReporter(contract), TrainingMetrics(contract)
+    metrics.serve()
 
     on_stage("fetch and validate data")
-    train_lines = _fetch_lines(store, spec.dataset.train, workdir / "data" / "train.jsonl")
+    datasets = {spec.dataset.train: store.fetch(spec.dataset.train, workdir / "data" / "train.jsonl")}
+    train_lines = list(read_jsonl(datasets[spec.dataset.train]))
     examples = _validated(train_lines)
     model_source = (
         tiny.ensure_tiny_model(examples, workdir) if tiny.is_tiny(spec.base_model) else spec.base_model
@@ -71,7 +115,10 @@ def run(
 
     on_stage("split")
     if spec.dataset.validation:
-        validation_lines = _fetch_lines(store, spec.dataset.validation, workdir / "data" / "validation.jsonl")
+        datasets[spec.dataset.validation] = store.fetch(
+            spec.dataset.validation, workdir / "data" / "val.jsonl"
+        )
+        validation_lines = list(read_jsonl(datasets[spec.dataset.validation]))
         train, validation = examples, _validated(validation_lines, spec, count_tokens)
     else:
         train, validation = split_examples(
@@ -87,8 +134,28 @@ def run(
     validation_rows = training_rows(tokenizer, validation, max_length)
 
     on_stage("train")
-    trainer = _trainer(spec, model, tokenizer, train_rows, validation_rows, workdir, device, callbacks or [])
-    trainer.train(resume_from_checkpoint=_resume_from(store, spec, workdir))
+    checkpoint_sync = CheckpointSync(
+        store,
+        spec.output.uri,
+        spec.checkpoints.keep,
+        on_complete=lambda step, uri, count: reporter.update(
+            checkpoints={"latestStep": step, "latestUri": uri, "count": count}
+        ),
+    )
+    telemetry = telemetry_callbacks(contract, reporter, metrics)
+    trainer = _trainer(
+        spec,
+        model,
+        tokenizer,
+        train_rows,
+        validation_rows,
+        workdir,
+        device,
+        [*telemetry, checkpoint_sync, *(callbacks or [])],
+    )
+    if not print_logs:
+        trainer.remove_callback(PrinterCallback)
+    trainer.train(resume_from_checkpoint=fetch_latest_checkpoint(store, spec.output.uri, workdir / "resume"))
     eval_loss = trainer.evaluate()["eval_loss"] if validation_rows else None
 
     on_stage("evaluate tool calls")
@@ -100,17 +167,44 @@ def run(
         train,
         spec.evaluation.max_examples,
     )
+    scores = report["metrics"]
+    metrics.observe(**{name: scores[key] for key, name in EVALUATION_METRICS.items()})
 
     on_stage("save and upload")
     final = workdir / "output" / FINAL_DIR
     backends.clear_dir(final)
     saved = backends.save_model(trainer.model, tokenizer, final, spec, device)
-    history = trainer.state.log_history
     write_report(report, final / EVALUATION_FILE)
-    (final / TRAIN_LOG_FILE).write_text(json.dumps(history, indent=1) + "\n")
-    _plot_loss_curve(history, final / LOSS_CURVE_FILE)
+    (final / TRAIN_LOG_FILE).write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+    diagnosis = telemetry[0].diagnosis
+    if telemetry[0].train_losses or telemetry[0].eval_losses:
+        render_loss_curves(
+            telemetry[0].train_losses, telemetry[0].eval_losses, diagnosis, final / LOSS_CURVE_FILE
+        )
     output_uri = join(spec.output.uri, FINAL_DIR)
     store.upload_dir(final, output_uri)
+    if not checkpoint_sync.close(CHECKPOINT_UPLOAD_TIMEOUT_SECONDS):
+        log.warning(
+            "checkpoint uploads still pending after %ss; the final model is complete",
+            CHECKPOINT_UPLOAD_TIMEOUT_SECONDS,
+        )
+    write_lineage(
+        store,
+        contract,
+        datasets,
+        {
+            **scores,
+            "trainLoss": _last(trainer.state.log_history, "loss"),
+            "evalLoss": eval_loss,
+            "steps": trainer.state.global_step,
+        },
+    )
+    reporter.update(
+        evaluation={**_status_scores(scores), "reportUri": join(output_uri, EVALUATION_FILE)},
+        output={"uri": output_uri},
+    )
+    reporter.flush()
+    metrics.close()
 
     return RunResult(
         output_uri=output_uri,
@@ -120,7 +214,7 @@ def run(
         validation_examples=len(validation),
         steps=trainer.state.global_step,
         seconds=time.monotonic() - started,
-        train_loss=_last(history, "loss"),
+        train_loss=_last(trainer.state.log_history, "loss"),
         eval_loss=eval_loss,
         evaluation=report,
         saved=saved,
@@ -128,10 +222,6 @@ def run(
 
 
 # ---------------------------------------------------------------- steps of the recipe
-
-
-def _fetch_lines(store: Store, uri: str, dest: Path) -> list[str]:
-    return list(read_jsonl(store.fetch(uri, dest)))
 
 
 def _validated(
@@ -176,30 +266,107 @@ def _trainer(
     )
 
 
-def _resume_from(store: Store, spec: ToolTuneJobSpec, workdir: Path) -> str | None:
-    """The newest complete checkpoint under <output>/checkpoints/, downloaded, if an attempt left one."""
-    # CHECKPOINT RESUME: wire tooltune_trainer.checkpoints.fetch_latest_checkpoint here once it lands.
-    return None
+def _status_scores(scores: dict[str, Any]) -> dict[str, Any]:
+    return {key: scores[key] for key in ("examples", *EVALUATION_METRICS) if scores.get(key) is not None}
 
 
 def _last(history: list[dict[str, Any]], key: str) -> float | None:
     return next((entry[key] for entry in reversed(history) if key in entry), None)
 
 
-def _plot_loss_curve(history: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
+# ---------------------------------------------------------------- a ToolTuneJob file, run locally
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+LOCAL_NAMESPACE = "local"
 
-    figure, axes = plt.subplots(figsize=(6, 3.5))
-    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
-        points = [(entry["step"], entry[key]) for entry in history if key in entry]
-        if points:
-            axes.plot(*zip(*points, strict=True), marker="." if key == "eval_loss" else None, label=label)
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri and not Path(uri).is_absolute()
+
+
+def contract_from_job_file(path: Path, cwd: Path) -> TrainerContract:
+    """The contract `tooltune run` trains: the YAML's spec, dataset paths resolved against the YAML's
+    directory, a relative output.uri against cwd, and no status patches or /metrics server."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise InvalidJob(f"{path}: cannot read the ToolTuneJob: {error}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("spec"), dict):
+        raise InvalidJob(f"{path}: not a ToolTuneJob (needs apiVersion tooltune.dev/v1alpha1 and a spec)")
+    spec_doc = dict(document["spec"])
+    dataset = dict(spec_doc.get("dataset") or {})
+    for key in ("train", "validation"):
+        if isinstance(dataset.get(key), str) and _is_local(dataset[key]):
+            dataset[key] = str((path.parent / dataset[key]).resolve())
+    spec_doc["dataset"] = dataset
+    output = dict(spec_doc.get("output") or {})
+    if isinstance(output.get("uri"), str) and _is_local(output["uri"]):
+        output["uri"] = str((cwd / output["uri"]).resolve())
+    spec_doc["output"] = output
+    try:
+        spec = ToolTuneJobSpec.model_validate(spec_doc)
+    except ValidationError as error:
+        raise InvalidJob(f"{path}: " + "; ".join(describe_validation_error(error))) from None
+    if spec.backend != "unsloth":
+        raise InvalidJob(f"{path}: spec.backend: {spec.backend} trains remotely; use it on a cluster")
+    name = str((document.get("metadata") or {}).get("name") or path.stem)
+    return TrainerContract(
+        job={"namespace": LOCAL_NAMESPACE, "name": name}, spec=spec, metrics_port=0, report_progress=False
+    )
+
+
+# ---------------------------------------------------------------- pod entrypoint
+
+EXIT_RETRYABLE = 1
+DEFAULT_WORKDIR = "/tmp/tooltune"
+
+
+def load_contract(path: Path) -> TrainerContract:
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise InvalidJob(f"{path}: cannot read the trainer contract: {error}") from None
+    try:
+        return TrainerContract.model_validate(document)
+    except ValidationError as error:
+        raise InvalidJob(
+            f"{path}: " + "; ".join(describe_validation_error(error, prefix="contract"))
+        ) from None
+
+
+def main(config: Path | None = None) -> int:
+    """`tooltune train`: run the contract's job; exit 0 done, 2 invalid data or config, else retryable."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    path = config or Path(os.environ.get(CONTRACT_ENV, CONTRACT_PATH))
+    workdir = Path(os.environ.get(WORKDIR_ENV, DEFAULT_WORKDIR))
+    try:
+        result = run(load_contract(path), workdir, on_stage=lambda stage: log.info("stage: %s", stage))
+    except INVALID_JOB_ERRORS as error:
+        reason = one_line_reason(error)
+        log.error("invalid job, not retrying: %s", error)
+        write_termination_message(f"invalid: {reason}")
+        return EXIT_INVALID
+    except Exception as error:
+        log.exception("training failed, the Job may retry")
+        write_termination_message(f"retryable: {type(error).__name__}: {one_line_reason(error)}")
+        return EXIT_RETRYABLE
+    scores = result.evaluation["metrics"]
+    write_termination_message(
+        f"succeeded: {result.steps} steps, tool-name accuracy {scores['toolNameAccuracy']}, "
+        f"model at {result.output_uri}"
+    )
+    return EXIT_OK
+
+
+def one_line_reason(error: Exception) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    more = len(lines) - 1
+    return lines[0] + (f" (and {more} more)" if more else "")
+
+
+def write_termination_message(message: str) -> None:
+    """The one line `kubectl describe pod` shows; unwritable outside a pod, which is fine."""
+    path = Path(os.environ.get(TERMINATION_LOG_ENV, TERMINATION_LOG_PATH))
+    with contextlib.suppress(OSError):
+        path.write_bytes(message.encode()[:TERMINATION_MESSAGE_LIMIT])
