@@ -7,7 +7,6 @@ talks to the local fine-tuning API server and reports status back to the emulato
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from tooltune_operator.settings import Settings
 from tests.fakes.openai_api import FakeOpenAI, Lifecycle
 from tests.fakes.task_api import write_dataset
 from tests.harness.emulator import PODS, TTJ
-from tests.harness.kubelet import Kubelet
 from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -29,22 +27,11 @@ NS = "default"
 NAME = "task-api-openai"
 SECRET = "openai-api-key"
 POD_START_SECONDS = 120  # the pod imports the trainer package; generous on a loaded machine
-TOOLTUNE = [sys.executable, "-c", "from tooltune_trainer.cli import app; app()"]
 
 
 @pytest.fixture
-def node(k8s, tmp_path):
-    """A test kubelet that runs `tooltune` from this checkout."""
-    kubelet = Kubelet(k8s.cluster, tmp_path / "kubelet", executables={"tooltune": TOOLTUNE}).start()
-    try:
-        yield kubelet
-    finally:
-        kubelet.stop()
-
-
-@pytest.fixture
-def cluster(k8s, node, kopf_operator):
-    """The emulated cluster with the operator and the kubelet running."""
+def cluster(k8s, kubelet, kopf_operator):
+    """The emulated cluster with the operator and the test kubelet (it runs `tooltune` from this checkout)."""
     settings = Settings(metrics_port=0, trainer_metrics_port=0, progress_interval_seconds=0.2)
     kopf_operator("tooltune_operator.handlers", memo=kopf.Memo(settings=settings, kube=Kube(k8s.api)))
     return k8s
@@ -140,7 +127,7 @@ def test_a_bad_key_fails_the_resource_naming_the_secret(cluster, openai_server, 
 
 
 @pytest.mark.slow
-def test_a_lost_pod_is_replaced_and_resumes_the_same_remote_job(cluster, node, openai_server, tmp_path):
+def test_a_lost_pod_is_replaced_and_resumes_the_same_remote_job(cluster, kubelet, openai_server, tmp_path):
     """Node disruption kills the submitter; the next pod finds the remote job instead of paying twice."""
     openai_server.lifecycle = Lifecycle(running_polls=10, steps_per_poll=10)
     create(cluster, tooltunejob(tmp_path, openai_server), openai_server.api_key)
@@ -150,7 +137,7 @@ def test_a_lost_pod_is_replaced_and_resumes_the_same_remote_job(cluster, node, o
         what="the remote job to run",
     )
     [pod] = cluster.cluster.list(PODS, NS, labels=f"job-name={NAME}-1")
-    node.kill_pod(pod["metadata"]["name"], NS)
+    kubelet.kill_pod(pod["metadata"]["name"], NS)
 
     final = wait_for(
         lambda: status(cluster) if status(cluster).get("phase") in {"Succeeded", "Failed"} else None,
