@@ -100,15 +100,16 @@ wait_http() {  # wait_http URL SECONDS
   done
 }
 
-# ---------------------------------------------------------------- cluster and images
+# ---------------------------------------------------------------- images and cluster
+# Images first: the builds take longest, and a failed one leaves no cluster behind.
+log "building $OPERATOR_IMAGE and $TRAINER_IMAGE"
+docker build -f Dockerfile.operator -t "$OPERATOR_IMAGE" .
+docker build -f Dockerfile.trainer --target cpu -t "$TRAINER_IMAGE" .
+
 log "creating kind cluster $CLUSTER"
 kind_args=(create cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG" --wait 180s)
 [[ -n ${KIND_NODE_IMAGE:-} ]] && kind_args+=(--image "$KIND_NODE_IMAGE")
 kind "${kind_args[@]}"
-
-log "building $OPERATOR_IMAGE and $TRAINER_IMAGE"
-docker build -f Dockerfile.operator -t "$OPERATOR_IMAGE" .
-docker build -f Dockerfile.trainer --target cpu -t "$TRAINER_IMAGE" .
 kind load docker-image --name "$CLUSTER" "$OPERATOR_IMAGE" "$TRAINER_IMAGE"
 
 # ---------------------------------------------------------------- S3

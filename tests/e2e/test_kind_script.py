@@ -138,9 +138,9 @@ def test_a_succeeding_run_does_every_step_in_order_and_deletes_the_cluster(
         return found[0]
 
     steps = [
-        "kind create cluster --name tooltune-e2e",
         "docker build -f Dockerfile.operator -t tooltune/operator:e2e",
         "docker build -f Dockerfile.trainer --target cpu -t tooltune/trainer:e2e-cpu",
+        "kind create cluster --name tooltune-e2e",
         "kind load docker-image --name tooltune-e2e tooltune/operator:e2e tooltune/trainer:e2e-cpu",
         "kubectl apply -f tests/e2e/seaweedfs.yaml",
         "helm install tooltune charts/tooltune --namespace tooltune-system",
