@@ -21,9 +21,10 @@ real clients rely on:
   its objects; ``kubectl logs`` from the test kubelet's log files.
 
 Not emulated: admission (the CRD's openAPIV3Schema is checked by tests/unit/test_crd_schema.py),
-server-side apply, protobuf bodies (kubectl's imperative ``create <kind>``: use ``apply -f``), RBAC,
-``limit``/``continue`` paging, namespaces' existence on create, graceful pod deletion (pods go at once; the
-kubelet then stops the process).
+server-side apply, ``dryRun`` (refused with 400), protobuf bodies (kubectl's imperative
+``create <kind>`` sends them: use ``apply -f``), OpenAPI documents (so ``kubectl apply --validate=false``),
+RBAC, ``limit``/``continue`` paging, namespaces' existence on create, graceful pod deletion (pods go at
+once; the kubelet then stops the process).
 Everything runs on the emulator's event loop; other threads go through `RunningCluster.call`.
 """
 
@@ -708,6 +709,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 "UnsupportedMediaType",
                 "protobuf bodies are not emulated (kubectl's imperative "
                 "`create <kind>` sends them): use `kubectl apply -f` with a manifest",
+            )
+        if request.params.get("dryRun"):
+            raise ApiError(
+                400, "BadRequest", "dryRun is not emulated: the request would have changed the store"
             )
         method, name, data = request.method, request.name, request.data
         if method == kmock.method.POST and name is None:

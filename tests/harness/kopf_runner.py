@@ -119,6 +119,8 @@ class KopfRunner:
         if self._thread.is_alive():
             raise RuntimeError(f"the operator did not stop within {STOP_TIMEOUT} s")
         self._thread = None
+        if self.error is not None:
+            raise RuntimeError(f"the operator exited with an error: {self.error!r}") from self.error
 
     def restart(self) -> KopfRunner:
         self.stop()
