@@ -181,3 +181,23 @@ def test_prometheus_scrapes_the_operator_and_evaluates_the_alerts(prometheus):
     finally:
         http.shutdown()
         http.server_close()
+
+
+def test_a_real_trainer_stops_when_the_early_stop_callback_says_so(tmp_path):
+    """The Trainer honours should_training_stop set from on_log (transformers' contract, checked here)."""
+    from tooltune_api.diagnosis import ADVICE, OVERFITTING
+    from tooltune_api.models import Diagnosis
+
+    run = contract(metrics_port=0)
+    run.spec.evaluation.early_stopping = True
+    callbacks = telemetry_callbacks(
+        run, StatusReporter(run), TrainingMetrics(run, registry=CollectorRegistry())
+    )
+    telemetry, early_stop = callbacks
+    # As if earlier evaluations had shown overfitting: the first log of this run must stop it.
+    telemetry.diagnosis = Diagnosis(pattern=OVERFITTING, advice=ADVICE[OVERFITTING], step=0)
+    trainer = tiny_trainer(tmp_path / "run", callbacks)
+    trainer.train()
+
+    assert trainer.state.global_step == trainer.args.logging_steps < MAX_STEPS
+    assert early_stop.stop_reason.startswith("stopped early at step 2: Overfitting")
