@@ -311,9 +311,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster
                 scoped = not kind.startswith("Cluster")
                 info = kmock.ResourceInfo(kind=kind, singular=kind.lower(), namespaced=scoped, verbs=VERBS)
                 patch.setitem(emulator.RESOURCES, key, info)
-        # Namespaces are created here, not through kubectl: the emulator cannot serve Namespace objects
-        # over HTTP (/api/v1/namespaces/<name> reads as a namespace, not as an object).
-        namespaces = ("default", NAMESPACE, "tooltune-system")
+        namespaces = ("default", NAMESPACE)
         running = emulator.start_cluster(tmp_path_factory.mktemp("k8s"), namespaces=namespaces)
         yield running
         running.stop()
@@ -362,7 +360,8 @@ def test_plain_manifests_and_example_jobs_apply_with_kubectl(
     installed = [doc for doc in yaml.safe_load_all(kustomized.stdout) if doc]
     kinds = {o["kind"] for o in installed}
     assert {"Namespace", "CustomResourceDefinition", "ClusterRole", "Deployment"} <= kinds
-    kubectl_apply(kubectl, cluster, tmp_path, [o for o in installed if o["kind"] != "Namespace"])
+    kubectl_apply(kubectl, cluster, tmp_path, installed)
+    assert cluster.get("v1/namespaces", None, "tooltune-system") is not None
     assert cluster.get("apps/v1/deployments", "tooltune-system", "tooltune-operator") is not None
 
     examples = [
