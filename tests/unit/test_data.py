@@ -543,3 +543,10 @@ def test_read_jsonl_accepts_a_byte_order_mark_and_crlf(tmp_path: Any) -> None:
     report = validate_examples(read_jsonl(path))
     assert report.problems == []
     assert len(report.examples) == 2
+
+
+def test_a_tool_call_id_that_is_not_a_string_is_reported() -> None:
+    text = line(user(), assistant(call()), {"role": "tool", "tool_call_id": ["call_1"], "content": "ok"})
+    assert reasons(validate_examples([text])) == [
+        "messages[2].tool_call_id must be a string, the id of the call it answers"
+    ]

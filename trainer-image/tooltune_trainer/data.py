@@ -353,94 +353,119 @@ def _unanswered(where: str, pending: dict[str, str]) -> str:
     return f"{where} has tool calls without a tool message answering them (ids: {', '.join(sorted(pending))})"
 
 
-def _check_messages(
-    messages: list[Any], tools: dict[str, dict[str, Any]], has_tools: bool, parallel: bool, check: _LineCheck
-) -> _Walk:
-    walk = _Walk()
-    started = False  # a non-system message was seen
-    pending: dict[str, str] = {}  # tool_call_id -> name, calls awaiting their tool message
-    pending_from = ""
-    for index, message in enumerate(messages):
-        where = f"messages[{index}]"
+class _Conversation:
+    """Walks one example's messages in order, checking where each role may appear."""
+
+    def __init__(self, tools: dict[str, dict[str, Any]], has_tools: bool, parallel: bool, check: _LineCheck):
+        self.tools, self.has_tools, self.parallel, self.check = tools, has_tools, parallel, check
+        self.walk = _Walk()
+        self.started = False  # a message other than system/developer was seen
+        self.pending: dict[str, str] = {}  # tool_call_id -> name: calls still awaiting their tool message
+        self.pending_from = ""  # the assistant message those calls came from
+
+    def message(self, message: Any, where: str) -> None:
         if not isinstance(message, dict):
-            check.problem(f"{where} must be an object with role and content, got {_type_name(message)}")
-            walk.unreadable = True
-            continue
+            self.check.problem(f"{where} must be an object with role and content, got {_type_name(message)}")
+            self.walk.unreadable = True
+            return
         role = message.get("role")
         if role not in ROLES:
             got = "missing" if role is None else f"{role!r}"
-            check.problem(f"{where}.role is {got}; use one of {', '.join(ROLES)}")
-            walk.unreadable = True
-            continue
-        if role != "tool" and pending:
-            check.problem(f"{_unanswered(pending_from, pending)} before {where}{ANSWER_HINT}")
-            pending = {}
-        text = _check_content(message, where, check)
+            self.check.problem(f"{where}.role is {got}; use one of {', '.join(ROLES)}")
+            self.walk.unreadable = True
+            return
+        if role != "tool" and self.pending:
+            self.check.problem(f"{_unanswered(self.pending_from, self.pending)} before {where}{ANSWER_HINT}")
+            self.pending = {}
+        text = _check_content(message, where, self.check)
         if text:
-            walk.texts.append((f"{where}.content", text))
+            self.walk.texts.append((f"{where}.content", text))
         if role in PREAMBLE_ROLES:
-            if started:
-                check.problem(
+            if self.started:
+                self.check.problem(
                     f"{where}: a {role} message must come before the conversation, not after it starts"
                 )
-            continue
-        if not started and role != "user":
-            check.problem(f"{where}: the conversation must start with a user message, not {role}")
-        started = True
+            return
+        if not self.started and role != "user":
+            self.check.problem(f"{where}: the conversation must start with a user message, not {role}")
+        self.started = True
         if role == "tool":
-            call_id = message.get("tool_call_id")
-            if not isinstance(call_id, str) or not call_id:
-                check.problem(
-                    f"{where}: tool message has no tool_call_id; set it to the id of the call it answers"
-                )
-                pending = {}  # reported here; the calls it leaves unanswered would only repeat it
-            elif call_id not in pending:
-                check.problem(
-                    f"{where}: tool message answers tool_call_id '{call_id}', which matches no "
-                    "unanswered tool call of the assistant message before it"
-                )
-                pending = {}
-            else:
-                del pending[call_id]
-                walk.tool_results += 1
-            continue
-        if role == "user":
-            continue
-        walk.has_assistant = True
+            self.tool(message, where)
+        elif role == "assistant":
+            self.assistant(message, where, text)
+
+    def tool(self, message: dict[str, Any], where: str) -> None:
+        call_id = message.get("tool_call_id")
+        if isinstance(call_id, str) and call_id in self.pending:
+            del self.pending[call_id]
+            self.walk.tool_results += 1
+            return
+        if call_id is None or call_id == "":
+            self.check.problem(
+                f"{where}: tool message has no tool_call_id; set it to the id of the call it answers"
+            )
+        elif not isinstance(call_id, str):
+            self.check.problem(f"{where}.tool_call_id must be a string, the id of the call it answers")
+        else:
+            self.check.problem(
+                f"{where}: tool message answers tool_call_id '{call_id}', which matches no "
+                "unanswered tool call of the assistant message before it"
+            )
+        self.pending = {}  # reported here; the calls it leaves unanswered would only repeat it
+
+    def assistant(self, message: dict[str, Any], where: str, text: str | None) -> None:
+        self.walk.has_assistant = True
         weight = message.get("weight", 1)
         if weight not in WEIGHTS or isinstance(weight, bool):
-            check.problem(f"{where}.weight is {json.dumps(weight)}; use 0 (do not train on this turn) or 1")
+            self.check.problem(
+                f"{where}.weight is {json.dumps(weight)}; use 0 (do not train on this turn) or 1"
+            )
         if weight != 0:
-            walk.trained_assistant = True
+            self.walk.trained_assistant = True
         has_calls = message.get("tool_calls") is not None
-        calls = _check_tool_calls(message, where, tools, has_tools, check) if has_calls else []
+        calls = _check_tool_calls(message, where, self.tools, self.has_tools, self.check) if has_calls else []
         if not text and not has_calls:
-            check.problem(f"{where}: empty assistant turn; give it content or tool_calls")
-        if len(calls) > 1 and not parallel:
-            check.problem(
+            self.check.problem(f"{where}: empty assistant turn; give it content or tool_calls")
+        if len(calls) > 1 and not self.parallel:
+            self.check.problem(
                 f"{where} has {len(calls)} tool calls but parallel_tool_calls is false; "
                 "set it to true or make one call per assistant turn"
             )
-        walk.calls.extend(call.name for call in calls)
+        self.walk.calls.extend(call.name for call in calls)
         for call in calls:
             if isinstance(call.arguments, str):
-                walk.texts.append((f"{where}.tool_calls[{call.position}].function.arguments", call.arguments))
+                self.walk.texts.append(
+                    (f"{where}.tool_calls[{call.position}].function.arguments", call.arguments)
+                )
             if call.id is not None:
-                pending[call.id] = call.name
-        pending_from = where
-    if not walk.has_assistant and not walk.unreadable:  # an unknown role may have been the assistant
-        check.problem("no assistant turn: every example needs at least one assistant message to learn from")
-    elif walk.has_assistant and not walk.trained_assistant:
-        check.warn("every assistant turn has weight 0, so this example trains nothing")
-    last = messages[-1] if isinstance(messages[-1], dict) else {}
-    if pending and last.get("role") == "tool":
-        check.problem(f"{_unanswered(pending_from, pending)}{ANSWER_HINT}")
-    if walk.has_assistant and last.get("role") in {"user", "tool", "system", "developer"}:
-        check.warn(
-            f"ends with a {last['role']} message that no assistant turn answers; "
-            "it carries no training signal"
-        )
-    return walk
+                self.pending[call.id] = call.name
+        self.pending_from = where
+
+    def end(self, last: Any) -> _Walk:
+        walk, last_role = self.walk, last.get("role") if isinstance(last, dict) else None
+        if not walk.has_assistant and not walk.unreadable:  # an unknown role may have been the assistant
+            self.check.problem(
+                "no assistant turn: every example needs at least one assistant message to learn from"
+            )
+        elif walk.has_assistant and not walk.trained_assistant:
+            self.check.warn("every assistant turn has weight 0, so this example trains nothing")
+        if self.pending and last_role == "tool":
+            self.check.problem(f"{_unanswered(self.pending_from, self.pending)}{ANSWER_HINT}")
+        if walk.has_assistant and last_role in {"user", "tool", "system", "developer"}:
+            self.check.warn(
+                f"ends with a {last_role} message that no assistant turn answers; "
+                "it carries no training signal"
+            )
+        return walk
+
+
+def _check_messages(
+    messages: list[Any], tools: dict[str, dict[str, Any]], has_tools: bool, parallel: bool, check: _LineCheck
+) -> _Walk:
+    conversation = _Conversation(tools, has_tools, parallel, check)
+    for index, message in enumerate(messages):
+        conversation.message(message, f"messages[{index}]")
+    return conversation.end(messages[-1])
 
 
 def _luhn_ok(digits: str) -> bool:
