@@ -16,8 +16,8 @@ import yaml
 from tooltune_api import GROUP, PLURAL
 from tooltune_api.models import ToolTuneJob
 
+from tests.fixtures.cluster import K8s
 from tests.harness import emulator
-from tests.harness.emulator import RunningCluster
 
 pytestmark = pytest.mark.integration
 
@@ -288,13 +288,8 @@ def test_notes_say_what_to_do_next(helm: str, chart: Path) -> None:
 
 # ---------------------------------------------------------------- applied to the emulator
 
-# What the emulator must serve besides its defaults for the chart's objects to apply.
-EXTRA_RESOURCES = {
-    "apps/v1/deployments": "Deployment",
-    "rbac.authorization.k8s.io/v1/roles": "Role",
-    "rbac.authorization.k8s.io/v1/rolebindings": "RoleBinding",
-    "rbac.authorization.k8s.io/v1/clusterroles": "ClusterRole",
-    "rbac.authorization.k8s.io/v1/clusterrolebindings": "ClusterRoleBinding",
+# The Prometheus Operator's kinds, which the chart renders behind its switches and the emulator lacks.
+MONITORING_KINDS = {
     "monitoring.coreos.com/v1/servicemonitors": "ServiceMonitor",
     "monitoring.coreos.com/v1/podmonitors": "PodMonitor",
     "monitoring.coreos.com/v1/prometheusrules": "PrometheusRule",
@@ -303,39 +298,32 @@ VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
-    """The emulator, also serving the kinds the chart renders (for this module only)."""
+def monitoring_kinds() -> Iterator[None]:
+    """Emulators started in this module (by the k8s fixture) also serve the monitoring kinds."""
     with pytest.MonkeyPatch.context() as patch:
-        for key, kind in EXTRA_RESOURCES.items():
-            if key not in emulator.RESOURCES:
-                scoped = not kind.startswith("Cluster")
-                info = kmock.ResourceInfo(kind=kind, singular=kind.lower(), namespaced=scoped, verbs=VERBS)
-                patch.setitem(emulator.RESOURCES, key, info)
-        namespaces = ("default", NAMESPACE)
-        running = emulator.start_cluster(tmp_path_factory.mktemp("k8s"), namespaces=namespaces)
-        yield running
-        running.stop()
+        for key, kind in MONITORING_KINDS.items():
+            info = kmock.ResourceInfo(kind=kind, singular=kind.lower(), namespaced=True, verbs=VERBS)
+            patch.setitem(emulator.RESOURCES, key, info)
+        yield
 
 
-def kubectl_apply(
-    kubectl: str, cluster: RunningCluster, tmp_path: Path, objects: list[dict[str, Any]]
-) -> str:
+def kubectl_apply(k8s: K8s, tmp_path: Path, objects: list[dict[str, Any]]) -> str:
     path = tmp_path / "objects.yaml"
     path.write_text(yaml.safe_dump_all(objects, sort_keys=False))
-    command = [kubectl, "--kubeconfig", str(cluster.kubeconfig), "--cache-dir", str(tmp_path / "cache")]
-    result = run([*command, "apply", "--validate=false", "-f", str(path)], timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    # A cache of this test's own: another emulator may have served different kinds on the same port.
+    cache = tmp_path / "kubectl-cache"
+    return k8s.kubectl("--cache-dir", str(cache), "apply", "--validate=false", "-f", str(path)).stdout
 
 
 @pytest.mark.parametrize(
     "settings", [EVERY_SWITCH, ["namespaceScoped=true", *EVERY_SWITCH]], ids=["cluster", "ns"]
 )
 def test_rendered_chart_applies_with_kubectl(
-    helm: str, kubectl: str, chart: Path, cluster: RunningCluster, tmp_path: Path, settings: list[str]
+    helm: str, chart: Path, monitoring_kinds: None, k8s: K8s, tmp_path: Path, settings: list[str]
 ) -> None:
+    cluster = k8s.cluster
     objects = render(helm, chart, *settings, crds=True)
-    output = kubectl_apply(kubectl, cluster, tmp_path, objects)
+    output = kubectl_apply(k8s, tmp_path, objects)
     for obj in objects:
         assert f"/{obj['metadata']['name']} " in output, (
             f"{obj['kind']} {obj['metadata']['name']} not applied"
@@ -352,15 +340,14 @@ def test_rendered_chart_applies_with_kubectl(
     assert deployment is not None
 
 
-def test_plain_manifests_and_example_jobs_apply_with_kubectl(
-    kubectl: str, cluster: RunningCluster, tmp_path: Path
-) -> None:
+def test_plain_manifests_and_example_jobs_apply_with_kubectl(kubectl: str, k8s: K8s, tmp_path: Path) -> None:
+    cluster = k8s.cluster
     kustomized = run([kubectl, "kustomize", str(MANIFESTS)])
     assert kustomized.returncode == 0, kustomized.stderr
     installed = [doc for doc in yaml.safe_load_all(kustomized.stdout) if doc]
     kinds = {o["kind"] for o in installed}
     assert {"Namespace", "CustomResourceDefinition", "ClusterRole", "Deployment"} <= kinds
-    kubectl_apply(kubectl, cluster, tmp_path, installed)
+    kubectl_apply(k8s, tmp_path, installed)
     assert cluster.get("v1/namespaces", None, "tooltune-system") is not None
     assert cluster.get("apps/v1/deployments", "tooltune-system", "tooltune-operator") is not None
 
@@ -372,7 +359,7 @@ def test_plain_manifests_and_example_jobs_apply_with_kubectl(
     ]
     for doc in examples:
         doc["metadata"]["namespace"] = "default"
-    kubectl_apply(kubectl, cluster, tmp_path, examples)
+    kubectl_apply(k8s, tmp_path, examples)
     for doc in (d for d in examples if d["kind"] == "ToolTuneJob"):
         stored = cluster.get(f"{GROUP}/v1alpha1/{PLURAL}", "default", doc["metadata"]["name"])
         assert stored is not None
