@@ -382,7 +382,10 @@ PLAIN_TEXT = [
 
 
 def generate(seed: int = SEED, count: int = EXAMPLE_COUNT) -> list[dict[str, Any]]:
-    """The dataset: MIX examples of each kind (scaled to count), no two with the same user turns."""
+    """The dataset: MIX examples of each kind (scaled to count), no two with the same user turns.
+
+    Larger counts (for experiments) reuse plain-text exchanges once all of them are in.
+    """
     builder = Builder(seed)
     kinds = [kind for kind, n in MIX.items() for _ in range(n)]
     if count != len(kinds):
@@ -390,10 +393,11 @@ def generate(seed: int = SEED, count: int = EXAMPLE_COUNT) -> list[dict[str, Any
     seen: set[tuple[str, ...]] = set()
     examples = []
     for kind in kinds:
+        may_repeat = kind == "plain_text" and {(prompt,) for prompt, _ in PLAIN_TEXT} <= seen
         for _ in range(MAX_DRAWS):
             messages = builder.example(kind)
             users = tuple(m["content"] for m in messages if m["role"] == "user")
-            if users not in seen and not SMOKE_PROMPTS & set(users):
+            if (may_repeat or users not in seen) and not SMOKE_PROMPTS & set(users):
                 break
         else:
             raise ValueError(f"cannot draw {MIX[kind]} distinct '{kind}' examples; widen its pool")
@@ -413,8 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUTPUT, help="where to write the JSONL")
     parser.add_argument("--check", action="store_true", help="compare with --out instead of writing it")
+    parser.add_argument("--count", type=int, default=EXAMPLE_COUNT, help="examples to write (experiments)")
+    parser.add_argument("--seed", type=int, default=SEED, help="seed of the generator (experiments)")
     args = parser.parse_args(argv)
-    text = render(generate())
+    text = render(generate(args.seed, args.count))
     if args.check:
         current = args.out.read_text(encoding="utf-8") if args.out.is_file() else ""
         if current != text:
@@ -423,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.out} is up to date")
         return 0
     args.out.write_text(text, encoding="utf-8")
-    print(f"wrote {EXAMPLE_COUNT} examples to {args.out}")
+    print(f"wrote {args.count} examples to {args.out}")
     return 0
 
 

@@ -177,3 +177,12 @@ def test_arguments_are_json_strings_in_schema_order(
                 assert isinstance(arguments, str)
                 keys = list(json.loads(arguments))
                 assert keys == [k for k in order[call["function"]["name"]] if k in keys]
+
+
+def test_larger_datasets_for_experiments_stay_valid(generator: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "big.jsonl"
+    assert generator.main(["--count", "1500", "--seed", "3", "--out", str(out)]) == 0
+    report = validate_examples(read_jsonl(out))
+    assert report.problems == []
+    assert report.summary.examples == 1500
+    assert 0.05 < report.summary.share_without_tool_calls < 0.12
