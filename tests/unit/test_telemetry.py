@@ -11,7 +11,7 @@ from typing import Any
 import kopf
 import pytest
 from prometheus_client import CollectorRegistry
-from tooltune_api import TINY_MODEL
+from tooltune_api import API_VERSION, KIND, TINY_MODEL
 from tooltune_api.diagnosis import ADVICE, DIVERGING, OVERFITTING, PLATEAU
 from tooltune_api.models import Diagnosis, JobRef, ToolTuneJobSpec, ToolTuneJobStatus, TrainerContract
 from tooltune_operator.metrics import OperatorMetrics, job_phases
@@ -461,3 +461,41 @@ def test_loss_curves_png_shows_train_eval_and_the_diagnosis(tmp_path):
 def test_loss_curves_need_some_loss(tmp_path):
     with pytest.raises(ValueError, match="no loss was recorded"):
         render_loss_curves([], [], None, tmp_path / "loss.png")
+
+
+# ---------------------------------------------------------------- against the (emulated) API server
+
+
+@pytest.mark.integration
+def test_status_patches_and_events_reach_the_api_server(k8s):
+    """Default wiring: the kubernetes client from KUBECONFIG, a merge patch on the status subresource
+    (validated against the CRD's schema by the emulator) and a core/v1 Event about the job."""
+    from tests.harness.emulator import EVENTS, TTJ
+
+    job = make_contract()
+    body = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": job.job.name},
+        "spec": job.spec.dump(),
+    }
+    created = k8s.cluster.create(TTJ, body, namespace=job.job.namespace)
+    job.job.uid = created["metadata"]["uid"]
+    k8s.cluster.patch(TTJ, "ml", job.job.name, {"status": {"phase": "Running"}}, subresource="status")
+
+    reporter = StatusReporter(job)
+    reporter.update(progress={"step": 5, "totalSteps": 50, "percent": 10.0, "trainLoss": 0.8})
+    reporter.update(diagnosis={"pattern": PLATEAU, "advice": ADVICE[PLATEAU], "step": 400})
+    reporter.flush()
+    EventRecorder(job).record("LossPlateau", f"step 400: {ADVICE[PLATEAU]}", "Warning")
+
+    status = k8s.cluster.get(TTJ, "ml", job.job.name)["status"]
+    assert reporter.patches_sent == 2
+    assert status["phase"] == "Running"  # the operator's fields are left alone
+    assert status["progress"]["step"] == 5
+    assert status["progress"]["trainLoss"] == 0.8
+    assert status["diagnosis"]["pattern"] == PLATEAU
+    events = k8s.cluster.list(EVENTS, "ml")
+    assert [(e["reason"], e["type"], e["involvedObject"]["uid"]) for e in events] == [
+        ("LossPlateau", "Warning", job.job.uid)
+    ]

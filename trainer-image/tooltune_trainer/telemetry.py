@@ -16,6 +16,7 @@ Nothing here may end a training run: a status patch or an Event that fails is lo
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -123,8 +124,8 @@ def kubernetes_api_client() -> Any | None:
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        try:
-            config.load_kube_config()
+        try:  # KUBECONFIG as it is now, not as it was when the kubernetes package was imported
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
         except Exception as error:
             log.warning("no Kubernetes configuration, status and Events are not reported: %s", error)
             return None
