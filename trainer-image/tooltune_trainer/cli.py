@@ -118,8 +118,9 @@ def _validate_file(file: Path, max_seq_length: int | None, base_model: str | Non
 
         tokenizer = load_tokenizer(base_model, report.examples)
     except Exception as error:  # any failure to load a user-named model is reported, not raised
+        first_line = next(iter(str(error).splitlines()), type(error).__name__)
         report.problems.append(
-            Problem(None, f"--base-model {base_model}: cannot load its tokenizer: {error}")
+            Problem(None, f"--base-model {base_model}: cannot load its tokenizer: {first_line}")
         )
         return report
     return validate_examples(
