@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 
+from tests.harness import tables
 from tests.harness.tables import CRD_PATH
 
 # Each CEL rule of the CRD, as written there, and the same check in Python on the object it applies to.
@@ -32,7 +32,7 @@ CEL_RULES: dict[str, Callable[[dict[str, Any]], bool]] = {
 
 
 def load_crd(path: Path = CRD_PATH) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text())
+    return tables.load_crd(path)
 
 
 def served_schema(crd: dict[str, Any], version: str | None = None) -> dict[str, Any]:

@@ -101,6 +101,7 @@ class KopfRunner:
                 self.error = error
             finally:
                 ready_flag.set()
+                loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.close()
 
         self._stop_flag = stop_flag

@@ -6,7 +6,9 @@ shows here is what a real API server would show for the same CRD and the same ob
 
 from __future__ import annotations
 
+import copy
 import datetime
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -32,9 +34,19 @@ BUILTIN_COLUMNS: dict[str, list[dict[str, str]]] = {
 _SEGMENT = re.compile(r"\.([A-Za-z0-9_-]+)|\[(\d+)\]|\['([^']+)'\]")
 
 
+def load_crd(path: Path = CRD_PATH) -> dict[str, Any]:
+    """The CRD file, parsed once per content (every emulator reads it; YAML parsing is slow)."""
+    return copy.deepcopy(_parse_yaml(path.read_text()))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_yaml(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
 def crd_printer_columns(crd_path: Path = CRD_PATH) -> dict[str, list[dict[str, Any]]]:
     """``group/version/plural`` → the served version's additionalPrinterColumns, from a CRD file."""
-    crd = yaml.safe_load(crd_path.read_text())
+    crd = load_crd(crd_path)
     spec = crd["spec"]
     return {
         f"{spec['group']}/{version['name']}/{spec['names']['plural']}": version.get(
