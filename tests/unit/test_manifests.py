@@ -217,6 +217,8 @@ def test_operator_deployment_meets_the_restricted_pod_security_standard() -> Non
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"]["drop"] == ["ALL"]
     assert security["readOnlyRootFilesystem"] is True
+    # With a read-only root, the operator image's HOME (/tmp) must be a writable volume.
+    assert "/tmp" in {mount["mountPath"] for mount in container["volumeMounts"]}
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
 
