@@ -157,14 +157,11 @@ def spec_changed(
 
 
 def checked_spec(raw: dict[str, Any], logger: logging.Logger) -> ToolTuneJobSpec | None:
-    """The parsed spec, or None after reporting why it is invalid (an Event naming each field)."""
+    """The parsed spec, or None when it is invalid (sync_status reports why, with an Event)."""
     try:
         return parse_spec(raw["spec"])
     except InvalidSpec as error:
-        message = "; ".join(error.problems)
-        if (raw["status"] or {}).get("message") != message:
-            kopf.warn(raw, reason=c.VALIDATION_FAILED, message=f"invalid spec: {message}")
-        logger.warning("invalid spec: %s", message)
+        logger.warning("invalid spec: %s", error)
         return None
 
 
@@ -280,9 +277,16 @@ def sync_status(
     if not patch:
         return
     kube.patch(API_VERSION, "ToolTuneJob", meta["namespace"], meta["name"], {"status": patch}, "status")
-    if "phase" in patch and new.phase in TERMINAL:
+    if "phase" in patch and new.phase in TERMINAL:  # one Event per transition, reason as in the condition
+        reason = next(
+            cond.reason for cond in new.conditions if cond.status == "True" and cond.type != "Validated"
+        )
+        if problems:
+            reason, message = c.VALIDATION_FAILED, f"invalid spec: {new.message}"
+        else:
+            message = new.message or ""
         report = kopf.info if new.phase == Phase.SUCCEEDED else kopf.warn
-        report(raw, reason=str(new.phase), message=new.message or "")
+        report(raw, reason=reason, message=message)
 
 
 # ------------------------------------------------------------------ deletion

@@ -7,6 +7,7 @@ handler after a short delay instead of the handler sleeping.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import kopf
@@ -59,17 +60,18 @@ class Kube:
         content_type: str = "application/json",
     ) -> Any:
         try:
-            return self.api.call_api(
+            response = self.api.call_api(
                 url,
                 method,
                 query_params=query or [],
                 body=body,
                 header_params={"Accept": "application/json", "Content-Type": content_type},
                 auth_settings=["BearerToken"],
-                response_type="object",
-                _return_http_data_only=True,
+                _preload_content=False,
                 _request_timeout=30,
             )
+            data = response[0].data if isinstance(response, tuple) else response.data
+            return json.loads(data) if data else None
         except ApiException as error:
             if error.status == 429 or error.status >= 500:
                 raise kopf.TemporaryError(
