@@ -335,6 +335,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     _outcomes: dict[int, tuple[int, dict[str, Any]]] = attrs.field(factory=dict, init=False)
     _tick: asyncio.Future[None] | None = attrs.field(default=None, init=False)
     closing: bool = attrs.field(default=False, init=False)
+    watches_started: int = attrs.field(default=0, init=False)  # how many watch requests were served
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -803,6 +804,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         columns = (
             self.printer_columns.get(resource, [tables.AGE_COLUMN]) if self._wants_table(request) else None
         )
+        self.watches_started += 1
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         raw = request._raw_request
         assert raw is not None  # only requests built by hand in kmock's own tests lack it

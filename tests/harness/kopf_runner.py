@@ -11,6 +11,7 @@ import asyncio
 import importlib
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -19,6 +20,7 @@ import kopf
 
 STARTUP_TIMEOUT = 15.0
 STOP_TIMEOUT = 15.0
+WATCH_POLL_SECONDS = 0.01
 
 OperatorSource = str | ModuleType | Callable[[], Any]
 
@@ -64,11 +66,23 @@ def build_registry(source: OperatorSource, server: str) -> kopf.OperatorRegistry
 
 
 class KopfRunner:
-    """One operator: `start()`, `stop()`, `start()` again (a restart keeps the same handlers and memo)."""
+    """One operator: `start()`, `stop()`, `start()` again (a restart keeps the same handlers and memo).
 
-    def __init__(self, source: OperatorSource, server: str, memo: Any = None):
+    `watch_count` (optional) returns how many watches the API server has served: `start()` then returns only
+    once the operator watches, and stopping it right away does not hit kopf's 5 s wait for tasks left
+    hanging in its initial discovery.
+    """
+
+    def __init__(
+        self,
+        source: OperatorSource,
+        server: str,
+        memo: Any = None,
+        watch_count: Callable[[], int] | None = None,
+    ):
         self.registry = build_registry(source, server)
         self.memo = memo if memo is not None else kopf.Memo()
+        self.watch_count = watch_count
         self._thread: threading.Thread | None = None
         self._stop_flag: threading.Event | None = None
         self.error: BaseException | None = None
@@ -104,12 +118,18 @@ class KopfRunner:
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.close()
 
+        watches_before = self.watch_count() if self.watch_count is not None else 0
         self._stop_flag = stop_flag
         self._thread = threading.Thread(target=run, name="kopf-operator", daemon=True)
         self._thread.start()
         if not ready_flag.wait(STARTUP_TIMEOUT) or self.error is not None:
             self.stop()
             raise RuntimeError(f"the operator did not start: {self.error!r}")
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while self.watch_count is not None and self.watch_count() == watches_before and self.running:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the operator started no watch within {STARTUP_TIMEOUT} s")
+            time.sleep(WATCH_POLL_SECONDS)
         return self
 
     def stop(self) -> None:
