@@ -25,7 +25,10 @@ server-side apply, ``dryRun`` (refused with 400), protobuf bodies (kubectl's imp
 ``create <kind>`` sends them: use ``apply -f``), OpenAPI documents (so ``kubectl apply --validate=false``),
 RBAC, ``limit``/``continue`` paging, namespaces' existence on create, graceful pod deletion (pods go at
 once; the kubelet then stops the process).
-Everything runs on the emulator's event loop; other threads go through `RunningCluster.call`.
+What is served is declared in `RESOURCES` (a CustomResourceDefinition posted to the emulator is stored,
+not served). kmock's ``emulator.objects`` stays empty: read the store with `get_object`/`list_objects`.
+Everything runs on the emulator's event loop; other threads go through `RunningCluster` (``call``, ``get``,
+``list``, ``create``, ``patch``, ``delete``).
 """
 
 from __future__ import annotations
