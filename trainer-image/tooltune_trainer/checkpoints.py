@@ -15,6 +15,7 @@ uploads it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -48,6 +49,7 @@ FINAL_DIR = "final"
 LOCAL_CHECKPOINT_PREFIX = "checkpoint-"  # what transformers.Trainer names its checkpoint directories
 STAGING_DIR = ".tooltune-uploads"  # inside args.output_dir; hard links of checkpoints waiting for upload
 HASH_CHUNK_BYTES = 4 * 1024**2
+UPLOAD_NICENESS = 10  # the upload thread (and the transfer threads it starts) yields the CPU to training
 
 _STEP_NAME = re.compile(rf"^{STEP_PREFIX}(\d+)$")
 
@@ -219,6 +221,7 @@ class CheckpointSync(TrainerCallback):
     # -- upload thread
 
     def _run(self) -> None:
+        _lower_priority_of_this_thread()
         while not self._closing.is_set():
             try:
                 pending = self._queue.get(timeout=0.5)
@@ -289,6 +292,12 @@ class CheckpointSync(TrainerCallback):
         except StorageError as error:
             log.warning("old checkpoints not pruned: %s", error)
             return min(len(set(self.completed)), self.keep)
+
+
+def _lower_priority_of_this_thread() -> None:
+    """Linux keeps a niceness per thread, and threads started from here inherit it."""
+    with contextlib.suppress(AttributeError, OSError):  # elsewhere: upload at normal priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), UPLOAD_NICENESS)
 
 
 def _link_or_copy(source: str, dest: str) -> str:
