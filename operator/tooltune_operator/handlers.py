@@ -98,28 +98,41 @@ def of_attempt(objects: Any, attempt: int) -> list[dict[str, Any]]:
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
-def reconcile(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    kube: Kube = memo.kube
-    raw = _plain(body)
-    spec = checked_spec(raw, logger)
-    if spec is None:
-        sync_status(kube, raw, job=None, pods=[])
-        return
-    previous = ToolTuneJobStatus.model_validate(raw["status"] or {})
-    attempt = previous.attempts or 1
-    job = ensure_children(kube, memo, raw, spec, attempt)
-    sync_status(kube, raw, job=job, pods=None)
-
-
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def spec_changed(
-    body: kopf.Body, old: Any, new: Any, memo: kopf.Memo, logger: logging.Logger, **_: Any
+def reconcile(
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: logging.Logger,
+    trainer_jobs: kopf.Index,
+    trainer_pods: kopf.Index,
+    **_: Any,
 ) -> None:
     kube: Kube = memo.kube
     raw = _plain(body)
     spec = checked_spec(raw, logger)
+    if spec is not None:
+        previous = ToolTuneJobStatus.model_validate(raw["status"] or {})
+        ensure_children(kube, memo, raw, spec, previous.attempts or 1)
+    key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
+    _sync_from_index(kube, raw, trainer_jobs.get(key), trainer_pods.get(key))
+
+
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def spec_changed(
+    body: kopf.Body,
+    old: Any,
+    new: Any,
+    memo: kopf.Memo,
+    logger: logging.Logger,
+    trainer_jobs: kopf.Index,
+    trainer_pods: kopf.Index,
+    **_: Any,
+) -> None:
+    kube: Kube = memo.kube
+    raw = _plain(body)
+    key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
+    spec = checked_spec(raw, logger)
     if spec is None:
-        sync_status(kube, raw, job=None, pods=[])
+        _sync_from_index(kube, raw, trainer_jobs.get(key), trainer_pods.get(key))
         return
     previous = ToolTuneJobStatus.model_validate(raw["status"] or {})
     attempt = previous.attempts or 1
@@ -152,8 +165,8 @@ def spec_changed(
                 "started with; the change applies if the job fails and is retried (spec.suspend "
                 "applies at once)",
             )
-    job = ensure_children(kube, memo, raw, spec, attempt)
-    sync_status(kube, raw, job=job, pods=None, attempt=attempt)
+    ensure_children(kube, memo, raw, spec, attempt)
+    _sync_from_index(kube, raw, trainer_jobs.get(key), trainer_pods.get(key), attempt)
 
 
 def checked_spec(raw: dict[str, Any], logger: logging.Logger) -> ToolTuneJobSpec | None:
@@ -240,19 +253,18 @@ def on_child_event(
             _sync_from_index(memo.kube, owner, trainer_jobs.get(key), trainer_pods.get(key))
 
 
-def _sync_from_index(kube: Kube, raw: dict[str, Any], jobs: Any, pods: Any) -> None:
-    attempt = (raw["status"] or {}).get("attempts") or 1
+def _sync_from_index(
+    kube: Kube, raw: dict[str, Any], jobs: Any, pods: Any, attempt: int | None = None
+) -> None:
+    attempt = attempt or (raw["status"] or {}).get("attempts") or 1
     current = of_attempt(jobs, attempt)
-    sync_status(kube, raw, job=current[0] if current else None, pods=of_attempt(pods, attempt))
+    sync_status(
+        kube, raw, job=current[0] if current else None, pods=of_attempt(pods, attempt), attempt=attempt
+    )
 
 
 def sync_status(
-    kube: Kube,
-    raw: dict[str, Any],
-    *,
-    job: dict[str, Any] | None,
-    pods: list[dict[str, Any]] | None,
-    attempt: int | None = None,
+    kube: Kube, raw: dict[str, Any], *, job: dict[str, Any] | None, pods: list[dict[str, Any]], attempt: int
 ) -> None:
     """Compute the operator-owned status and patch it when it changed, with an Event on phase changes."""
     meta, previous_raw = raw["metadata"], raw["status"] or {}
@@ -266,7 +278,7 @@ def sync_status(
         generation=meta.get("generation", 1),
         spec_problems=problems,
         suspend=bool((raw["spec"] or {}).get("suspend")),
-        attempt=attempt or previous.attempts or 1,
+        attempt=attempt,
         job=job,
         pods=pods or [],
         previous=previous,
