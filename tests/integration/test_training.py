@@ -1,0 +1,246 @@
+"""Training the tiny model end to end with both backends: a few steps each, the same output layout.
+
+The transformers run goes through `tooltune run` (a YAML with relative paths); the Unsloth run goes
+through the pod entrypoint `tooltune train` in a subprocess, so Unsloth's patching of transformers
+cannot leak into other tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from tooltune_api import EXIT_INVALID, TERMINATION_LOG_ENV, WORKDIR_ENV
+from typer.testing import CliRunner
+
+from tests.fixtures.tiny import tool_calling_dataset, write_jsonl
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHONPATH = os.pathsep.join(str(REPO / part) for part in ("api", "operator", "trainer-image", "."))
+SUBPROCESS_TIMEOUT = 600
+# Files every final model directory has, whatever the backend (LoRA adapter + tokenizer + report).
+LORA_LAYOUT = {
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "evaluation.json",
+    "train_log.json",
+    "loss_curve.png",
+    "lineage.json",
+}
+
+
+def _spec(train: str, output: str, **hyperparameters) -> dict:
+    return {
+        "baseModel": "tooltune/tiny-llama",
+        "dataset": {"train": train, "validationSplit": 0.2},
+        "hyperparameters": {
+            "epochs": 1,
+            "batchSize": 8,
+            "gradientAccumulationSteps": 1,
+            "learningRate": 3e-3,
+            "maxSeqLength": 256,
+            "loggingSteps": 1,
+            "lora": {"r": 8, "alpha": 16},
+            **hyperparameters,
+        },
+        "checkpoints": {"everySteps": 2, "keep": 1},
+        "evaluation": {"everySteps": 2, "maxExamples": 4},
+        "output": {"uri": output},
+        "resources": {"gpus": 0},
+    }
+
+
+def _contract(spec: dict) -> dict:
+    return {
+        "job": {"namespace": "test", "name": "tiny"},
+        "spec": spec,
+        "metricsPort": 0,
+        "reportProgress": False,
+    }
+
+
+def _files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def _run_train_subprocess(contract: dict, tmp: Path, **env: str) -> subprocess.CompletedProcess:
+    config = tmp / "contract.json"
+    config.write_text(json.dumps(contract))
+    environment = {
+        **os.environ, "PYTHONPATH": PYTHONPATH, WORKDIR_ENV: str(tmp / "work"),
+        TERMINATION_LOG_ENV: str(tmp / "termination-log"), **env,
+    }  # fmt: skip
+    code = "from tooltune_trainer.cli import app; app()"
+    return subprocess.run(
+        [sys.executable, "-c", code, "train", "--config", str(config)],
+        env=environment, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def transformers_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`tooltune run job.yaml` from another directory: transformers + peft, LoRA, merged weights."""
+    root = tmp_path_factory.mktemp("transformers-run")
+    (root / "job").mkdir()
+    write_jsonl(root / "job" / "tasks.jsonl", tool_calling_dataset(40))
+    job = {"apiVersion": "tooltune.dev/v1alpha1", "kind": "ToolTuneJob", "metadata": {"name": "tiny"},
+           "spec": _spec("tasks.jsonl", "runs/tiny/")}  # fmt: skip
+    job["spec"]["output"]["mergedWeights"] = True
+    (root / "job" / "tooltunejob.yaml").write_text(yaml.safe_dump(job))
+    from tooltune_trainer.cli import app
+
+    cwd = Path.cwd()
+    os.chdir(root)  # output.uri is relative to the working directory
+    try:
+        result = CliRunner().invoke(app, ["run", "job/tooltunejob.yaml", "--workdir", str(root / "work")])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return root / "runs" / "tiny", result.output
+
+
+@pytest.fixture(scope="module")
+def unsloth_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pod entrypoint with the Unsloth implementation forced on CPU, in its own process."""
+    root = tmp_path_factory.mktemp("unsloth-run")
+    data = write_jsonl(root / "tasks.jsonl", tool_calling_dataset(40))
+    result = _run_train_subprocess(
+        _contract(_spec(str(data), str(root / "out"))), root,
+        TOOLTUNE_BACKEND_IMPL="unsloth", UNSLOTH_SKIP_TORCHVISION_CHECK="1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (root / "termination-log").read_text().startswith("succeeded: ")
+    return root / "out"
+
+
+def test_tooltune_run_trains_lora_with_transformers_and_writes_the_layout(transformers_run):
+    output, printed = transformers_run
+    final = output / "final"
+    assert _files(final) >= LORA_LAYOUT
+    assert {"model.safetensors", "config.json"} <= _files(final / "merged")
+    adapter = json.loads((final / "adapter_config.json").read_text())
+    assert adapter["r"] == 8 and adapter["lora_alpha"] == 16
+    assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                              "down_proj"}  # fmt: skip
+    assert any(name.endswith("manifest.json") for name in _files(output / "checkpoints"))
+    report = json.loads((final / "evaluation.json").read_text())
+    metrics = report["metrics"]
+    assert metrics["examples"] == 4
+    for key in ("toolNameAccuracy", "argumentsExactMatch", "noCallRate"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert [test["prompt"] for test in report["smokeTests"]] == [
+        "Create a task to review the quarterly report",
+        "What tasks do I have due this week?",
+        "Mark the budget task as complete",
+    ]
+    history = json.loads((final / "train_log.json").read_text())
+    assert [entry["step"] for entry in history if "loss" in entry] == [1, 2, 3, 4]
+    assert "Run summary" in printed and "tool-name accuracy" in printed and "Smoke prompts" in printed
+
+
+def test_the_saved_adapter_loads_and_generates(transformers_run):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    final = transformers_run[0] / "final"
+    model = AutoPeftModelForCausalLM.from_pretrained(final)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Mark task_3 as complete"}], add_generation_prompt=True, tokenize=True,
+        return_dict=True, return_tensors="pt",
+    )  # fmt: skip
+    output = model.generate(**prompt, max_new_tokens=5, do_sample=False)
+    assert output.shape[1] == prompt["input_ids"].shape[1] + 5 or tokenizer.eos_token_id in output[0].tolist()
+
+
+def test_unsloth_backend_trains_on_cpu_and_writes_the_same_layout(transformers_run, unsloth_run):
+    final = transformers_run[0] / "final"
+    transformers_files = {name for name in _files(final) if not name.startswith("merged/")}
+    assert _files(unsloth_run / "final") == transformers_files
+    lineage = json.loads((unsloth_run / "final" / "lineage.json").read_text())
+    assert lineage["metrics"]["steps"] == 4
+    adapter = json.loads((unsloth_run / "final" / "adapter_config.json").read_text())
+    assert adapter["r"] == 8 and adapter["lora_alpha"] == 16
+
+
+def test_full_fine_tune_saves_all_weights_instead_of_an_adapter(tmp_path):
+    from tooltune_api.models import TrainerContract
+    from tooltune_trainer import recipe
+
+    data = write_jsonl(tmp_path / "tasks.jsonl", tool_calling_dataset(20))
+    contract = TrainerContract.model_validate(
+        _contract(_spec(str(data), str(tmp_path / "out"), fullFineTune=True))
+    )
+    result = recipe.run(contract, tmp_path / "work", print_logs=False)
+    files = _files(tmp_path / "out" / "final")
+    assert {"model.safetensors", "config.json", "tokenizer.json", "evaluation.json"} <= files
+    assert not any(name.startswith("adapter_") for name in files)
+    assert result.steps == 2 and result.train_loss is not None
+
+
+def test_invalid_data_exits_2_with_the_line_in_the_termination_message(tmp_path, monkeypatch):
+    from tooltune_trainer import recipe
+
+    lines = [json.dumps(example) for example in tool_calling_dataset(10)]
+    lines[1] = '{"messages": [{"role": "user", "content": "hi"}'  # cut off: not JSON
+    data = tmp_path / "tasks.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    config = tmp_path / "contract.json"
+    config.write_text(json.dumps(_contract(_spec(str(data), str(tmp_path / "out")))))
+    monkeypatch.setenv(TERMINATION_LOG_ENV, str(tmp_path / "termination-log"))
+    monkeypatch.setenv(WORKDIR_ENV, str(tmp_path / "work"))
+
+    assert recipe.main(config) == EXIT_INVALID
+    message = (tmp_path / "termination-log").read_text()
+    assert message.startswith("invalid: line 2: ") and "\n" not in message
+    assert not (tmp_path / "out").exists()  # stopped before any training
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"output": {"uri": "OUT", "gguf": True}}, "invalid: output.gguf: GGUF export needs llama.cpp"),
+        (
+            {"hyperparameters": {"precision": "fp16"}},
+            "invalid: hyperparameters.precision: fp16 needs a CUDA GPU",
+        ),
+        ({"dataset": {"train": "DATA", "validationSplit": 0.01}}, "invalid: dataset.validationSplit:"),
+        ({"hyperparameters": {"maxSeqLength": 40}}, "invalid: line 1: "),
+    ],
+)
+def test_settings_this_run_cannot_honour_exit_2_before_training(tmp_path, monkeypatch, change, reason):
+    from tooltune_trainer import recipe
+
+    data = write_jsonl(tmp_path / "tasks.jsonl", tool_calling_dataset(10))
+    spec = _spec(str(data), str(tmp_path / "out"))
+    for key, value in change.items():
+        spec[key] = json.loads(json.dumps(value).replace('"OUT"', json.dumps(str(tmp_path / "out")))
+                               .replace('"DATA"', json.dumps(str(data))))  # fmt: skip
+    config = tmp_path / "contract.json"
+    config.write_text(json.dumps(_contract(spec)))
+    monkeypatch.setenv(TERMINATION_LOG_ENV, str(tmp_path / "termination-log"))
+    monkeypatch.setenv(WORKDIR_ENV, str(tmp_path / "work"))
+
+    assert recipe.main(config) == EXIT_INVALID
+    assert (tmp_path / "termination-log").read_text().startswith(reason)
+
+
+def test_an_unreadable_contract_is_invalid_not_retryable(tmp_path, monkeypatch):
+    from tooltune_trainer import recipe
+
+    config = tmp_path / "contract.json"
+    config.write_text(json.dumps({"job": {"namespace": "n", "name": "j"}, "spec": {"baseModel": "x"}}))
+    monkeypatch.setenv(TERMINATION_LOG_ENV, str(tmp_path / "termination-log"))
+    assert recipe.main(config) == EXIT_INVALID
+    message = (tmp_path / "termination-log").read_text()
+    assert "contract.spec.dataset: is required" in message and "contract.spec.output: is required" in message
