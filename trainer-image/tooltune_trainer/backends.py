@@ -96,7 +96,7 @@ def load_model(spec: ToolTuneJobSpec, device: str, source: str | None = None) ->
     """(model ready to train, tokenizer) of source (default spec.baseModel); LoRA unless fullFineTune."""
     impl = backend_impl(device)
     loader = _load_unsloth if impl == UNSLOTH else _load_transformers
-    return loader(spec, device, source or spec.base_model)
+    return loader(spec, device, str(source or spec.base_model))
 
 
 def _load_transformers(spec: ToolTuneJobSpec, device: str, source: str) -> tuple[Any, Any]:
