@@ -4,8 +4,12 @@ and the operator's metrics (reconciles, jobs by phase, durations, retries)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import urllib.request
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -27,6 +31,7 @@ from tooltune_trainer.telemetry import (
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 INTERVAL = 10.0
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class FakeClock:
@@ -245,6 +250,29 @@ class Run:
     def progress(self) -> dict[str, Any]:
         self.reporter.flush()
         return self.patches.bodies[-1]["status"]["progress"]
+
+
+def test_callbacks_are_trainer_callbacks_yet_importing_telemetry_imports_no_torch():
+    from transformers import TrainerCallback
+
+    run = Run()
+    assert all(isinstance(callback, TrainerCallback) for callback in run.callbacks)
+    assert [type(callback).__name__ for callback in run.callbacks] == [
+        "TelemetryCallback",
+        "EarlyStopCallback",
+    ]
+    probe = (
+        "import sys, tooltune_trainer.telemetry; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    paths = os.pathsep.join(str(ROOT / folder) for folder in ("api", "trainer-image"))
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": paths},
+    )
+    assert result.stdout.split() == ["False", "False"], result.stderr  # the OpenAI submitter stays small
 
 
 def test_trainer_logs_become_progress_with_percent_and_eta():

@@ -15,18 +15,21 @@ Nothing here may end a training run: a status patch or an Event that fails is lo
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, start_http_server
 from tooltune_api import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from tooltune_api.diagnosis import CONVERGING, EARLY_STOP_PATTERNS, PATTERNS, diagnose
 from tooltune_api.models import Diagnosis, JobRef, Progress, TrainerContract, now_iso
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+if TYPE_CHECKING:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +366,7 @@ def percent(step: int, total_steps: int) -> float | None:
     return round(100.0 * step / total_steps, 1) if total_steps > 0 else None
 
 
-class TelemetryCallback(TrainerCallback):
+class TelemetryCallback:
     """Progress and losses from the Trainer to metrics and status, and the loss diagnosis."""
 
     def __init__(
@@ -465,7 +468,7 @@ class TelemetryCallback(TrainerCallback):
         self.events.send_due()
 
 
-class EarlyStopCallback(TrainerCallback):
+class EarlyStopCallback:
     """Stops training when spec.evaluation.earlyStopping is set and the diagnosis is Overfitting or
     Diverging; the reason is kept in ``stop_reason`` and sent as an Event."""
 
@@ -488,15 +491,27 @@ class EarlyStopCallback(TrainerCallback):
             self.telemetry.events.record("EarlyStopped", self.stop_reason, "Warning")
 
 
+@functools.cache
+def trainer_callback(hooks: type) -> type:
+    """hooks as a transformers TrainerCallback (whose no-op methods cover the events hooks ignore).
+
+    Made here rather than at import so that importing this module does not import transformers and
+    torch: the OpenAI submitter uses StatusReporter and TrainingMetrics alone (about 500 MB less)."""
+    from transformers import TrainerCallback
+
+    return type(hooks.__name__, (hooks, TrainerCallback), {"__doc__": hooks.__doc__})
+
+
 def telemetry_callbacks(
     contract: TrainerContract,
     reporter: StatusReporter,
     metrics: TrainingMetrics,
     events: EventRecorder | None = None,
     clock: Clock = time.monotonic,
-) -> list[TrainerCallback]:
+) -> list[Any]:
     """[TelemetryCallback, EarlyStopCallback] for the Trainer, in this order (early stop reads the
     diagnosis the first one made). Events go to the Kubernetes API unless ``events`` is given."""
     events = events if events is not None else EventRecorder(contract, clock=clock)
-    telemetry = TelemetryCallback(reporter, metrics, events, clock=clock)
-    return [telemetry, EarlyStopCallback(telemetry, contract.spec.evaluation.early_stopping)]
+    telemetry = trainer_callback(TelemetryCallback)(reporter, metrics, events, clock=clock)
+    early_stop = trainer_callback(EarlyStopCallback)(telemetry, contract.spec.evaluation.early_stopping)
+    return [telemetry, early_stop]
