@@ -177,7 +177,7 @@ def main() -> int:
 
             server = S3Server(data_dir=tmp / "server").start()
             endpoint = server.endpoint
-            if options.pin and server.process is not None and os.cpu_count() and os.cpu_count() > 1:
+            if options.pin and server.process is not None and (os.cpu_count() or 1) > 1:
                 os.sched_setaffinity(server.process.pid, {1})
                 os.sched_setaffinity(0, {0})
         try:

@@ -254,11 +254,11 @@ def tiny_training(
     trained: dict[int, Any] = {}
 
     class Record(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+        def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 trained[state.global_step] = (logs["loss"], logs["learning_rate"])
 
-        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == pause_at_step:
                 (workdir / PAUSED).touch()
                 time.sleep(600)  # the test kills the process here

@@ -16,6 +16,7 @@ from tooltune_api.models import TrainerContract
 from tooltune_trainer import storage
 from tooltune_trainer.checkpoints import (
     MANIFEST,
+    UPLOAD_NICENESS,
     CheckpointSync,
     RetryPolicy,
     build_manifest,
@@ -119,10 +120,10 @@ def web_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     root.mkdir()
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        def __init__(self, *args, **kwargs):
             super().__init__(*args, directory=str(root), **kwargs)
 
-        def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
+        def log_message(self, *args) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
@@ -231,7 +232,7 @@ class RecordingStore(Store):
         self.failures = failures
         self.writes: list[str] = []
 
-    def upload_many(self, items):  # type: ignore[no-untyped-def]
+    def upload_many(self, items):
         items = list(items)
         if self.failures:
             self.failures -= 1
@@ -290,6 +291,17 @@ def test_sync_retries_then_gives_up_without_touching_the_newest_complete(
     assert fetch_latest_checkpoint(store, out, tmp_path / "resume") == tmp_path / "resume" / "checkpoint-1"
 
 
+def test_upload_thread_yields_the_cpu_to_training(tmp_path: Path) -> None:
+    import os
+
+    sync = CheckpointSync(Store(), str(tmp_path / "out"), keep=1, retry=FAST_RETRY)
+    save(sync, tmp_path / "run", 1)
+    assert sync.wait(timeout=10) and sync._thread is not None and sync._thread.native_id is not None
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, sync._thread.native_id) == min(mine + UPLOAD_NICENESS, 19)
+    sync.close()
+
+
 def test_sync_retry_succeeds_after_transient_failures(tmp_path: Path) -> None:
     store, out = RecordingStore(failures=2), str(tmp_path / "out")
     sync = CheckpointSync(store, out, keep=1, retry=FAST_RETRY)
@@ -302,7 +314,7 @@ def test_a_newer_checkpoint_supersedes_queued_older_ones(tmp_path: Path) -> None
     uploading, release = threading.Event(), threading.Event()
 
     class SlowStore(Store):
-        def upload_many(self, items):  # type: ignore[no-untyped-def]
+        def upload_many(self, items):
             uploading.set()
             release.wait(10)
             super().upload_many(items)

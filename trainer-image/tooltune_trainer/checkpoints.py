@@ -50,6 +50,7 @@ LOCAL_CHECKPOINT_PREFIX = "checkpoint-"  # what transformers.Trainer names its c
 STAGING_DIR = ".tooltune-uploads"  # inside args.output_dir; hard links of checkpoints waiting for upload
 HASH_CHUNK_BYTES = 4 * 1024**2
 UPLOAD_NICENESS = 10  # the upload thread (and the transfer threads it starts) yields the CPU to training
+MAX_NICENESS = 19
 
 _STEP_NAME = re.compile(rf"^{STEP_PREFIX}(\d+)$")
 
@@ -297,7 +298,9 @@ class CheckpointSync(TrainerCallback):
 def _lower_priority_of_this_thread() -> None:
     """Linux keeps a niceness per thread, and threads started from here inherit it."""
     with contextlib.suppress(AttributeError, OSError):  # elsewhere: upload at normal priority
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), UPLOAD_NICENESS)
+        thread = threading.get_native_id()
+        niceness = os.getpriority(os.PRIO_PROCESS, thread) + UPLOAD_NICENESS
+        os.setpriority(os.PRIO_PROCESS, thread, min(niceness, MAX_NICENESS))
 
 
 def _link_or_copy(source: str, dest: str) -> str:

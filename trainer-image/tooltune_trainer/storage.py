@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -290,7 +290,7 @@ class _S3Backend:
         bucket, key = _split(uri)
         self._delete(uri, bucket, [key])
 
-    def _delete(self, uri: str, bucket: str, keys: list[str]) -> None:
+    def _delete(self, uri: str, bucket: str, keys: Sequence[str]) -> None:
         try:
             for start in range(0, len(keys), S3_DELETE_BATCH):
                 batch = [{"Key": key} for key in keys[start : start + S3_DELETE_BATCH]]
