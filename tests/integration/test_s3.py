@@ -100,8 +100,11 @@ def test_unreachable_endpoint_is_named(s3_env: dict[str, str], tmp_path: Path) -
 
     endpoint = f"http://127.0.0.1:{free_port()}"
     store = open_store(Storage(endpoint=endpoint))
-    with pytest.raises(StorageError, match=rf"s3://b/x: cannot reach {endpoint} .*check storage\.endpoint"):
+    with pytest.raises(
+        StorageError, match=rf"s3://b/x: cannot reach {endpoint} .*check storage\.endpoint"
+    ) as down:
         store.fetch("s3://b/x", tmp_path / "x")
+    assert down.value.retryable
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -205,6 +208,7 @@ def test_wrong_credentials_give_a_clear_message_without_the_secret(
     with pytest.raises(StorageError) as denied:
         store.write_bytes(join(out, "x"), b"1")
     message = str(denied.value)
+    assert not denied.value.retryable
     assert message == f"{out}/x: access denied (check the credentials in Secret s3-credentials)"
     with pytest.raises(
         StorageError, match=r"access denied \(check the credentials in Secret s3-credentials\)"

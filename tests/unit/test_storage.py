@@ -70,8 +70,9 @@ def test_local_round_trip(tmp_path: Path) -> None:
 
 
 def test_local_missing_file_names_the_uri(tmp_path: Path) -> None:
-    with pytest.raises(StorageError, match=r"/nope\.jsonl: no such file"):
+    with pytest.raises(StorageError, match=r"/nope\.jsonl: no such file") as missing:
         Store().fetch(str(tmp_path / "nope.jsonl"), tmp_path / "x")
+    assert not missing.value.retryable
 
 
 def test_unknown_scheme_and_read_only_schemes(tmp_path: Path) -> None:
@@ -141,8 +142,9 @@ def test_http_fetch_404_and_size_cap(
     (root / "train.jsonl").write_bytes(b"x" * 5000)
     store = Store()
     assert store.fetch(f"{base}/train.jsonl", tmp_path / "got").read_bytes() == b"x" * 5000
-    with pytest.raises(StorageError, match=r"/missing\.jsonl: HTTP 404"):
+    with pytest.raises(StorageError, match=r"/missing\.jsonl: HTTP 404") as missing:
         store.fetch(f"{base}/missing.jsonl", tmp_path / "missing")
+    assert not missing.value.retryable
     monkeypatch.setattr(storage, "HTTP_MAX_BYTES", 4096)
     with pytest.raises(StorageError, match=r"over the 4096 byte limit"):
         store.fetch(f"{base}/train.jsonl", tmp_path / "big")
@@ -150,8 +152,9 @@ def test_http_fetch_404_and_size_cap(
 
 
 def test_http_unreachable_names_the_uri(tmp_path: Path) -> None:
-    with pytest.raises(StorageError, match=r"http://127\.0\.0\.1:9/x: cannot connect"):
+    with pytest.raises(StorageError, match=r"http://127\.0\.0\.1:9/x: cannot connect") as unreachable:
         Store().fetch("http://127.0.0.1:9/x", tmp_path / "x")
+    assert unreachable.value.retryable
 
 
 # ---------------------------------------------------------------- manifests, retention, resume choice
@@ -300,6 +303,20 @@ def test_upload_thread_yields_the_cpu_to_training(tmp_path: Path) -> None:
     mine = os.getpriority(os.PRIO_PROCESS, 0)
     assert os.getpriority(os.PRIO_PROCESS, sync._thread.native_id) == min(mine + UPLOAD_NICENESS, 19)
     sync.close()
+
+
+def test_sync_does_not_retry_what_cannot_succeed(tmp_path: Path) -> None:
+    calls = []
+
+    class ReadOnly(Store):
+        def upload_many(self, items):
+            calls.append(items)
+            raise StorageError("https://x/y: cannot write here", retryable=False)
+
+    sync = CheckpointSync(ReadOnly(), str(tmp_path / "out"), keep=1, retry=FAST_RETRY)
+    save(sync, tmp_path / "run", 1)
+    assert sync.wait(timeout=10)
+    assert len(calls) == 1 and sync.failures == ["step 1: https://x/y: cannot write here"]
 
 
 def test_sync_retry_succeeds_after_transient_failures(tmp_path: Path) -> None:

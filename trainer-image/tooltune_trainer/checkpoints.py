@@ -256,7 +256,7 @@ class CheckpointSync(TrainerCallback):
                 self._upload(pending)
                 break
             except StorageError as error:
-                if attempt == self.retry.attempts:
+                if attempt == self.retry.attempts or not error.retryable:
                     raise
                 delay = self.retry.delay(attempt)
                 log.warning("checkpoint step %d upload failed (attempt %d of %d): %s; retrying in %.0f s",

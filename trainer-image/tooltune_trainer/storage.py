@@ -40,6 +40,8 @@ DEFAULT_CONFIGMAP_DIR = "/etc/tooltune/data"
 HTTP_TIMEOUT_SECONDS = 60  # per connect and per read, not for the whole download
 HTTP_MAX_BYTES = 4 * 1024**3  # a dataset larger than this belongs in S3
 HTTP_CHUNK_BYTES = 1024 * 1024
+HTTP_SERVER_ERROR = 500
+HTTP_TRANSIENT_CODES = {408, 429}  # timeout, too many requests: worth another try
 
 S3_CONNECT_TIMEOUT_SECONDS = 10
 S3_READ_TIMEOUT_SECONDS = 60
@@ -53,7 +55,15 @@ NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 
 
 class StorageError(RuntimeError):
-    """A storage operation failed; the message says which URI and why, never a credential."""
+    """A storage operation failed; the message says which URI and why, never a credential.
+
+    retryable is False when trying again cannot help until someone changes something (credentials, bucket,
+    URI): a pod should then fail at once with this message rather than be retried.
+    """
+
+    def __init__(self, message: str, retryable: bool = True):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def join(uri: str, *parts: str) -> str:
@@ -87,7 +97,7 @@ class _LocalBackend:
         for uri, dest in items:
             source = local_path(uri)
             if not source.is_file():
-                raise StorageError(f"{uri}: no such file")
+                raise StorageError(f"{uri}: no such file", retryable=False)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, dest)
 
@@ -121,13 +131,15 @@ class _ReadOnlyBackend:
     """Datasets only: https:// and configmap:// can be read, never written or listed."""
 
     def upload_many(self, items: list[tuple[Path, str]]) -> None:
-        raise StorageError(f"{items[0][1]}: cannot write here; use an s3:// URI or a local path")
+        raise StorageError(
+            f"{items[0][1]}: cannot write here; use an s3:// URI or a local path", retryable=False
+        )
 
     def list(self, uri: str) -> list[str]:
-        raise StorageError(f"{uri}: cannot list; use an s3:// URI or a local path")
+        raise StorageError(f"{uri}: cannot list; use an s3:// URI or a local path", retryable=False)
 
     def delete_prefix(self, uri: str) -> None:
-        raise StorageError(f"{uri}: cannot delete; use an s3:// URI or a local path")
+        raise StorageError(f"{uri}: cannot delete; use an s3:// URI or a local path", retryable=False)
 
     delete = delete_prefix
 
@@ -146,7 +158,8 @@ class _HttpBackend(_ReadOnlyBackend):
                 if declared > HTTP_MAX_BYTES:
                     raise StorageError(
                         f"{uri}: {declared} bytes is over the {HTTP_MAX_BYTES} byte limit; "
-                        "put large datasets in S3"
+                        "put large datasets in S3",
+                        retryable=False,
                     )
                 received = 0
                 with partial.open("wb") as out:
@@ -155,12 +168,14 @@ class _HttpBackend(_ReadOnlyBackend):
                         if received > HTTP_MAX_BYTES:
                             raise StorageError(
                                 f"{uri}: larger than the {HTTP_MAX_BYTES} byte limit; "
-                                "put large datasets in S3"
+                                "put large datasets in S3",
+                                retryable=False,
                             )
                         out.write(chunk)
             partial.replace(dest)
         except urllib.error.HTTPError as error:
-            raise StorageError(f"{uri}: HTTP {error.code} {error.reason}") from None
+            transient = error.code >= HTTP_SERVER_ERROR or error.code in HTTP_TRANSIENT_CODES
+            raise StorageError(f"{uri}: HTTP {error.code} {error.reason}", retryable=transient) from None
         except urllib.error.URLError as error:
             raise StorageError(f"{uri}: cannot connect ({error.reason})") from None
         except TimeoutError:
@@ -174,7 +189,7 @@ def configmap_file(uri: str) -> Path:
     parsed = urlparse(uri)
     key = parsed.path.strip("/")
     if not parsed.netloc or not key or "/" in key:
-        raise StorageError(f"{uri}: write a ConfigMap key as configmap://<name>/<key>")
+        raise StorageError(f"{uri}: write a ConfigMap key as configmap://<name>/<key>", retryable=False)
     return Path(os.environ.get(CONFIGMAP_DIR_ENV, DEFAULT_CONFIGMAP_DIR)) / parsed.netloc / key
 
 
@@ -186,7 +201,8 @@ class _ConfigMapBackend(_ReadOnlyBackend):
                 name = urlparse(uri).netloc
                 raise StorageError(
                     f"{uri}: not found at {source}; check that ConfigMap {name} exists in the "
-                    "job's namespace and has this key"
+                    "job's namespace and has this key",
+                    retryable=False,
                 )
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, dest)
@@ -322,7 +338,7 @@ class _S3Backend:
             else "set storage.credentialsSecret to a Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
         )
         if isinstance(error, NoCredentialsError | PartialCredentialsError):
-            return StorageError(f"{uri}: no S3 credentials ({check})")
+            return StorageError(f"{uri}: no S3 credentials ({check})", retryable=False)
         if isinstance(error, ClientError):
             code = str(error.response.get("Error", {}).get("Code", "")) or str(
                 error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "unknown")
@@ -332,11 +348,13 @@ class _S3Backend:
             if code == "NoSuchBucket" or (
                 code in ACCESS_DENIED_CODES | NOT_FOUND_CODES and self._no_bucket(bucket)
             ):
-                return StorageError(f"{uri}: bucket {bucket} does not exist; create it or fix the URI")
+                return StorageError(
+                    f"{uri}: bucket {bucket} does not exist; create it or fix the URI", retryable=False
+                )
             if code in ACCESS_DENIED_CODES:
-                return StorageError(f"{uri}: access denied ({check})")
+                return StorageError(f"{uri}: access denied ({check})", retryable=False)
             if code in NOT_FOUND_CODES:
-                return StorageError(f"{uri}: no such object")
+                return StorageError(f"{uri}: no such object", retryable=False)
             return StorageError(f"{uri}: S3 error {code}")
         if isinstance(error, ConnectionError | HTTPClientError | TimeoutError | ConnectionRefusedError):
             endpoint = self.settings.endpoint or "AWS S3"
@@ -358,7 +376,7 @@ def _split(uri: str) -> tuple[str, str]:
     """s3://bucket/key → (bucket, key)."""
     parsed = urlparse(uri)
     if not parsed.netloc:
-        raise StorageError(f"{uri}: an S3 URI needs a bucket: s3://<bucket>/<key>")
+        raise StorageError(f"{uri}: an S3 URI needs a bucket: s3://<bucket>/<key>", retryable=False)
     return parsed.netloc, parsed.path.lstrip("/")
 
 
@@ -391,7 +409,8 @@ class Store:
             else:
                 raise StorageError(
                     f"{uri}: unsupported scheme {kind}://; use s3://, https://, "
-                    "configmap://<name>/<key> or a local path"
+                    "configmap://<name>/<key> or a local path",
+                    retryable=False,
                 )
         return self._backends[kind]
 
