@@ -5,8 +5,8 @@
     The bare script lets TRL do its own data preparation (conversational rows, `assistant_only_loss`).
     On CPU, TRL 1.15's stock SFTTrainer cannot train at all (its fused LM head needs Triton's GPU driver),
     so the bare script uses the same one-method loss override tooltune's CPU trainer does.
-(b) trained (assistant) tokens per second and padding share for padded, padding-free and packed
-    (best-fit decreasing) batches, on tooltune's pre-tokenized rows.
+(b) trained (assistant) tokens per second and padding share for padded (random or grouped by length),
+    padding-free and packed (best-fit decreasing) batches, on tooltune's pre-tokenized rows.
 
     .venv/bin/python benchmarks/trainer_throughput.py [--repeats 2] [--steps 20] [--json out.json]
 
@@ -154,6 +154,7 @@ def main() -> None:
             name: run_batching(contract, model_dir, root / name, mode, args.steps)
             for name, mode in {
                 "padded": backends.Batching(),
+                "padded_grouped_by_length": backends.Batching(group_by_length=True),
                 "padding_free": backends.Batching(padding_free=True),
                 "packed_bfd": backends.Batching(padding_free=True, packing=True),
             }.items()

@@ -201,6 +201,7 @@ def run(
     from tooltune_trainer import backends
 
     backends.prepare(backends.detect_device())  # Unsloth, when used, must be imported before transformers
+    _quiet_library_progress_bars()
     from tooltune_trainer import recipe
 
     try:
@@ -229,6 +230,16 @@ def train(
     from tooltune_trainer import recipe
 
     raise typer.Exit(recipe.main(config))
+
+
+def _quiet_library_progress_bars() -> None:
+    """One progress bar, ours: the libraries' bars (dataset maps, weight shards) would interleave with it."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
 
 
 def _training_progress(console):  # type: ignore[no-untyped-def]
