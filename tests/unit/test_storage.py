@@ -319,6 +319,14 @@ def test_sync_does_not_retry_what_cannot_succeed(tmp_path: Path) -> None:
     assert len(calls) == 1 and sync.failures == ["step 1: https://x/y: cannot write here"]
 
 
+def test_a_checkpoint_that_cannot_be_staged_does_not_stop_training(tmp_path: Path) -> None:
+    sync = CheckpointSync(Store(), str(tmp_path / "out"), keep=1, retry=FAST_RETRY)
+    args = SimpleNamespace(output_dir=str(tmp_path / "run"))
+    sync.on_save(args, SimpleNamespace(global_step=7, is_world_process_zero=True), SimpleNamespace())
+    assert sync.wait(timeout=1)
+    assert sync.failures == [f"step 7: cannot stage {tmp_path}/run/checkpoint-7 (No such file or directory)"]
+
+
 def test_sync_retry_succeeds_after_transient_failures(tmp_path: Path) -> None:
     store, out = RecordingStore(failures=2), str(tmp_path / "out")
     sync = CheckpointSync(store, out, keep=1, retry=FAST_RETRY)

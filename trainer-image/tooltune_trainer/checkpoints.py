@@ -183,13 +183,15 @@ class CheckpointSync(TrainerCallback):
     # -- trainer side
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.is_world_process_zero:
-            output_dir = Path(args.output_dir)
-            self.submit(
-                state.global_step,
-                output_dir / f"{LOCAL_CHECKPOINT_PREFIX}{state.global_step}",
-                output_dir / STAGING_DIR,
-            )
+        if not state.is_world_process_zero:
+            return
+        output_dir = Path(args.output_dir)
+        local = output_dir / f"{LOCAL_CHECKPOINT_PREFIX}{state.global_step}"
+        try:
+            self.submit(state.global_step, local, output_dir / STAGING_DIR)
+        except OSError as error:  # a checkpoint that cannot be uploaded must not stop training
+            self.failures.append(f"step {state.global_step}: cannot stage {local} ({error.strerror})")
+            log.error("checkpoint not uploaded: %s", self.failures[-1])
 
     def submit(self, step: int, local_dir: Path, staging_root: Path) -> None:
         """Snapshot local_dir (hard links: instant, immune to the trainer deleting it), queue its upload."""
