@@ -171,10 +171,13 @@ def test_outage_during_upload_is_retried_and_corrupts_nothing(
         assert sync.wait(timeout=60)
 
         held_up = save(sync, tmp_path / "run", 200, big_bytes=48 * MIB)
-        server.stop()  # mid-upload
+        server.stop(crash=True)  # mid-upload
         assert held_up < 1.0, "training must wait only for the local save"
         time.sleep(2)
         assert sync.completed == [100]  # nothing could have completed while the server was down
+        with pytest.raises(StorageError, match="cannot reach") as down:  # a pod starting now fails, to retry
+            fetch_latest_checkpoint(store, out, tmp_path / "too-early")
+        assert down.value.retryable
         server.start()
         assert sync.wait(timeout=120)
     finally:

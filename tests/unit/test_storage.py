@@ -370,6 +370,20 @@ def test_resume_takes_the_newest_complete_and_verified_checkpoint(tmp_path: Path
     assert not (tmp_path / "resume" / "checkpoint-3").exists()
 
 
+def test_resume_fails_rather_than_start_over_when_the_store_is_down(tmp_path: Path) -> None:
+    store, out = Store(), str(tmp_path / "out")
+    sync = CheckpointSync(store, out, keep=1, retry=FAST_RETRY)
+    save(sync, tmp_path / "run", 1)
+    assert sync.wait(timeout=10)
+
+    class Down(Store):
+        def fetch_many(self, items):
+            raise StorageError("s3://b/out: cannot reach http://s3:8333", retryable=True)
+
+    with pytest.raises(StorageError, match="cannot reach"):
+        fetch_latest_checkpoint(Down(), out, tmp_path / "resume")
+
+
 def test_resume_with_nothing_uploaded(tmp_path: Path) -> None:
     assert fetch_latest_checkpoint(Store(), str(tmp_path / "never"), tmp_path / "resume") is None
 

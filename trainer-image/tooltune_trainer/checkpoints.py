@@ -321,6 +321,8 @@ def fetch_latest_checkpoint(store: Store, output_uri: str, dest_dir: Path) -> Pa
 
     Checkpoints without a manifest, or whose files do not match it, are skipped (with a warning). None when
     there is nothing to resume from. Pass the result to `trainer.train(resume_from_checkpoint=...)`.
+    Raises a retryable StorageError when the store cannot be read: starting over, or from an older checkpoint,
+    because of an outage would throw away training.
     """
     root = join(output_uri, CHECKPOINTS_DIR)
     for step in complete_steps(store.list(root)):
@@ -335,6 +337,8 @@ def fetch_latest_checkpoint(store: Store, output_uri: str, dest_dir: Path) -> Pa
         except (ValueError, KeyError, TypeError) as error:
             problems = [f"unreadable manifest ({type(error).__name__})"]
         except StorageError as error:
+            if error.retryable:  # an outage says nothing about this checkpoint: fail, try again later
+                raise
             problems = [str(error)]
         if not problems:
             log.info("resuming from %s", uri)
