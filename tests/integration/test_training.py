@@ -214,7 +214,7 @@ def test_invalid_data_exits_2_with_the_line_in_the_termination_message(tmp_path,
             {"hyperparameters": {"precision": "fp16"}},
             "invalid: hyperparameters.precision: fp16 needs a CUDA GPU",
         ),
-        ({"dataset": {"train": "DATA", "validationSplit": 0.01}}, "invalid: dataset.validationSplit:"),
+        ({"dataset": {"train": "DATA", "validationSplit": 0.95}}, "invalid: dataset.validationSplit:"),
         ({"hyperparameters": {"maxSeqLength": 40}}, "invalid: line 1: "),
     ],
 )

@@ -121,9 +121,12 @@ def run(
         validation_lines = list(read_jsonl(datasets[spec.dataset.validation]))
         train, validation = examples, _validated(validation_lines, spec, count_tokens)
     else:
-        train, validation = split_examples(
-            examples, spec.dataset.effective_validation_split, spec.dataset.seed
-        )
+        try:
+            train, validation = split_examples(
+                examples, spec.dataset.effective_validation_split, spec.dataset.seed
+            )
+        except ValueError as error:
+            raise InvalidJob(f"dataset.validationSplit: {error}") from None
 
     on_stage(f"load model ({backend} on {device})")
     model, tokenizer = backends.load_model(spec, device, model_source)
