@@ -40,7 +40,8 @@ NO_SAVE_OR_EVAL = 10**6  # every-steps values that never trigger within one benc
 
 
 def benchmark_contract(output: Path) -> TrainerContract:
-    """The example job, one epoch, no evaluation or checkpoints inside the timed loop."""
+    """The example job, one epoch, no evaluation or checkpoints inside the timed loop, its own output
+    (a run finding an earlier run's checkpoint in its output would resume from it and train nothing)."""
     contract = recipe.contract_from_job_file(JOB, output)
     spec = contract.spec.model_copy(deep=True)
     spec.dataset.train = str(DATA)
@@ -142,13 +143,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="tooltune-bench-") as tmp:
         root = Path(tmp)
-        contract = benchmark_contract(root)
         examples = validate_examples(read_jsonl(DATA)).examples
         model_dir = ensure_tiny_model(examples, root / "work")
         rates: dict[str, list[float]] = {"tooltune": [], "bare_trl": []}
         for repeat in range(args.repeats):
+            contract = benchmark_contract(root / f"repeat-{repeat}")
             rates["tooltune"].append(run_tooltune(contract, root / "work"))
-            rates["bare_trl"].append(run_bare_trl(contract, model_dir, root / f"bare-{repeat}"))
+            rates["bare_trl"].append(run_bare_trl(contract, model_dir, root / f"repeat-{repeat}"))
         medians = {name: statistics.median(values) for name, values in rates.items()}
         batching = {
             name: run_batching(contract, model_dir, root / name, mode, args.steps)
