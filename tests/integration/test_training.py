@@ -186,6 +186,17 @@ def test_full_fine_tune_saves_all_weights_instead_of_an_adapter(tmp_path):
     assert {"model.safetensors", "config.json", "tokenizer.json", "evaluation.json"} <= files
     assert not any(name.startswith("adapter_") for name in files)
     assert result.steps == 2 and result.train_loss is not None
+    assert (tmp_path / "out" / "checkpoints" / "step-2" / "manifest.json").is_file()
+
+    # A restarted pod resumes from the newest complete checkpoint: nothing is left to train.
+    losses = _logged_losses(tmp_path / "out")
+    resumed = recipe.run(contract, tmp_path / "work-restarted", print_logs=False)
+    assert resumed.steps == 2 and _logged_losses(tmp_path / "out") == losses  # no step was trained again
+
+
+def _logged_losses(output: Path) -> list[tuple[int, float]]:
+    history = json.loads((output / "final" / "train_log.json").read_text())
+    return [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
 
 
 def test_invalid_data_exits_2_with_the_line_in_the_termination_message(tmp_path, monkeypatch):

@@ -193,6 +193,10 @@ def run(
     workdir: Annotated[
         Path, typer.Option("--workdir", help="Scratch space: data, built tiny model, local checkpoints.")
     ] = DEFAULT_LOCAL_WORKDIR,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue from the newest checkpoint in output.uri, as a pod would."),
+    ] = False,
 ) -> None:
     """Train a ToolTuneJob here with the pod's recipe (no cluster); a relative output.uri is under cwd."""
     from rich.console import Console
@@ -209,8 +213,9 @@ def run(
         job_workdir = workdir / contract.job.name
         with _training_progress(console) as progress:
             result = recipe.run(
-                contract, job_workdir, callbacks=[progress], on_stage=progress.stage, print_logs=False
-            )
+                contract, job_workdir, callbacks=[progress], on_stage=progress.stage, print_logs=False,
+                resume=resume,
+            )  # fmt: skip
     except recipe.INVALID_JOB_ERRORS as error:
         console.print(f"[red]invalid job:[/red] {error}", markup=True)
         raise typer.Exit(recipe.EXIT_INVALID) from None

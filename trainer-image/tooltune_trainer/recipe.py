@@ -92,6 +92,7 @@ def run(
     callbacks: list[Any] | None = None,
     on_stage: Callable[[str], None] = lambda stage: None,
     print_logs: bool = True,
+    resume: bool = True,
 ) -> RunResult:
     """Train the contract's job end to end; workdir holds data, the tiny model cache and local checkpoints."""
     spec = contract.spec
@@ -158,7 +159,8 @@ def run(
     )
     if not print_logs:
         trainer.remove_callback(PrinterCallback)
-    trainer.train(resume_from_checkpoint=fetch_latest_checkpoint(store, spec.output.uri, workdir / "resume"))
+    resume_from = fetch_latest_checkpoint(store, spec.output.uri, workdir / "resume") if resume else None
+    trainer.train(resume_from_checkpoint=resume_from)
     eval_loss = trainer.evaluate()["eval_loss"] if validation_rows else None
 
     on_stage("evaluate tool calls")
