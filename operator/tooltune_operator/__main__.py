@@ -16,7 +16,8 @@ def main() -> None:
         standalone=True,  # one operator per cluster; no peering objects needed
         clusterwide=not namespace,
         namespaces=[namespace] if namespace else [],
-        liveness_endpoint=os.environ.get("TOOLTUNE_LIVENESS_ENDPOINT", "http://0.0.0.0:8081/healthz"),
+        # kopf's own probe endpoint; an empty TOOLTUNE_LIVENESS_ENDPOINT turns it off (local runs, benchmarks)
+        liveness_endpoint=os.environ.get("TOOLTUNE_LIVENESS_ENDPOINT", "http://0.0.0.0:8081/healthz") or None,
     )
 
 

@@ -15,6 +15,7 @@ after the job Failed or was Cancelled. After Succeeded a change is ignored with 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -32,6 +33,7 @@ from tooltune_api.models import (
 from tooltune_operator import builders
 from tooltune_operator import conditions as c
 from tooltune_operator.kube import Kube, make_api_client
+from tooltune_operator.metrics import METRICS, start_metrics_server
 from tooltune_operator.settings import Settings
 from tooltune_operator.status import TERMINAL, Observed, compute_status, job_condition, status_patch
 
@@ -57,6 +59,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     if "kube" not in memo:
         memo.kube = Kube(make_api_client())
     memo.rbac_namespaces = set()
+    if "phases" not in memo:
+        memo.phases = {}  # (namespace, name) → phase, read by the jobs collector at scrape time
+    METRICS.watch_jobs(lambda: dict(memo.phases))
+    if "metrics_server" not in memo:  # once per process: a restarted operator keeps serving
+        memo.metrics_server = start_metrics_server(memo.settings.metrics_port)
     logger.info("tooltune operator: trainer image %s", memo.settings.trainer_image)
 
 
@@ -98,6 +105,7 @@ def of_attempt(objects: Any, attempt: int) -> list[dict[str, Any]]:
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
+@METRICS.reconciled("reconcile")
 def reconcile(
     body: kopf.Body,
     memo: kopf.Memo,
@@ -117,6 +125,7 @@ def reconcile(
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+@METRICS.reconciled("spec_changed")
 def spec_changed(
     body: kopf.Body,
     old: Any,
@@ -145,6 +154,7 @@ def spec_changed(
     if current is not None and not only_suspend:
         if previous.phase in {Phase.FAILED, Phase.CANCELLED} and job_condition(current, "Failed"):
             attempt += 1  # a fix after a failure: try again with the new spec
+            METRICS.job_retried(str(spec.backend))
             kopf.info(
                 body,
                 reason="NewAttempt",
@@ -227,17 +237,24 @@ def ensure_trainer_rbac(kube: Kube, memo: kopf.Memo, namespace: str, settings: S
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
+@METRICS.reconciled("status")
 def on_tooltunejob_event(
     type: str, body: kopf.Body, memo: kopf.Memo, trainer_jobs: kopf.Index, trainer_pods: kopf.Index, **_: Any
 ) -> None:
-    if type == "DELETED" or body.metadata.get("deletionTimestamp") or "kube" not in memo:
-        return
     key = (body.metadata["namespace"], body.metadata["name"])
+    if type == "DELETED":
+        memo.get("phases", {}).pop(key, None)
+        return
+    if "phases" in memo:
+        memo.phases[key] = body.status.get("phase")
+    if body.metadata.get("deletionTimestamp") or "kube" not in memo:
+        return
     _sync_from_index(memo.kube, _plain(body), trainer_jobs.get(key), trainer_pods.get(key))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
+@METRICS.reconciled("status")
 def on_child_event(
     namespace: str,
     labels: kopf.Labels,
@@ -289,6 +306,10 @@ def sync_status(
     if not patch:
         return
     kube.patch(API_VERSION, "ToolTuneJob", meta["namespace"], meta["name"], {"status": patch}, "status")
+    backend = str((raw["spec"] or {}).get("backend", Backend.UNSLOTH))
+    if (patch.get("retries") or 0) > (previous.retries or 0):
+        for _ in range((patch["retries"] or 0) - (previous.retries or 0)):
+            METRICS.job_retried(backend)
     if "phase" in patch and new.phase in TERMINAL:  # one Event per transition, reason as in the condition
         reason = next(
             cond.reason for cond in new.conditions if cond.status == "True" and cond.type != "Validated"
@@ -299,12 +320,22 @@ def sync_status(
             message = new.message or ""
         report = kopf.info if new.phase == Phase.SUCCEEDED else kopf.warn
         report(raw, reason=reason, message=message)
+        if new.start_time and new.completion_time:
+            METRICS.job_finished(
+                backend, str(new.phase), seconds_between(new.start_time, new.completion_time)
+            )
+
+
+def seconds_between(start: str, end: str) -> float:
+    parse = lambda moment: datetime.strptime(moment, "%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    return max(0.0, (parse(end) - parse(start)).total_seconds())
 
 
 # ------------------------------------------------------------------ deletion
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
+@METRICS.reconciled("delete")
 def cleanup(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     """Stop the pods now (owner references would, eventually) and cancel a remote OpenAI job.
     Data in S3 is never deleted."""
