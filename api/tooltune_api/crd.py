@@ -41,6 +41,12 @@ PRINTER_COLUMNS = [
     {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.trainLoss"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # `kubectl get ttj -o wide` adds the rest of the progress and the loss diagnosis.
+    {"name": "Percent", "type": "number", "jsonPath": ".status.progress.percent", "priority": 1},
+    {"name": "ETA(s)", "type": "integer", "jsonPath": ".status.progress.etaSeconds", "priority": 1},
+    {"name": "Eval-Loss", "type": "number", "jsonPath": ".status.progress.evalLoss", "priority": 1},
+    {"name": "LR", "type": "number", "jsonPath": ".status.progress.learningRate", "priority": 1},
+    {"name": "Diagnosis", "type": "string", "jsonPath": ".status.diagnosis.pattern", "priority": 1},
 ]
 
 _DROPPED = {"title", "additionalProperties", "discriminator"}

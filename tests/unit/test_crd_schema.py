@@ -188,7 +188,18 @@ def test_defaults_and_pruning_as_the_api_server_stores_it():
 def test_printer_columns_read_a_status_written_by_the_status_model():
     """Each column's JSONPath finds its value in a status dumped by the API models (camelCase on the wire)."""
     status = ToolTuneJobStatus.model_validate(
-        {"phase": "Running", "progress": {"step": 12, "trainLoss": 0.53}}
+        {
+            "phase": "Running",
+            "progress": {
+                "step": 12,
+                "trainLoss": 0.53,
+                "percent": 40.0,
+                "etaSeconds": 90,
+                "evalLoss": 0.61,
+                "learningRate": 2e-5,
+            },
+            "diagnosis": {"pattern": "Converging", "advice": "continue"},
+        }
     ).dump()
     job = {
         **crd_schema.default_and_prune(MINIMAL, crd_schema.served_schema(crd_schema.load_crd())),
@@ -204,4 +215,9 @@ def test_printer_columns_read_a_status_written_by_the_status_model():
         "Step": 12,
         "Loss": 0.53,
         "Age": "2026-01-01T00:00:00Z",
+        "Percent": 40.0,
+        "ETA(s)": 90,
+        "Eval-Loss": 0.61,
+        "LR": 2e-5,
+        "Diagnosis": "Converging",
     }
