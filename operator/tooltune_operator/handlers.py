@@ -366,5 +366,7 @@ def cancel_remote(kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec, reason
     if not job_id or spec.openai is None:
         return
     key = openai_remote.read_api_key(kube, raw["metadata"]["namespace"], spec.openai.api_key_secret)
-    remote = openai_remote.cancel_remote_job(key, spec.openai.base_url, job_id)
+    remote = openai_remote.cancel_remote_job(
+        key, spec.openai.base_url, job_id, secret_ref=spec.openai.api_key_secret
+    )
     kopf.info(raw, reason="RemoteJobCancelled", message=f"OpenAI job {job_id} {remote} ({reason})")

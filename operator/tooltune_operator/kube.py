@@ -134,10 +134,3 @@ class Kube:
         except ApiException as error:
             if error.status != 404:
                 raise
-
-    def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
-        import base64
-
-        secret = self.get("v1", "Secret", namespace, name)
-        value = ((secret or {}).get("data") or {}).get(key)
-        return base64.b64decode(value).decode() if value else None
