@@ -1,6 +1,6 @@
 """How the operator keeps up: apply N ToolTuneJobs and time each one's create → Job created.
 
-    .venv/bin/python benchmarks/operator_scale.py [--jobs 500] [--progress]
+    .venv/bin/python benchmarks/operator_scale.py [--jobs 500] [--progress] [--rate JOBS_PER_SECOND]
 
 The real operator runs as its own process (`python -m tooltune_operator`) against the in-memory
 Kubernetes API of the test harness, so its peak RSS is its own. With --progress a test kubelet runs
@@ -58,6 +58,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--progress", action="store_true", help="run every pod so status patches flow")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="jobs applied per second (default: all at once)"
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="tooltune-scale-"))
@@ -74,11 +77,10 @@ def main() -> int:
         "TOOLTUNE_LIVENESS_ENDPOINT": "",
         "TOOLTUNE_PROGRESS_INTERVAL": "10",
     }
+    # The log goes to a file: an unread pipe fills up (64 KiB), then blocks the operator at its next log line.
+    log = (workdir / "operator.log").open("wb")
     operator = subprocess.Popen(
-        [sys.executable, "-m", "tooltune_operator"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        [sys.executable, "-m", "tooltune_operator"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     process = psutil.Process(operator.pid)
     peak_rss = 0
@@ -108,6 +110,7 @@ def main() -> int:
                 raise SystemExit(f"operator did not start; see {workdir / 'operator.log'}")
             time.sleep(0.05)
         cpu_start = process.cpu_times()
+        requests_start = cluster.call(lambda: dict(cluster.emulator.request_counts))
 
         created: dict[str, float] = {}
         seen: dict[str, float] = {}
@@ -129,6 +132,8 @@ def main() -> int:
         behaviour = "succeed" if args.progress else "run"
         started = time.monotonic()
         for index in range(args.jobs):
+            if args.rate:  # paced: the latency of one job, not of a queue of them
+                time.sleep(max(0.0, started + index / args.rate - time.monotonic()))
             body = spec(index, behaviour)
             created[body["metadata"]["name"]] = time.monotonic()
             custom.create_namespaced_custom_object(
@@ -143,7 +148,8 @@ def main() -> int:
         cpu = process.cpu_times()
         cpu_seconds = (cpu.user + cpu.system) - (cpu_start.user + cpu_start.system)
         latencies = [(seen[name] - created[name]) * 1000 for name in seen]
-        requests = len(cluster.emulator._requests) if hasattr(cluster.emulator, "_requests") else None
+        requests = cluster.call(lambda: dict(cluster.emulator.request_counts))
+        load = os.getloadavg()
     finally:
         stop.set()
         operator.terminate()
@@ -152,6 +158,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             operator.kill()
             operator.wait()
+        log.close()
         if kubelet is not None:
             kubelet.stop()
         cluster.stop()
@@ -164,9 +171,13 @@ def main() -> int:
     print(f"create → Job  p99      {p99:.0f} ms")
     print(f"all Jobs created in    {total:.1f} s   (target < {TARGET_TOTAL_S} s)")
     print(f"operator peak RSS      {rss_mb:.0f} MB   (target < {TARGET_RSS_MB} MB)")
-    print(f"operator CPU           {cpu_seconds:.1f} s")
-    if requests is not None:
-        print(f"API requests per job   {requests / args.jobs:.1f} (all clients)")
+    print(f"operator CPU           {cpu_seconds:.1f} s ({cpu_seconds / args.jobs * 1000:.0f} ms per job)")
+    print(f"load average           {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cores)")
+    counts = {kind: n - requests_start.get(kind, 0) for kind, n in requests.items()}
+    counts = {kind: n for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]) if n}
+    print(f"API requests per job   {sum(counts.values()) / args.jobs:.1f} (all clients), by kind:")
+    for kind, n in counts.items():
+        print(f"    {kind:<40} {n / args.jobs:6.2f}")
     ok = len(seen) == args.jobs and p50 < TARGET_P50_MS and total < TARGET_TOTAL_S and rss_mb < TARGET_RSS_MB
     print("targets met" if ok else "targets NOT met")
     return 0 if ok else 1
