@@ -181,6 +181,7 @@ def sft_config(
 
     hp = spec.hyperparameters
     batching = batching or default_batching(device)
+    precision = mixed_precision(hp.precision, device)
     return SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=hp.epochs,
@@ -208,7 +209,8 @@ def sft_config(
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
-        **mixed_precision(hp.precision, device),
+        bf16=precision["bf16"],
+        fp16=precision["fp16"],
     )
 
 
@@ -226,7 +228,7 @@ def trainer_class(device: str) -> type:
         return SFTTrainer
 
     class PlainLossSFTTrainer(SFTTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
     return PlainLossSFTTrainer

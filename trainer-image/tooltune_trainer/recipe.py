@@ -109,7 +109,7 @@ def run(
     train_lines = list(read_jsonl(datasets[spec.dataset.train]))
     examples = _validated(train_lines)
     model_source = (
-        tiny.ensure_tiny_model(examples, workdir) if tiny.is_tiny(spec.base_model) else spec.base_model
+        str(tiny.ensure_tiny_model(examples, workdir)) if tiny.is_tiny(spec.base_model) else spec.base_model
     )
     count_tokens = partial(templated_length, _tokenizer(model_source))
     examples = _validated(train_lines, spec, count_tokens)
