@@ -41,6 +41,7 @@ import copy
 import datetime
 import itertools
 import json
+import pickle
 import random
 import re
 import string
@@ -265,17 +266,14 @@ class Query:
 
 # ---------------------------------------------------------------- copying and patching
 
-SCALARS = (str, int, float, bool, type(None))
-
 
 def clone(value: T) -> T:
-    """A deep copy of JSON-like data: several times faster than `copy.deepcopy`, which every read and write
-    of the store pays for (other types still go through `copy.deepcopy`)."""
-    if isinstance(value, dict):
-        return {key: clone(item) for key, item in value.items()}  # type: ignore[return-value]
-    if isinstance(value, list):
-        return [clone(item) for item in value]  # type: ignore[return-value]
-    return value if isinstance(value, SCALARS) else copy.deepcopy(value)
+    """A deep copy of the store's JSON data: a pickle round trip is several times faster than `copy.deepcopy`,
+    which every read and write of the store pays for."""
+    try:
+        return pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return copy.deepcopy(value)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -353,6 +351,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     schemas: dict[str, dict[str, Any]] = attrs.field(factory=dict)  # resource → openAPIV3Schema
     pod_logs: Callable[[str, str], str] | None = None  # (name, namespace) → log text: `kubectl logs`
     _store: dict[tuple[str, str | None, str], dict[str, Any]] = attrs.field(factory=dict, init=False)
+    # The same objects by resource, so that a LIST reads only its own kind.
+    _by_resource: collections.defaultdict[str, dict[tuple[str, str | None, str], dict[str, Any]]] = (
+        attrs.field(factory=lambda: collections.defaultdict(dict), init=False)
+    )
     _events: list[WatchEvent] = attrs.field(factory=list, init=False)
     _revision: int = attrs.field(default=0, init=False)
     _outcomes: dict[int, tuple[int, dict[str, Any]]] = attrs.field(factory=dict, init=False)
@@ -390,7 +392,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
     def list_objects(self, resource: str, query: Query | None = None) -> list[dict[str, Any]]:
         query = query or Query()
-        found = [obj for (res, _, _), obj in self._store.items() if res == resource and query.matches(obj)]
+        found = [obj for obj in self._by_resource[resource].values() if query.matches(obj)]
         return clone(
             sorted(found, key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
         )
@@ -582,7 +584,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     def _commit(self, key: Any, obj: dict[str, Any], kind: str) -> dict[str, Any]:
         self._revision += 1
         obj["metadata"]["resourceVersion"] = str(self._revision)
-        self._store[key] = obj
+        self._store[key] = self._by_resource[key[0]][key] = obj
         self._publish(key[0], kind, obj)
         return clone(obj)
 
@@ -590,7 +592,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self._revision += 1
         final = clone(obj)
         final["metadata"]["resourceVersion"] = str(self._revision)
-        del self._store[key]
+        del self._store[key], self._by_resource[key[0]][key]
         self._publish(key[0], "DELETED", final)
         return clone(final)
 
