@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -247,7 +247,7 @@ def _quiet_library_progress_bars() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def _training_progress(console):  # type: ignore[no-untyped-def]
+def _training_progress(console: Any) -> Any:
     """A rich progress bar over training steps, fed by a TrainerCallback; also prints each recipe stage."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from transformers import TrainerCallback
@@ -258,28 +258,26 @@ def _training_progress(console):  # type: ignore[no-untyped-def]
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                 TextColumn("{task.fields[loss]}"), console=console, transient=False,
             )  # fmt: skip
-            self.task = None
+            self.task = self.bar.add_task("training", total=None, loss="")
             self.loss = ""
 
         def __enter__(self) -> RichProgress:
             self.bar.__enter__()
             return self
 
-        def __exit__(self, *exc: object) -> None:
+        def __exit__(self, *exc: Any) -> None:
             self.bar.__exit__(*exc)
 
         def stage(self, name: str) -> None:
             self.bar.console.print(f"[bold]•[/bold] {name}", markup=True)
 
-        def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-            self.task = self.bar.add_task(
-                "training", total=state.max_steps, completed=state.global_step, loss=""
-            )
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.bar.update(self.task, total=state.max_steps, completed=state.global_step)
 
-        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.bar.update(self.task, completed=state.global_step, loss=self.loss)
 
-        def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
             logs = logs or {}
             parts = [f"{label} {logs[key]:.4f}" for key, label in (("loss", "loss"), ("eval_loss", "eval"))
                      if isinstance(logs.get(key), float)]  # fmt: skip
@@ -290,7 +288,7 @@ def _training_progress(console):  # type: ignore[no-untyped-def]
     return RichProgress()
 
 
-def _print_run_summary(console, result) -> None:  # type: ignore[no-untyped-def]
+def _print_run_summary(console: Any, result: Any) -> None:
     from rich.table import Table
 
     scores = result.evaluation["metrics"]
