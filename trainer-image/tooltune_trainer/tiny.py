@@ -68,8 +68,8 @@ class TinyConfig:
     """Shape of the tiny model. Defaults train the Task API example on two CPU cores in minutes."""
 
     vocab_size: int = 1024
-    hidden_size: int = 192
-    intermediate_size: int = 512
+    hidden_size: int = 128
+    intermediate_size: int = 384
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     max_position_embeddings: int = 1024
