@@ -397,6 +397,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             sorted(found, key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
         )
 
+    def peek_objects(self, resource: str) -> list[dict[str, Any]]:
+        """The stored objects of a resource themselves, not copies, for harness code that scans the store on
+        every change (the test kubelet): read them, never change them, and do not keep them across awaits."""
+        return list(self._by_resource[resource].values())
+
     def create_object(
         self, resource: str, body: dict[str, Any], namespace: str | None = None
     ) -> dict[str, Any]:
@@ -532,7 +537,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             new = {k: v for k, v in new.items() if k != "status"}
             if "status" in current:
                 new["status"] = clone(current["status"])
-        meta = new.setdefault("metadata", {})
+        meta = new["metadata"] = dict(new.get("metadata") or {})  # the stored object's own: never changed
         kept = ("uid", "creationTimestamp", "name", "namespace", "generation", "deletionTimestamp")
         for name in kept:
             if name in current["metadata"]:
@@ -551,7 +556,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     def _admit(self, resource: str, obj: dict[str, Any]) -> None:
         """Server-side rules clients rely on: Secret stringData, Job restartPolicy, CRD defaults, pruning."""
         if resource == SECRETS and "stringData" in obj:
-            data = obj.setdefault("data", {}) or {}
+            data = dict(obj.get("data") or {})  # a copy: the stored object may share it
             for name, value in obj.pop("stringData").items():
                 data[name] = base64.b64encode(str(value).encode()).decode()
             obj["data"] = data
