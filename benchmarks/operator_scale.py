@@ -7,6 +7,11 @@ Kubernetes API of the test harness, so its peak RSS is its own. With --progress 
 every pod (tests/integration/fake_trainer.py: progress patches, then exit 0), so watch events and status
 patches flow while jobs are created. Targets: p50 under 100 ms, all jobs reconciled within 60 s, RSS
 under 150 MB.
+
+Applied all at once, the jobs queue up in the operator, so p50 and p99 mostly say how long the queue
+was (throughput); --rate applies them at a steady pace, so they say how long one job takes. Also printed:
+the operator's CPU, the load average (figures on a shared machine move with it) and the API requests
+per job by kind, counted by the emulator for every client (operator, kubelet, trainers, this script).
 """
 
 from __future__ import annotations
