@@ -15,6 +15,7 @@ after the job Failed or was Cancelled. After Succeeded a change is ignored with 
 from __future__ import annotations
 
 import logging
+import os
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +40,10 @@ from tooltune_operator.status import TERMINAL, Observed, compute_status, job_con
 
 MANAGED = {LABEL_MANAGED_BY: "tooltune"}
 Key = tuple[str, str]
+# Event handlers are not retried by kopf: a status patch lost to an API error (500, 429, a timeout) would
+# leave an unfinished job's phase stale until its next event (and under API faults a create can go
+# unhandled), so unfinished jobs are re-reconciled this often.
+RESYNC_SECONDS = float(os.environ.get("TOOLTUNE_RESYNC_SECONDS", "30"))
 
 
 # ------------------------------------------------------------------ startup wiring
@@ -250,6 +255,33 @@ def on_tooltunejob_event(
     if body.metadata.get("deletionTimestamp") or "kube" not in memo:
         return
     _sync_from_index(memo.kube, _plain(body), trainer_jobs.get(key), trainer_pods.get(key))
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    PLURAL,
+    interval=RESYNC_SECONDS,
+    initial_delay=RESYNC_SECONDS,
+    when=lambda status, **_: status.get("phase") not in TERMINAL,
+)
+def resync_unfinished(
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: logging.Logger,
+    trainer_jobs: kopf.Index,
+    trainer_pods: kopf.Index,
+    **_: Any,
+) -> None:
+    """Level-triggered safety net: the current attempt's children exist and the status matches them."""
+    if body.metadata.get("deletionTimestamp") or "kube" not in memo:
+        return
+    raw = _plain(body)
+    spec = checked_spec(raw, logger)
+    if spec is not None:
+        ensure_children(memo.kube, memo, raw, spec, (raw["status"] or {}).get("attempts") or 1)
+    key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
+    _sync_from_index(memo.kube, raw, trainer_jobs.get(key), trainer_pods.get(key))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
