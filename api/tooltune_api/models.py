@@ -308,7 +308,7 @@ class ToolTuneJobStatus(Model):
 
 # ---------------------------------------------------------------- operator ↔ trainer contract
 
-CONTRACT_VERSION = "tooltune.dev/contract-v1"
+CONTRACT_VERSION: Literal["tooltune.dev/contract-v1"] = "tooltune.dev/contract-v1"
 
 
 class JobRef(Model):

@@ -85,7 +85,7 @@ class Kube:
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return self._call("GET", path(api_version, kind, namespace, name))  # type: ignore[no-any-return]
+            return self._call("GET", path(api_version, kind, namespace, name))
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -116,7 +116,7 @@ class Kube:
         subresource: str = "",
     ) -> dict[str, Any] | None:
         try:
-            return self._call(  # type: ignore[no-any-return]
+            return self._call(
                 "PATCH",
                 path(api_version, kind, namespace, name, subresource),
                 body,

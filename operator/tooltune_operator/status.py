@@ -36,7 +36,10 @@ from tooltune_api.models import Condition, Phase, ToolTuneJobStatus
 from tooltune_operator import conditions as c
 
 TERMINAL = {Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED}
-EXIT_CODE_REASONS = {137: "killed (SIGKILL, often out of memory)", 143: "terminated (SIGTERM)"}
+EXIT_CODE_REASONS: dict[int, str] = {
+    137: "killed (SIGKILL, often out of memory)",
+    143: "terminated (SIGTERM)",
+}
 
 
 @dataclass
@@ -79,7 +82,7 @@ def failure_reason(pods: list[dict[str, Any]]) -> str | None:
     if message:
         return message.splitlines()[-1][:512]
     code = state.get("exitCode")
-    explained = EXIT_CODE_REASONS.get(code, state.get("reason") or "error")
+    explained = EXIT_CODE_REASONS.get(int(code or 0)) or str(state.get("reason") or "error")
     return f"trainer exited with code {code}: {explained}"
 
 

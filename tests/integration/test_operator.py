@@ -56,7 +56,9 @@ def cluster(k8s: K8s, tmp_path: Path) -> Iterator[K8s]:
 def operator(cluster: K8s, kopf_operator: Callable[..., KopfRunner]) -> KopfRunner:
     memo = kopf.Memo()
     memo.kube = Kube(cluster.api)
-    memo.settings = Settings(trainer_image="tooltune/trainer:test", metrics_port=0, progress_interval_seconds=0)
+    memo.settings = Settings(
+        trainer_image="tooltune/trainer:test", metrics_port=0, progress_interval_seconds=0
+    )
     return kopf_operator("tooltune_operator.handlers", memo=memo)
 
 

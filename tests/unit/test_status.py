@@ -206,7 +206,7 @@ def test_transition_times_only_move_when_a_condition_flips() -> None:
     later = compute_status(
         Observed(1, job=job(), pods=[pod("Running")], previous=first, now="2026-11-25T10:05:00Z")
     )
-    running = [cond for cond in later.conditions if cond.type == c.RUNNING][0]
+    running = next(cond for cond in later.conditions if cond.type == c.RUNNING)
     assert running.last_transition_time == "2026-11-25T10:00:00Z"
 
 
