@@ -52,7 +52,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.harness.emulator import CONFIGMAPS, JOBS, PODS, RESOURCES, SECRETS, RunningCluster, now_iso
+from tests.harness.emulator import CONFIGMAPS, JOBS, PODS, RESOURCES, SECRETS, RunningCluster, clone, now_iso
 
 TICK_SECONDS = 0.5  # the longest the loop sleeps without a change (deadlines and TTLs are checked per tick)
 MAX_GRACE_SECONDS = 2.0
@@ -315,12 +315,19 @@ class Kubelet:
 
     async def _reconcile(self) -> None:
         self._collect_garbage()
-        pods = self.emulator.list_objects(PODS)
-        for job in self.emulator.list_objects(JOBS):
-            self._sync_job(job, [p for p in pods if job["metadata"]["uid"] in _owner_uids(p)])
+        pods_of: dict[str, list[dict[str, Any]]] = {}
+        for pod in self.emulator.peek_objects(PODS):
+            for uid in _owner_uids(pod):
+                pods_of.setdefault(uid, []).append(pod)
+        for job in self.emulator.peek_objects(JOBS):
+            self._sync_job(job, pods_of.get(job["metadata"]["uid"], []))
         live = set()
-        for pod in self.emulator.list_objects(PODS):
+        pending = []
+        for pod in self.emulator.peek_objects(PODS):
             live.add(pod["metadata"]["uid"])
+            if self._needs_sync(pod):
+                pending.append(clone(pod))
+        for pod in pending:
             await self._sync_pod(pod)
         for uid, run in list(self._runs.items()):
             if uid not in live and run.exit_code is None and not run.killed:
@@ -328,7 +335,7 @@ class Kubelet:
                 self._spawn(self._terminate(run))
 
     def _collect_garbage(self) -> None:
-        objects = [(resource, obj) for resource in RESOURCES for obj in self.emulator.list_objects(resource)]
+        objects = [(resource, obj) for resource in RESOURCES for obj in self.emulator.peek_objects(resource)]
         uids = {obj["metadata"]["uid"] for _, obj in objects}
         for resource, obj in objects:
             owners = _owner_uids(obj)
@@ -485,6 +492,14 @@ class Kubelet:
         )
 
     # ------------------------------------------------------------ kubelet
+
+    def _needs_sync(self, pod: dict[str, Any]) -> bool:
+        meta = pod["metadata"]
+        phase = pod.get("status", {}).get("phase", "Pending")
+        if phase in ("Succeeded", "Failed") or meta.get("deletionTimestamp"):
+            return False
+        run = self._runs.get(meta["uid"])
+        return run is None or (run.exit_code is not None and not run.reported)
 
     async def _sync_pod(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
