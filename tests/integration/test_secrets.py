@@ -9,20 +9,25 @@ Job or its ConfigMaps, the ToolTuneJob (spec or status) or any Event.
 from __future__ import annotations
 
 import json
+import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import kopf
 import pytest
+from tooltune_api import EXIT_OK
 from tooltune_operator.kube import Kube
 from tooltune_operator.settings import Settings
 
+from tests.fakes.kube_status import StatusRecorder
+from tests.fakes.openai_api import FakeOpenAI
 from tests.fixtures.cluster import K8s
 from tests.harness.emulator import CONFIGMAPS, EVENTS, JOBS, PODS, TTJ
 from tests.harness.kopf_runner import KopfRunner
 from tests.harness.kubelet import Kubelet
 from tests.harness.waiting import wait_for
+from tests.integration.test_openai_backend import QUICK, run_main, write_contract
 
 pytestmark = pytest.mark.integration
 
@@ -117,3 +122,39 @@ def test_storage_credentials_reach_the_pod_and_leak_nowhere(
     env = k8s.cluster.get(JOBS, NS, "creds-1")["spec"]["template"]["spec"]["containers"][0]["env"]
     refs = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") for e in env}
     assert refs["AWS_ACCESS_KEY_ID"] == refs["AWS_SECRET_ACCESS_KEY"] == "s3-creds"
+
+
+@pytest.fixture
+def recorder() -> Iterator[StatusRecorder]:
+    with StatusRecorder() as running:
+        yield running
+
+
+OPENAI_KEY = "sk-canary-openai-9Lq2Wn5-must-never-be-printed"
+
+
+def test_the_openai_key_is_used_and_appears_in_no_output(
+    recorder: StatusRecorder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with FakeOpenAI(api_key=OPENAI_KEY) as server:
+        server.lifecycle = QUICK
+        contract = write_contract(tmp_path, server)
+        assert run_main(monkeypatch, tmp_path, contract, OPENAI_KEY, recorder) == EXIT_OK
+        assert server.jobs_created == 1, "the key was accepted: the fake server refuses any other"
+    out = capsys.readouterr()
+    files = {str(p): p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()}
+    files.pop(str(contract), None)
+    places = {
+        "stdout": out.out,
+        "stderr": out.err,
+        "logs": caplog.text,
+        "status patches": json.dumps(recorder.patches),
+        **files,  # termination log, workdir (report, lineage), kubeconfig
+    }
+    for where, text in places.items():
+        assert OPENAI_KEY not in text, f"the OpenAI key leaked into {where}"
