@@ -30,3 +30,4 @@ LABEL_JOB = f"{GROUP}/job"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+ANNOTATION_GENERATION = f"{GROUP}/generation"  # on a Job: the ToolTuneJob generation it was built from

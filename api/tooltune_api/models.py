@@ -294,6 +294,7 @@ class ToolTuneJobStatus(Model):
     attempts: int | None = Field(None, description="Attempts so far; attempt N runs as Job <name>-<N>.")
     retries: int | None = Field(None, description="Pods of the current attempt that failed and were retried.")
     job_name: str | None = None
+    spec_generation: int | None = Field(None, description="The metadata.generation the current attempt runs.")
     start_time: str | None = None
     completion_time: str | None = None
     failure_reason: str | None = None

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from tooltune_api import (
+    ANNOTATION_GENERATION,
     API_VERSION,
     CONTRACT_ENV,
     CONTRACT_PATH,
@@ -239,6 +240,7 @@ def training_job(
             "name": child_name(name, attempt),
             "namespace": namespace,
             "labels": job_labels,
+            "annotations": {ANNOTATION_GENERATION: str(body["metadata"].get("generation", 1))},
             "ownerReferences": [owner_reference(body)],
         },
         "spec": job_spec,

@@ -36,7 +36,14 @@ from tooltune_operator import conditions as c
 from tooltune_operator.kube import Kube, make_api_client
 from tooltune_operator.metrics import METRICS, start_metrics_server
 from tooltune_operator.settings import Settings
-from tooltune_operator.status import TERMINAL, Observed, compute_status, job_condition, status_patch
+from tooltune_operator.status import (
+    TERMINAL,
+    Observed,
+    compute_status,
+    job_condition,
+    job_generation,
+    status_patch,
+)
 
 MANAGED = {LABEL_MANAGED_BY: "tooltune"}
 Key = tuple[str, str]
@@ -50,14 +57,15 @@ RESYNC_SECONDS = float(os.environ.get("TOOLTUNE_RESYNC_SECONDS", "30"))
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """All wiring in one place; tests may pre-fill memo.kube and memo.settings."""
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
-    settings.posting.level = logging.INFO
+    # Warnings become Events; kopf's per-handler INFO logs would flood them (Normal ones are posted below).
+    settings.posting.level = logging.WARNING
     settings.execution.max_workers = 8
     if "settings" not in memo:
         memo.settings = Settings.from_env()
@@ -114,19 +122,12 @@ def of_attempt(objects: Any, attempt: int) -> list[dict[str, Any]]:
 def reconcile(
     body: kopf.Body,
     memo: kopf.Memo,
-    logger: logging.Logger,
-    trainer_jobs: kopf.Index,
-    trainer_pods: kopf.Index,
+    logger: kopf.Logger,
+    trainer_jobs: kopf.Index[Key, dict[str, Any]],
+    trainer_pods: kopf.Index[Key, dict[str, Any]],
     **_: Any,
 ) -> None:
-    kube: Kube = memo.kube
-    raw = _plain(body)
-    spec = checked_spec(raw, logger)
-    if spec is not None:
-        previous = ToolTuneJobStatus.model_validate(raw["status"] or {})
-        ensure_children(kube, memo, raw, spec, previous.attempts or 1)
-    key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
-    _sync_from_index(kube, raw, trainer_jobs.get(key), trainer_pods.get(key))
+    converge(memo, _plain(body), logger, trainer_jobs, trainer_pods)
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
@@ -136,55 +137,92 @@ def spec_changed(
     old: Any,
     new: Any,
     memo: kopf.Memo,
-    logger: logging.Logger,
-    trainer_jobs: kopf.Index,
-    trainer_pods: kopf.Index,
+    logger: kopf.Logger,
+    trainer_jobs: kopf.Index[Key, dict[str, Any]],
+    trainer_pods: kopf.Index[Key, dict[str, Any]],
     **_: Any,
 ) -> None:
-    kube: Kube = memo.kube
     raw = _plain(body)
-    key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
-    spec = checked_spec(raw, logger)
-    if spec is None:
-        _sync_from_index(kube, raw, trainer_jobs.get(key), trainer_pods.get(key))
-        return
-    previous = ToolTuneJobStatus.model_validate(raw["status"] or {})
-    attempt = previous.attempts or 1
+    status = ToolTuneJobStatus.model_validate(raw["status"] or {})
     only_suspend = {k: v for k, v in (old or {}).items() if k != "suspend"} == {
         k: v for k, v in (new or {}).items() if k != "suspend"
     }
-    current = kube.get(
-        "batch/v1", "Job", raw["metadata"]["namespace"], builders.child_name(raw["metadata"]["name"], attempt)
-    )
-    if current is not None and not only_suspend:
-        if previous.phase in {Phase.FAILED, Phase.CANCELLED} and job_condition(current, "Failed"):
-            attempt += 1  # a fix after a failure: try again with the new spec
-            METRICS.job_retried(str(spec.backend))
-            kopf.info(
-                body,
-                reason="NewAttempt",
-                message=f"spec changed after {previous.phase}: starting attempt {attempt}",
-            )
-        elif previous.phase == Phase.SUCCEEDED:
-            kopf.info(
-                body,
-                reason=c.SPEC_CHANGE_DEFERRED,
-                message="the job has succeeded; the spec change "
-                "is ignored (create a new ToolTuneJob to train again)",
-            )
-        else:
-            kopf.warn(
-                body,
-                reason=c.SPEC_CHANGE_DEFERRED,
-                message="the running attempt keeps the spec it "
-                "started with; the change applies if the job fails and is retried (spec.suspend "
-                "applies at once)",
-            )
-    ensure_children(kube, memo, raw, spec, attempt)
-    _sync_from_index(kube, raw, trainer_jobs.get(key), trainer_pods.get(key), attempt)
+    attempt = converge(memo, raw, logger, trainer_jobs, trainer_pods)
+    if only_suspend or attempt != (status.attempts or 1) or status.attempts is None:
+        return
+    if status.phase == Phase.SUCCEEDED:
+        message = (
+            "the job has succeeded; the spec change is ignored (create a new ToolTuneJob to train again)"
+        )
+        kopf.event(raw, type="Normal", reason=c.SPEC_CHANGE_DEFERRED, message=message)
+    elif status.phase not in TERMINAL:
+        message = (
+            "the running attempt keeps the spec it started with; the change applies if the job fails and "
+            "is retried (spec.suspend applies at once)"
+        )
+        kopf.warn(raw, reason=c.SPEC_CHANGE_DEFERRED, message=message)
 
 
-def checked_spec(raw: dict[str, Any], logger: logging.Logger) -> ToolTuneJobSpec | None:
+@kopf.timer(
+    GROUP,
+    VERSION,
+    PLURAL,
+    interval=RESYNC_SECONDS,
+    initial_delay=RESYNC_SECONDS,
+    when=lambda status, meta, **_: (
+        status.get("phase") not in TERMINAL
+        or (
+            status.get("phase") != Phase.SUCCEEDED
+            and meta.get("generation", 1) > (status.get("specGeneration") or 0)
+        )
+    ),
+)
+def resync(
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    trainer_jobs: kopf.Index[Key, dict[str, Any]],
+    trainer_pods: kopf.Index[Key, dict[str, Any]],
+    **_: Any,
+) -> None:
+    """Level-triggered safety net: kopf never retries event handlers, so a create or a status patch lost
+    to an API error (or a spec fix whose update was missed) is repaired here, not at the next event."""
+    if not body.metadata.get("deletionTimestamp"):
+        converge(memo, _plain(body), logger, trainer_jobs, trainer_pods)
+
+
+def converge(memo: kopf.Memo, raw: dict[str, Any], logger: kopf.Logger, jobs: Any, pods: Any) -> int:
+    """Make the current attempt's children exist, then sync the status; returns the attempt."""
+    kube: Kube = memo.kube
+    key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
+    spec = checked_spec(raw, logger)
+    attempt = (raw["status"] or {}).get("attempts") or 1
+    if spec is not None:
+        attempt, job = current_attempt(kube, raw, spec)
+        ensure_children(kube, memo, raw, spec, attempt, job)
+    _sync_from_index(kube, raw, jobs.get(key), pods.get(key), attempt)
+    return int(attempt)
+
+
+def current_attempt(
+    kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec
+) -> tuple[int, dict[str, Any] | None]:
+    """The attempt to run and its Job: the recorded attempt, or the next one when the recorded attempt's
+    Job failed and the spec changed after it was built (a fix after a failure: try again)."""
+    meta = raw["metadata"]
+    attempt = (raw["status"] or {}).get("attempts") or 1
+    job = kube.get("batch/v1", "Job", meta["namespace"], builders.child_name(meta["name"], attempt))
+    built_from = job_generation(job) or 0
+    if job and job_condition(job, "Failed") and meta.get("generation", 1) > built_from and not spec.suspend:
+        attempt += 1
+        METRICS.job_retried(str(spec.backend))
+        message = f"spec changed after attempt {attempt - 1} failed: starting attempt {attempt}"
+        kopf.event(raw, type="Normal", reason="NewAttempt", message=message)
+        job = kube.get("batch/v1", "Job", meta["namespace"], builders.child_name(meta["name"], attempt))
+    return attempt, job
+
+
+def checked_spec(raw: dict[str, Any], logger: kopf.Logger) -> ToolTuneJobSpec | None:
     """The parsed spec, or None when it is invalid (sync_status reports why, with an Event)."""
     try:
         return parse_spec(raw["spec"])
@@ -194,16 +232,20 @@ def checked_spec(raw: dict[str, Any], logger: logging.Logger) -> ToolTuneJobSpec
 
 
 def ensure_children(
-    kube: Kube, memo: kopf.Memo, raw: dict[str, Any], spec: ToolTuneJobSpec, attempt: int
-) -> dict[str, Any] | None:
+    kube: Kube,
+    memo: kopf.Memo,
+    raw: dict[str, Any],
+    spec: ToolTuneJobSpec,
+    attempt: int,
+    job: dict[str, Any] | None,
+) -> None:
     """Create the attempt's ConfigMap and Job unless they exist; apply spec.suspend to the Job."""
-    namespace, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
+    namespace = raw["metadata"]["namespace"]
     settings: Settings = memo.settings
-    job = kube.get("batch/v1", "Job", namespace, builders.child_name(name, attempt))
     if job is None:
         previous = ToolTuneJobStatus.model_validate(raw["status"] or {})
         if previous.phase in TERMINAL and previous.attempts == attempt:
-            return None  # finished and cleaned up (ttlSecondsAfterFinished): nothing to recreate
+            return  # finished and cleaned up (ttlSecondsAfterFinished): nothing to recreate
         ensure_trainer_rbac(kube, memo, namespace, settings)
         configmap = kube.create(builders.contract_configmap(raw, spec, attempt, settings))
         job = kube.create(builders.training_job(raw, spec, attempt, settings))
@@ -211,23 +253,15 @@ def ensure_children(
         kube.patch(
             "v1", "ConfigMap", namespace, configmap["metadata"]["name"], builders.owned_by(configmap, job)
         )
-        kopf.info(
-            raw, reason="JobCreated", message=f"created Job {job['metadata']['name']} (attempt {attempt})"
-        )
+        message = f"created Job {job['metadata']['name']} (attempt {attempt})"
+        kopf.event(raw, type="Normal", reason="JobCreated", message=message)
     elif bool(job["spec"].get("suspend")) != spec.suspend and not job_condition(job, "Complete"):
-        job = kube.patch(
-            "batch/v1", "Job", namespace, job["metadata"]["name"], {"spec": {"suspend": spec.suspend}}
-        )
-        kopf.info(
-            raw,
-            reason="Suspended" if spec.suspend else "Resumed",
-            message="suspended: the pod stops, the next one resumes from the last checkpoint"
-            if spec.suspend
-            else "resumed",
-        )
+        kube.patch("batch/v1", "Job", namespace, job["metadata"]["name"], {"spec": {"suspend": spec.suspend}})
+        message = "suspended: the pod stops, the next one resumes from the last checkpoint"
+        kopf.event(raw, type="Normal", reason="Suspended" if spec.suspend else "Resumed",
+                   message=message if spec.suspend else "resumed")  # fmt: skip
         if spec.suspend and spec.backend == Backend.OPENAI:
             cancel_remote(kube, raw, spec, reason="suspended")
-    return job
 
 
 def ensure_trainer_rbac(kube: Kube, memo: kopf.Memo, namespace: str, settings: Settings) -> None:
@@ -255,33 +289,6 @@ def on_tooltunejob_event(
     if body.metadata.get("deletionTimestamp") or "kube" not in memo:
         return
     _sync_from_index(memo.kube, _plain(body), trainer_jobs.get(key), trainer_pods.get(key))
-
-
-@kopf.timer(
-    GROUP,
-    VERSION,
-    PLURAL,
-    interval=RESYNC_SECONDS,
-    initial_delay=RESYNC_SECONDS,
-    when=lambda status, **_: status.get("phase") not in TERMINAL,
-)
-def resync_unfinished(
-    body: kopf.Body,
-    memo: kopf.Memo,
-    logger: logging.Logger,
-    trainer_jobs: kopf.Index,
-    trainer_pods: kopf.Index,
-    **_: Any,
-) -> None:
-    """Level-triggered safety net: the current attempt's children exist and the status matches them."""
-    if body.metadata.get("deletionTimestamp") or "kube" not in memo:
-        return
-    raw = _plain(body)
-    spec = checked_spec(raw, logger)
-    if spec is not None:
-        ensure_children(memo.kube, memo, raw, spec, (raw["status"] or {}).get("attempts") or 1)
-    key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
-    _sync_from_index(memo.kube, raw, trainer_jobs.get(key), trainer_pods.get(key))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
@@ -350,8 +357,8 @@ def sync_status(
             reason, message = c.VALIDATION_FAILED, f"invalid spec: {new.message}"
         else:
             message = new.message or ""
-        report = kopf.info if new.phase == Phase.SUCCEEDED else kopf.warn
-        report(raw, reason=reason, message=message)
+        kind = "Normal" if new.phase == Phase.SUCCEEDED else "Warning"
+        kopf.event(raw, type=kind, reason=reason, message=message)
         if new.start_time and new.completion_time:
             METRICS.job_finished(
                 backend, str(new.phase), seconds_between(new.start_time, new.completion_time)
@@ -368,7 +375,7 @@ def seconds_between(start: str, end: str) -> float:
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 @METRICS.reconciled("delete")
-def cleanup(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+def cleanup(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Stop the pods now (owner references would, eventually) and cancel a remote OpenAI job.
     Data in S3 is never deleted."""
     kube: Kube = memo.kube
@@ -401,4 +408,6 @@ def cancel_remote(kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec, reason
     remote = openai_remote.cancel_remote_job(
         key, spec.openai.base_url, job_id, secret_ref=spec.openai.api_key_secret
     )
-    kopf.info(raw, reason="RemoteJobCancelled", message=f"OpenAI job {job_id} {remote} ({reason})")
+    kopf.event(
+        raw, type="Normal", reason="RemoteJobCancelled", message=f"OpenAI job {job_id} {remote} ({reason})"
+    )

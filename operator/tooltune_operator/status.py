@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tooltune_api import ANNOTATION_GENERATION
 from tooltune_api.models import Condition, Phase, ToolTuneJobStatus
 
 from tooltune_operator import conditions as c
@@ -61,6 +62,12 @@ def job_condition(job: dict[str, Any] | None, kind: str) -> dict[str, Any] | Non
         if condition.get("type") == kind and condition.get("status") == "True":
             return dict(condition)
     return None
+
+
+def job_generation(job: dict[str, Any] | None) -> int | None:
+    """The ToolTuneJob generation a Job was built from (its annotation)."""
+    value = ((job or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_GENERATION)
+    return int(value) if value else None
 
 
 def termination(pod: dict[str, Any]) -> dict[str, Any] | None:
@@ -186,6 +193,7 @@ def compute_status(seen: Observed) -> ToolTuneJobStatus:
         attempts=previous.attempts if seen.spec_problems else seen.attempt,
         retries=job_status.get("failed", previous.retries or 0) if seen.job else previous.retries,
         job_name=(seen.job or {}).get("metadata", {}).get("name") or previous.job_name,
+        spec_generation=job_generation(seen.job) or previous.spec_generation,
         start_time=job_status.get("startTime") or start,
         completion_time=(previous.completion_time or seen.now) if terminal else None,
         failure_reason=message if failed else None,
@@ -200,6 +208,7 @@ OWNED_FIELDS = (
     "attempts",
     "retries",
     "jobName",
+    "specGeneration",
     "startTime",
     "completionTime",
     "failureReason",

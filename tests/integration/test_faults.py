@@ -186,11 +186,6 @@ def test_every_job_ends_right_with_one_job_per_attempt_under_api_faults(
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap: a spec fix that lands while the create handler is still being retried after an API "
-    "error is absorbed into the creation (kopf stores the fixed spec as handled), so no new attempt starts",
-)
 @pytest.mark.parametrize("proxy", SEEDS[:1], indirect=True, ids=["seed1"])
 def test_a_fix_after_a_failure_starts_exactly_one_new_attempt_under_api_faults(
     k8s: K8s, proxy: FaultProxy, operator: KopfRunner
