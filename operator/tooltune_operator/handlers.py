@@ -47,6 +47,7 @@ from tooltune_operator.status import (
 
 MANAGED = {LABEL_MANAGED_BY: "tooltune"}
 Key = tuple[str, str]
+REPORTED: dict[tuple[str, int], tuple[str, int]] = {}  # (uid, attempt) → (phase reported, retries counted)
 # Event handlers are not retried by kopf: a status patch lost to an API error (500, 429, a timeout) would
 # leave an unfinished job's phase stale until its next event (and under API faults a create can go
 # unhandled), so unfinished jobs are re-reconciled this often.
@@ -283,6 +284,8 @@ def on_tooltunejob_event(
     key = (body.metadata["namespace"], body.metadata["name"])
     if type == "DELETED":
         memo.get("phases", {}).pop(key, None)
+        for reported in [k for k in REPORTED if k[0] == body.metadata.get("uid")]:
+            del REPORTED[reported]
         return
     if "phases" in memo:
         memo.phases[key] = body.status.get("phase")
@@ -345,11 +348,15 @@ def sync_status(
     if not patch:
         return
     kube.patch(API_VERSION, "ToolTuneJob", meta["namespace"], meta["name"], {"status": patch}, "status")
+    # The body we computed from may lag our own last patch (indexes follow the watch): count each
+    # retry and report each terminal transition once per attempt, whatever the previous body said.
+    key = (meta.get("uid", ""), attempt)
+    reported_phase, counted_retries = REPORTED.get(key, (None, previous.retries or 0))
+    REPORTED[key] = (str(new.phase), max(counted_retries, new.retries or 0))
     backend = str((raw["spec"] or {}).get("backend", Backend.UNSLOTH))
-    if (patch.get("retries") or 0) > (previous.retries or 0):
-        for _ in range((patch["retries"] or 0) - (previous.retries or 0)):
-            METRICS.job_retried(backend)
-    if "phase" in patch and new.phase in TERMINAL:  # one Event per transition, reason as in the condition
+    for _ in range((new.retries or 0) - counted_retries):
+        METRICS.job_retried(backend)
+    if new.phase in TERMINAL and reported_phase != new.phase:  # one Event per transition
         reason = next(
             cond.reason for cond in new.conditions if cond.status == "True" and cond.type != "Validated"
         )

@@ -19,6 +19,7 @@ from tooltune_api import TINY_MODEL
 from tooltune_api.models import JobRef, ToolTuneJobSpec, TrainerContract
 from tooltune_operator.metrics import OperatorMetrics, job_phases, start_metrics_server
 from tooltune_trainer.telemetry import StatusReporter, TrainingMetrics, telemetry_callbacks
+from transformers import TrainerCallback
 
 from tests.fixtures.prometheus import free_port
 
@@ -32,6 +33,8 @@ VOCAB, SEQUENCE = 64, 32
 MAX_STEPS = 30
 # One status patch per second at most, so a run of a few seconds shows the bound holding.
 PROGRESS_INTERVAL_SECONDS = 1.0
+# Prometheus scrapes every second: on a fast machine the run is paced so it spans several scrapes.
+STEP_PACE_SECONDS = 0.2
 
 
 def counting_dataset(examples: int, seed: int):
@@ -86,6 +89,20 @@ def tiny_trainer(workdir: Path, callbacks: list):
     )
 
 
+class Pace(TrainerCallback):
+    """Makes each training step take at least `seconds`, so that a fast run spans several scrapes."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.started = time.monotonic()
+
+    def on_step_begin(self, *_: object, **__: object) -> None:
+        self.started = time.monotonic()
+
+    def on_step_end(self, *_: object, **__: object) -> None:
+        time.sleep(max(0.0, self.seconds - (time.monotonic() - self.started)))
+
+
 def contract(metrics_port: int) -> TrainerContract:
     return TrainerContract(
         job=JobRef(**JOB, uid="uid-1", attempt=1),
@@ -112,7 +129,8 @@ def test_prometheus_scrapes_a_training_run_and_its_loss_falls(prometheus, tmp_pa
         server = prometheus({"trainer": [f"127.0.0.1:{trainer_port}"]})
         server.wait_for('up{job="trainer"} == 1')
         started = time.time()
-        tiny_trainer(tmp_path / "run", telemetry_callbacks(run, reporter, metrics)).train()
+        callbacks = [*telemetry_callbacks(run, reporter, metrics), Pace(STEP_PACE_SECONDS)]
+        tiny_trainer(tmp_path / "run", callbacks).train()
         duration = time.time() - started
         server.wait_for(f"tooltune_train_step{SELECTOR} == {MAX_STEPS}", timeout=10)
         # Range points fall every 0.5 s from the start: end past now so the last scrape is covered.
@@ -201,3 +219,47 @@ def test_a_real_trainer_stops_when_the_early_stop_callback_says_so(tmp_path):
 
     assert trainer.state.global_step == trainer.args.logging_steps < MAX_STEPS
     assert early_stop.stop_reason.startswith("stopped early at step 2: Overfitting")
+
+
+def test_prometheus_scrapes_the_running_operator_as_it_reconciles_jobs(
+    prometheus, k8s, kopf_operator, tmp_path
+):
+    """The real operator, its metrics server and jobs collector, handling real ToolTuneJobs end to end."""
+    import sys
+
+    from tooltune_operator.kube import Kube
+    from tooltune_operator.settings import Settings
+
+    from tests.harness.kubelet import Kubelet
+    from tests.harness.waiting import wait_for
+
+    fake_trainer = [sys.executable, str(ROOT / "tests/integration/fake_trainer.py")]
+    kubelet = Kubelet(k8s.cluster, tmp_path / "kubelet", executables={"tooltune": fake_trainer}).start()
+    port = free_port()
+    memo = kopf.Memo(kube=Kube(k8s.api), settings=Settings(metrics_port=port, progress_interval_seconds=0))
+    try:
+        kopf_operator("tooltune_operator.handlers", memo=memo)
+        server = prometheus({"operator": [f"127.0.0.1:{port}"]}, rule_files=[str(ALERT_RULES)])
+        for name, behaviour in [("good", "succeed"), ("bad", "invalid-data")]:
+            k8s.custom.create_namespaced_custom_object(
+                "tooltune.dev", "v1alpha1", "default", "tooltunejobs",
+                {"apiVersion": "tooltune.dev/v1alpha1", "kind": "ToolTuneJob", "metadata": {"name": name},
+                 "spec": {"baseModel": f"script/{behaviour}", "dataset": {"train": "d.jsonl"},
+                          "output": {"uri": "runs/x"}, "resources": {"gpus": 0}}},
+            )  # fmt: skip
+        wait_for(
+            lambda: server.query('tooltune_jobs{phase="Succeeded"} == 1') and server.query(
+                'tooltune_job_phase{namespace="default", name="bad", phase="Failed"} == 1'),
+            timeout=60, what="the operator's job phases in Prometheus", interval=0.5,
+        )  # fmt: skip
+        reconciles = server.query('sum(tooltune_operator_reconciles_total{handler="reconcile"})')
+        assert float(reconciles[0]["value"][1]) >= 2
+        durations = server.query('tooltune_job_duration_seconds_count{phase="Succeeded"}')
+        assert durations and float(durations[0]["value"][1]) >= 1  # the registry is the process's
+        firing = server.wait_for('ALERTS{alertname="ToolTuneJobFailed", alertstate="firing"}', timeout=60)
+        assert [(a["metric"]["namespace"], a["metric"]["name"]) for a in firing] == [("default", "bad")]
+    finally:
+        kubelet.stop()
+        if memo.get("metrics_server") is not None:
+            memo.metrics_server.shutdown()
+            memo.metrics_server.server_close()
