@@ -121,21 +121,6 @@ def operator(
             api.close()
 
 
-def create(k8s: K8s, name: str, body_spec: dict[str, Any]) -> None:
-    k8s.custom.create_namespaced_custom_object(
-        "tooltune.dev",
-        "v1alpha1",
-        NS,
-        "tooltunejobs",
-        {
-            "apiVersion": "tooltune.dev/v1alpha1",
-            "kind": "ToolTuneJob",
-            "metadata": {"name": name},
-            "spec": body_spec,
-        },
-    )
-
-
 def phase(k8s: K8s, name: str) -> str | None:
     return ((k8s.cluster.get(TTJ, NS, name) or {}).get("status") or {}).get("phase")
 
@@ -158,7 +143,7 @@ def test_every_job_ends_right_with_one_job_per_attempt_under_api_faults(
 ) -> None:
     started = time.monotonic()
     for name, (body_spec, _, _) in WORKLOAD.items():
-        create(k8s, name, body_spec)
+        k8s.create_tooltunejob(name, body_spec)
     expected = {name: wanted for name, (_, wanted, _) in WORKLOAD.items()}
     wait_until_settled(k8s, proxy, expected)
     seconds = time.monotonic() - started
@@ -190,7 +175,7 @@ def test_every_job_ends_right_with_one_job_per_attempt_under_api_faults(
 def test_a_fix_after_a_failure_starts_exactly_one_new_attempt_under_api_faults(
     k8s: K8s, proxy: FaultProxy, operator: KopfRunner
 ) -> None:
-    create(k8s, "fixed", spec("crash", backoffLimit=0))
+    k8s.create_tooltunejob("fixed", spec("crash", backoffLimit=0))
     wait_until_settled(k8s, proxy, {"fixed": "Failed"})
     k8s.custom.patch_namespaced_custom_object(
         "tooltune.dev", "v1alpha1", NS, "tooltunejobs", "fixed", {"spec": {"baseModel": "script/succeed"}}

@@ -62,21 +62,6 @@ def operator(cluster: K8s, kopf_operator: Callable[..., KopfRunner]) -> KopfRunn
     return kopf_operator("tooltune_operator.handlers", memo=memo)
 
 
-def create(k8s: K8s, name: str, body_spec: dict[str, Any]) -> None:
-    k8s.custom.create_namespaced_custom_object(
-        "tooltune.dev",
-        "v1alpha1",
-        NS,
-        "tooltunejobs",
-        {
-            "apiVersion": "tooltune.dev/v1alpha1",
-            "kind": "ToolTuneJob",
-            "metadata": {"name": name},
-            "spec": body_spec,
-        },
-    )
-
-
 def ttj(k8s: K8s, name: str) -> dict[str, Any]:
     return k8s.cluster.get(TTJ, NS, name) or {}
 
@@ -96,7 +81,7 @@ def events_of(k8s: K8s, name: str) -> list[dict[str, Any]]:
 def test_apply_creates_the_job_and_a_successful_pod_makes_it_succeed(
     cluster: K8s, operator: KopfRunner
 ) -> None:
-    create(cluster, "ok", spec())
+    cluster.create_tooltunejob("ok", spec())
     job = wait_for(lambda: cluster.cluster.get(JOBS, NS, "ok-1"), timeout=5, what="Job ok-1")
     owner = job["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"], owner["controller"]) == ("ToolTuneJob", "ok", True)
@@ -129,7 +114,7 @@ def test_apply_creates_the_job_and_a_successful_pod_makes_it_succeed(
 
 
 def test_invalid_data_exit_code_fails_at_once_with_the_reason(cluster: K8s, operator: KopfRunner) -> None:
-    create(cluster, "bad-data", spec("invalid-data", backoffLimit=3))
+    cluster.create_tooltunejob("bad-data", spec("invalid-data", backoffLimit=3))
     wait_for(
         phase_is(cluster, "bad-data", "Failed"),
         timeout=30,
@@ -157,7 +142,7 @@ def test_invalid_data_exit_code_fails_at_once_with_the_reason(cluster: K8s, oper
 def test_invalid_spec_fails_with_an_event_naming_the_field_and_creates_nothing(
     cluster: K8s, operator: KopfRunner
 ) -> None:
-    create(cluster, "bad-spec", spec(hyperparameters={"learningRate": 0}))
+    cluster.create_tooltunejob("bad-spec", spec(hyperparameters={"learningRate": 0}))
     wait_for(phase_is(cluster, "bad-spec", "Failed"), timeout=5, what="Failed")
     status = ttj(cluster, "bad-spec")["status"]
     validated = next(c for c in status["conditions"] if c["type"] == "Validated")
@@ -174,7 +159,7 @@ def test_invalid_spec_fails_with_an_event_naming_the_field_and_creates_nothing(
 
 
 def test_fixing_the_spec_after_a_failure_starts_a_new_attempt(cluster: K8s, operator: KopfRunner) -> None:
-    create(cluster, "retry", spec("crash", backoffLimit=0))
+    cluster.create_tooltunejob("retry", spec("crash", backoffLimit=0))
     wait_for(phase_is(cluster, "retry", "Failed"), timeout=30, what="Failed")
     cluster.custom.patch_namespaced_custom_object(
         "tooltune.dev", "v1alpha1", NS, "tooltunejobs", "retry", {"spec": {"baseModel": "script/succeed"}}
@@ -190,7 +175,7 @@ def test_fixing_the_spec_after_a_failure_starts_a_new_attempt(cluster: K8s, oper
 
 
 def test_delete_removes_children_and_the_finalizer(cluster: K8s, operator: KopfRunner) -> None:
-    create(cluster, "gone", spec("run"))
+    cluster.create_tooltunejob("gone", spec("run"))
     wait_for(phase_is(cluster, "gone", "Running"), timeout=30, what="Running")
     assert "tooltune.dev/finalizer" in ttj(cluster, "gone")["metadata"]["finalizers"]
     cluster.custom.delete_namespaced_custom_object("tooltune.dev", "v1alpha1", NS, "tooltunejobs", "gone")
@@ -209,11 +194,11 @@ def test_delete_removes_children_and_the_finalizer(cluster: K8s, operator: KopfR
 
 
 def test_operator_restart_mid_run_never_starts_a_second_job(cluster: K8s, operator: KopfRunner) -> None:
-    create(cluster, "steady", spec("run"))
+    cluster.create_tooltunejob("steady", spec("run"))
     wait_for(phase_is(cluster, "steady", "Running"), timeout=30, what="Running")
     operator.restart()
     operator.restart()
-    create(cluster, "after-restart", spec())  # proves the restarted operator is handling events
+    cluster.create_tooltunejob("after-restart", spec())  # proves the restarted operator is handling events
     wait_for(phase_is(cluster, "after-restart", "Succeeded"), timeout=30, what="the next job")
     assert [j["metadata"]["name"] for j in jobs_of(cluster, "steady")] == ["steady-1"]
     running = [p for p in cluster.cluster.list(PODS) if p["metadata"]["name"].startswith("steady-1-")]
@@ -222,7 +207,7 @@ def test_operator_restart_mid_run_never_starts_a_second_job(cluster: K8s, operat
 
 
 def test_suspend_stops_the_pod_and_resume_starts_a_new_one(cluster: K8s, operator: KopfRunner) -> None:
-    create(cluster, "pausable", spec("run"))
+    cluster.create_tooltunejob("pausable", spec("run"))
     wait_for(phase_is(cluster, "pausable", "Running"), timeout=30, what="Running")
     patch = lambda value: cluster.custom.patch_namespaced_custom_object(  # noqa: E731
         "tooltune.dev", "v1alpha1", NS, "tooltunejobs", "pausable", {"spec": {"suspend": value}}
@@ -243,7 +228,7 @@ def test_suspend_stops_the_pod_and_resume_starts_a_new_one(cluster: K8s, operato
 
 
 def test_spec_change_mid_run_is_deferred_with_an_event(cluster: K8s, operator: KopfRunner) -> None:
-    create(cluster, "edited", spec("run"))
+    cluster.create_tooltunejob("edited", spec("run"))
     wait_for(phase_is(cluster, "edited", "Running"), timeout=30, what="Running")
     cluster.custom.patch_namespaced_custom_object(
         "tooltune.dev", "v1alpha1", NS, "tooltunejobs", "edited", {"spec": {"hyperparameters": {"epochs": 5}}}
