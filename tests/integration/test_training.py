@@ -146,6 +146,7 @@ def test_tooltune_run_trains_lora_with_transformers_and_writes_the_layout(transf
     history = json.loads((final / "train_log.json").read_text())
     assert [entry["step"] for entry in history if "loss" in entry] == [1, 2, 3, 4]
     assert "Run summary" in printed and "tool-name accuracy" in printed and "Smoke prompts" in printed
+    assert f"loss curve: {final / 'loss_curve.png'}" in printed  # it says where the picture is
 
 
 def test_the_saved_adapter_loads_and_generates(transformers_run):

@@ -291,6 +291,9 @@ def _training_progress(console: Any) -> Any:
 def _print_run_summary(console: Any, result: Any) -> None:
     from rich.table import Table
 
+    from tooltune_trainer.recipe import EVALUATION_FILE, LOSS_CURVE_FILE
+    from tooltune_trainer.storage import join
+
     scores = result.evaluation["metrics"]
     table = Table(title="Run summary", show_header=False, title_justify="left")
     table.add_column("what")
@@ -306,11 +309,14 @@ def _print_run_summary(console: Any, result: Any) -> None:
         ("arguments exact match", _fmt(scores["argumentsExactMatch"])),
         ("valid JSON rate", _fmt(scores["validJsonRate"])),
         ("no call when one was expected", _fmt(scores["noCallRate"])),
-        ("model", result.output_uri),
     ]
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    # Paths on lines of their own, never cropped by the table's width.
+    console.print(f"model: {result.output_uri}", soft_wrap=True)
+    console.print(f"loss curve: {join(result.output_uri, LOSS_CURVE_FILE)}", soft_wrap=True)
+    console.print(f"evaluation report: {join(result.output_uri, EVALUATION_FILE)}", soft_wrap=True)
     smoke = Table(title="Smoke prompts", title_justify="left")
     smoke.add_column("prompt")
     smoke.add_column("answer")
