@@ -1,8 +1,9 @@
 """kopf handlers: thin. They read the body, call the pure builders and the phase machine, and apply.
 
-- create / resume / update of a ToolTuneJob → ``reconcile``: check the spec, make sure the current
-  attempt's ConfigMap and Job exist (deterministic names, so an operator restart never starts a
-  second run), propagate ``spec.suspend``, then sync the status.
+- create / resume / update of a ToolTuneJob, and a periodic resync of unfinished ones → ``converge``:
+  check the spec, pick the attempt (the next one when the last failed and the spec changed since its
+  Job was built), make sure its ConfigMap and Job exist (deterministic names, so an operator restart
+  never starts a second run), propagate ``spec.suspend``, then sync the status.
 - any event of a ToolTuneJob, or of a Job or Pod it owns → ``sync_status``: compute the status from
   the indexed Job and Pods and patch only what changed.
 - delete → stop the pods and cancel a remote OpenAI job; owner references take care of the rest.
