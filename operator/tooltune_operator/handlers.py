@@ -348,9 +348,8 @@ def sync_status(
     patch = status_patch(previous_raw, new)
     if not patch:
         return
-    kube.patch(API_VERSION, "ToolTuneJob", meta["namespace"], meta["name"], {"status": patch}, "status")
-    # The body we computed from may lag our own last patch (indexes follow the watch): count each
-    # retry and report each terminal transition once per attempt, whatever the previous body said.
+    # Reported before the patch is sent, and once per attempt: the body we computed from may lag our own
+    # last patch (indexes follow the watch), and a patch whose answer is lost may still have been applied.
     key = (meta.get("uid", ""), attempt)
     reported_phase, counted_retries = REPORTED.get(key, (None, previous.retries or 0))
     REPORTED[key] = (str(new.phase), max(counted_retries, new.retries or 0))
@@ -371,6 +370,7 @@ def sync_status(
             METRICS.job_finished(
                 backend, str(new.phase), seconds_between(new.start_time, new.completion_time)
             )
+    kube.patch(API_VERSION, "ToolTuneJob", meta["namespace"], meta["name"], {"status": patch}, "status")
 
 
 def seconds_between(start: str, end: str) -> float:
