@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -193,6 +194,40 @@ def test_full_fine_tune_saves_all_weights_instead_of_an_adapter(tmp_path):
     losses = _logged_losses(tmp_path / "out")
     resumed = recipe.run(contract, tmp_path / "work-restarted", print_logs=False)
     assert resumed.steps == 2 and _logged_losses(tmp_path / "out") == losses  # no step was trained again
+
+
+def test_sigterm_checkpoints_the_current_step_and_the_next_run_resumes_there(tmp_path):
+    """An eviction or preemption sends SIGTERM: the trainer saves the step it is on, uploads, and stops."""
+    from tooltune_api.models import TrainerContract
+    from tooltune_trainer import recipe
+    from transformers import TrainerCallback
+
+    class SigtermAtStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    data = write_jsonl(tmp_path / "tasks.jsonl", tool_calling_dataset(40))
+    spec = _spec(str(data), str(tmp_path / "out"), batchSize=4)
+    spec["checkpoints"] = {"everySteps": 100, "keep": 2}  # no scheduled checkpoint before the signal
+    contract = TrainerContract.model_validate(_contract(spec))
+
+    with pytest.raises(recipe.Terminated) as stopped:
+        recipe.run(contract, tmp_path / "work", [SigtermAtStep()], print_logs=False)
+    assert stopped.value.uploaded and stopped.value.step in (3, 4)  # the handler runs at the next bytecode
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler lived only while training
+    checkpoints = tmp_path / "out" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [f"step-{stopped.value.step}"]
+    assert (checkpoints / f"step-{stopped.value.step}" / "manifest.json").is_file()
+    assert not (tmp_path / "out" / "final").exists()
+    state = json.loads((checkpoints / f"step-{stopped.value.step}" / "trainer_state.json").read_text())
+    before = [(entry["step"], entry["loss"]) for entry in state["log_history"] if "loss" in entry]
+
+    result = recipe.run(contract, tmp_path / "work-next-pod", print_logs=False)
+    after = _logged_losses(tmp_path / "out")
+    # The next run starts after the saved step: the steps before it keep their losses, none is trained twice.
+    assert result.steps == 8 and after[: len(before)] == before and len(before) == stopped.value.step
+    assert [step for step, _ in after] == list(range(1, 9))
 
 
 def _logged_losses(output: Path) -> list[tuple[int, float]]:

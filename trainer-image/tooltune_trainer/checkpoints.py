@@ -23,6 +23,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -295,6 +296,37 @@ class CheckpointSync(TrainerCallback):
         except StorageError as error:
             log.warning("old checkpoints not pruned: %s", error)
             return min(len(set(self.completed)), self.keep)
+
+
+class SaveOnTerminate(TrainerCallback):
+    """On SIGTERM (eviction, preemption, node drain): checkpoint at the end of the current step and stop.
+
+    Kubernetes gives a pod `terminationGracePeriodSeconds` between SIGTERM and SIGKILL; a trainer that
+    saves and uploads within it loses no steps. `requested` tells the recipe why training stopped. The
+    handler lives only while training runs, and only in the main thread (where Python runs handlers).
+    """
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self._previous: Any = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.requested.is_set():
+            log.warning("terminating: saving a checkpoint at step %d and stopping", state.global_step)
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested.set()
 
 
 def _lower_priority_of_this_thread() -> None:

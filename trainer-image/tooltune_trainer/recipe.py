@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,12 @@ from tooltune_api.models import InvalidSpec, ToolTuneJobSpec, TrainerContract, d
 from transformers import PrinterCallback
 
 from tooltune_trainer import backends, tiny
-from tooltune_trainer.checkpoints import CheckpointSync, fetch_latest_checkpoint, write_lineage
+from tooltune_trainer.checkpoints import (
+    CheckpointSync,
+    SaveOnTerminate,
+    fetch_latest_checkpoint,
+    write_lineage,
+)
 from tooltune_trainer.data import InvalidDataset, read_jsonl, split_examples, validate_examples
 from tooltune_trainer.evaluate import evaluate, write_report
 from tooltune_trainer.formatting import FormattingError, templated_length, training_rows
@@ -44,6 +50,8 @@ log = logging.getLogger(__name__)
 
 FINAL_DIR = "final"
 CHECKPOINT_UPLOAD_TIMEOUT_SECONDS = 600
+# After SIGTERM: how long the last checkpoint may take to upload (the pod's grace period ends it anyway).
+TERMINATING_UPLOAD_TIMEOUT_SECONDS = 120
 # evaluation report key -> TrainingMetrics gauge (the same names as status.evaluation)
 EVALUATION_METRICS = {
     "toolNameAccuracy": "tool_name_accuracy",
@@ -58,6 +66,16 @@ TRAIN_LOG_FILE = "train_log.json"
 
 class InvalidJob(ValueError):
     """The contract or the job's settings cannot work as written; the message names the field."""
+
+
+class Terminated(RuntimeError):
+    """SIGTERM stopped training after a checkpoint of the last step; the next pod resumes from it."""
+
+    def __init__(self, step: int, uploaded: bool):
+        self.step = step
+        self.uploaded = uploaded
+        where = "uploaded" if uploaded else "NOT uploaded in time; the next pod resumes from an older one"
+        super().__init__(f"terminated at step {step}: its checkpoint is {where}")
 
 
 # What a user can fix; the entrypoint exits 2 on these (the Job fails at once instead of retrying).
@@ -147,6 +165,7 @@ def run(
         ),
     )
     telemetry = telemetry_callbacks(contract, reporter, metrics)
+    save_on_terminate = SaveOnTerminate()
     trainer = _trainer(
         spec,
         model,
@@ -155,12 +174,18 @@ def run(
         validation_rows,
         workdir,
         device,
-        [*telemetry, checkpoint_sync, *(callbacks or [])],
+        [*telemetry, checkpoint_sync, save_on_terminate, *(callbacks or [])],
     )
     if not print_logs:
         trainer.remove_callback(PrinterCallback)
     resume_from = fetch_latest_checkpoint(store, spec.output.uri, workdir / "resume") if resume else None
     trainer.train(resume_from_checkpoint=resume_from)
+    if save_on_terminate.requested.is_set():
+        checkpoint_sync.close(TERMINATING_UPLOAD_TIMEOUT_SECONDS)
+        reporter.flush()
+        metrics.close()
+        step = trainer.state.global_step
+        raise Terminated(step, step in checkpoint_sync.completed)
     eval_loss = trainer.evaluate()["eval_loss"] if validation_rows else None
 
     on_stage("evaluate tool calls")
@@ -324,6 +349,7 @@ def contract_from_job_file(path: Path, cwd: Path) -> TrainerContract:
 # ---------------------------------------------------------------- pod entrypoint
 
 EXIT_RETRYABLE = 1
+EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
 DEFAULT_WORKDIR = "/tmp/tooltune"
 
 
@@ -352,6 +378,10 @@ def main(config: Path | None = None) -> int:
         log.error("invalid job, not retrying: %s", error)
         write_termination_message(f"invalid: {reason}")
         return EXIT_INVALID
+    except Terminated as stopped:
+        log.warning("%s", stopped)
+        write_termination_message(f"terminated: {stopped}")
+        return EXIT_TERMINATED
     except Exception as error:
         log.exception("training failed, the Job may retry")
         write_termination_message(f"retryable: {type(error).__name__}: {one_line_reason(error)}")
