@@ -7,10 +7,12 @@ directly:
   ``<job>-<5 random characters>``, owned by the Job, labelled with the template's labels plus
   ``job-name``/``batch.kubernetes.io/job-name`` and the controller uid. Honours ``backoffLimit``,
   ``podFailurePolicy`` (``FailJob``/``Ignore``/``Count`` on exit codes and on pod conditions),
-  ``activeDeadlineSeconds``, ``suspend`` (pods are deleted; resuming starts a new pod) and
-  ``ttlSecondsAfterFinished``. Conditions are the API's: ``FailureTarget`` then ``Failed`` (reasons
-  ``BackoffLimitExceeded``, ``PodFailurePolicy``, ``DeadlineExceeded``), ``SuccessCriteriaMet`` then
-  ``Complete``, ``Suspended``. Retries start at once (the real controller backs off from 10 s).
+  ``activeDeadlineSeconds``, ``suspend`` (pods are deleted; resuming starts a new pod),
+  ``ttlSecondsAfterFinished`` and ``podReplacementPolicy: Failed`` (no new pod while a deleted one's process
+  still runs; otherwise the replacement starts at once, as with ``TerminatingOrFailed``). Conditions are
+  the API's: ``FailureTarget`` then ``Failed`` (reasons ``BackoffLimitExceeded``, ``PodFailurePolicy``,
+  ``DeadlineExceeded``), ``SuccessCriteriaMet`` then ``Complete``, ``Suspended``. Retries start at once
+  (the real controller backs off from 10 s).
 - Kubelet: runs the first container of each pod as a local process: ``command`` + ``args`` (``$(VAR)``
   expanded from the container's env), the image is ignored. Env: plain values, ``valueFrom``
   ``secretKeyRef``/``configMapKeyRef``/``fieldRef`` and ``envFrom``; a missing Secret/ConfigMap/key keeps
@@ -27,7 +29,10 @@ directly:
   Pod status: Pending → Running → Succeeded/Failed with ``containerStatuses[0].state.terminated``
   (``exitCode``, ``reason`` Completed/Error/OOMKilled, ``message`` from the termination file, or the log
   tail with ``FallbackToLogsOnError``), ``startTime``, conditions. A deleted pod's process gets SIGTERM,
-  then SIGKILL after its grace period (capped at `MAX_GRACE_SECONDS`).
+  then SIGKILL after its grace period (capped at ``max_grace_seconds``, default `MAX_GRACE_SECONDS`).
+  ``capacity`` (optional) is how many pod processes the node runs at once: further pods stay Pending with
+  ``PodScheduled=False``/``Unschedulable`` until one ends, as on a full node. `evict_pod` is the Eviction
+  API: the pod gets the ``DisruptionTarget`` condition, then a graceful deletion (SIGTERM first).
 - Garbage collector: an object whose owner references all name uids that no longer exist is deleted
   (so deleting a ToolTuneJob removes its Job, whose pods are then removed and their processes killed).
 
@@ -98,6 +103,7 @@ class PodRun:
     fallback_to_logs: bool
     started_at: str
     process: asyncio.subprocess.Process
+    owner: str = ""  # the uid of the Job that owns the pod
     grace_seconds: float = MAX_GRACE_SECONDS
     exit_code: int | None = None
     finished_at: str | None = None
@@ -208,12 +214,16 @@ class Kubelet:
         *,
         env: dict[str, str] | None = None,
         executables: dict[str, list[str]] | None = None,
+        capacity: int | None = None,
+        max_grace_seconds: float = MAX_GRACE_SECONDS,
     ):
         self.cluster = cluster
         self.emulator = cluster.emulator
         self.root = root
         self.env = env or {}
         self.executables = {**DEFAULT_EXECUTABLES, **(executables or {})}
+        self.capacity = capacity
+        self.max_grace_seconds = max_grace_seconds
         self._runs: dict[str, PodRun] = {}
         self._jobs: dict[str, JobMemory] = {}
         self._wake: asyncio.Event | None = None
@@ -276,6 +286,26 @@ class Kubelet:
             run.killed = True
 
         self.cluster.call(kill)
+
+    def evict_pod(self, name: str, namespace: str = "default") -> None:
+        """What the Eviction API does: mark the pod DisruptionTarget, then delete it gracefully."""
+
+        def evict() -> None:
+            pod = self.emulator.get_object(PODS, namespace, name)
+            if pod is None:
+                raise LookupError(f"pod {namespace}/{name} does not exist")
+            conditions = [
+                c for c in pod.get("status", {}).get("conditions", []) if c["type"] != "DisruptionTarget"
+            ]
+            conditions.append(
+                _condition("DisruptionTarget", "EvictionByEvictionAPI", "Eviction API: evicting")
+            )
+            self.emulator.patch_object(
+                PODS, namespace, name, {"status": {"conditions": conditions}}, subresource="status"
+            )
+            self.emulator.delete_object(PODS, namespace, name)
+
+        self.cluster.call(evict)
 
     def exit_code(self, name: str, namespace: str = "default") -> int | None:
         """The exit code of the pod's process (128 + N for signal N), None while it runs or never ran."""
@@ -393,7 +423,12 @@ class Kubelet:
                 status["conditions"] = [c for c in status["conditions"] if c["type"] != "Suspended"]
                 status["conditions"].append(_condition("Suspended", "JobResumed", "Job resumed", "False"))
             status.setdefault("startTime", now_iso())
-            if not active:
+            existing = {pod["metadata"]["uid"] for pod in pods}
+            waits_for_termination = spec.get("podReplacementPolicy") == "Failed" and any(
+                run.owner == meta["uid"] and run.exit_code is None and run.uid not in existing
+                for run in self._runs.values()
+            )
+            if not active and not waits_for_termination:
                 active = [self._create_pod(job)]
             status["active"] = len(active)
             status["ready"] = sum(p.get("status", {}).get("phase") == "Running" for p in active)
@@ -508,6 +543,9 @@ class Kubelet:
         if phase in ("Succeeded", "Failed") or meta.get("deletionTimestamp"):
             return
         if run is None:
+            if self.capacity is not None and self._running() >= self.capacity:
+                self._report_unschedulable(pod)
+                return
             try:
                 run = await self._launch(pod)
             except ContainerConfigError as error:
@@ -546,6 +584,19 @@ class Kubelet:
         state = {"waiting": {"reason": error.reason, "message": error.message}}
         self._patch_pod_status(
             pod, {"phase": "Pending", "containerStatuses": [self._container_status(pod, state, False)]}
+        )
+
+    def _running(self) -> int:
+        return sum(run.exit_code is None for run in self._runs.values())
+
+    def _report_unschedulable(self, pod: dict[str, Any]) -> None:
+        message = f"0/1 nodes are available: 1 Too many pods (capacity {self.capacity})."
+        self._patch_pod_status(
+            pod,
+            {
+                "phase": "Pending",
+                "conditions": [_condition("PodScheduled", "Unschedulable", message, "False")],
+            },
         )
 
     def _report_running(self, pod: dict[str, Any], run: PodRun) -> None:
@@ -804,7 +855,8 @@ class Kubelet:
             container.get("terminationMessagePolicy") == "FallbackToLogsOnError",
             now_iso(),
             process,
-            min(MAX_GRACE_SECONDS, pod["spec"].get("terminationGracePeriodSeconds", 30)),
+            pod["metadata"]["labels"].get("controller-uid", ""),
+            min(self.max_grace_seconds, pod["spec"].get("terminationGracePeriodSeconds", 30)),
         )
         self._spawn(self._reap(run))
         return run

@@ -241,6 +241,51 @@ def test_disruption_is_ignored_and_other_failures_count_against_backoff_limit(k8
     assert k8s.cluster.get(JOBS, NS, "flaky")["status"]["failed"] == 1
 
 
+def test_eviction_sends_sigterm_and_the_replacement_waits_for_the_process_to_end(k8s, kubelet):
+    script = textwrap.dedent("""
+        import signal, sys, time
+        def finish(*_):
+            time.sleep(1)  # saving a checkpoint
+            print('saved on SIGTERM', flush=True)
+            sys.exit(143)
+        signal.signal(signal.SIGTERM, finish)
+        print('running', flush=True)
+        time.sleep(60)
+    """)
+    kubelet.max_grace_seconds = 10
+    k8s.batch.create_namespaced_job(NS, job_body("evicted", script, podReplacementPolicy="Failed"))
+    running = lambda: [p for p in job_pods(k8s, "evicted") if p.get("status", {}).get("phase") == "Running"]  # noqa: E731
+    first = wait_for(running, 10, what="the first pod")[0]["metadata"]["name"]
+    wait_for(lambda: "running" in kubelet.logs(first), 10, what="the handler installed")
+
+    kubelet.evict_pod(first)
+    wait_for(lambda: not k8s.cluster.get(PODS, NS, first), 5, what="the evicted pod deleted")
+    assert not job_pods(k8s, "evicted"), "no replacement while the evicted pod's process still runs"
+    second = wait_for(lambda: job_pods(k8s, "evicted"), 10, what="a replacement")[0]["metadata"]["name"]
+    assert kubelet.logs(first).endswith("saved on SIGTERM\n") and kubelet.exit_code(first) == 143
+    assert second != first and k8s.cluster.get(JOBS, NS, "evicted")["status"].get("failed", 0) == 0
+
+
+def test_a_full_node_keeps_pods_pending_until_a_slot_frees(k8s, kubelet):
+    kubelet.capacity = 1
+    k8s.batch.create_namespaced_job(NS, job_body("first", "import time; time.sleep(2)"))
+    phase = lambda job: (job_pods(k8s, job) or [{}])[0].get("status", {}).get("phase")  # noqa: E731
+    wait_for(lambda: phase("first") == "Running", 10, what="the first pod running")
+    k8s.batch.create_namespaced_job(NS, job_body("second", "print('ran')"))
+
+    pending = wait_for(lambda: condition_false(job_pods(k8s, "second"), "PodScheduled"), 10, what="pending")
+    assert pending["reason"] == "Unschedulable" and "Too many pods" in pending["message"]
+    assert phase("first") == "Running"
+    wait_for_job(k8s, "first", "Complete")
+    wait_for_job(k8s, "second", "Complete")
+    assert kubelet.logs(job_pods(k8s, "second")[0]["metadata"]["name"]) == "ran\n"
+
+
+def condition_false(pods: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
+    conditions = [c for p in pods for c in p.get("status", {}).get("conditions", [])]
+    return next((c for c in conditions if c["type"] == kind and c["status"] == "False"), None)
+
+
 def test_retries_until_backoff_limit(k8s, kubelet):
     k8s.batch.create_namespaced_job(NS, job_body("retry", "raise SystemExit(1)", backoffLimit=1))
     assert wait_for_job(k8s, "retry", "Failed")["reason"] == "BackoffLimitExceeded"
