@@ -30,7 +30,17 @@ from tooltune_trainer.checkpoints import (
     steps_to_prune,
     write_lineage,
 )
-from tooltune_trainer.storage import StorageError, Store, join, local_path, open_store
+from tooltune_trainer.storage import (
+    CONNECT_TIMEOUT_ENV,
+    DATASET_MAX_BYTES_ENV,
+    READ_TIMEOUT_ENV,
+    StorageError,
+    StorageLimits,
+    Store,
+    join,
+    local_path,
+    open_store,
+)
 
 FAST_RETRY = RetryPolicy(attempts=3, first_delay_seconds=0.01, max_delay_seconds=0.02)
 
@@ -135,20 +145,66 @@ def web_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     server.server_close()
 
 
-def test_http_fetch_404_and_size_cap(
-    web_root: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_http_fetch_404_and_size_cap(web_root: tuple[Path, str], tmp_path: Path) -> None:
     root, base = web_root
     (root / "train.jsonl").write_bytes(b"x" * 5000)
-    store = Store()
+    store = Store(limits=StorageLimits())
     assert store.fetch(f"{base}/train.jsonl", tmp_path / "got").read_bytes() == b"x" * 5000
     with pytest.raises(StorageError, match=r"/missing\.jsonl: HTTP 404") as missing:
         store.fetch(f"{base}/missing.jsonl", tmp_path / "missing")
     assert not missing.value.retryable
-    monkeypatch.setattr(storage, "HTTP_MAX_BYTES", 4096)
-    with pytest.raises(StorageError, match=r"over the 4096 byte limit"):
-        store.fetch(f"{base}/train.jsonl", tmp_path / "big")
+    capped = Store(limits=StorageLimits(dataset_max_bytes=4096))
+    with pytest.raises(StorageError, match=r"5000 bytes is over the 4096 byte dataset limit"):
+        capped.fetch(f"{base}/train.jsonl", tmp_path / "big")
     assert not (tmp_path / "big").exists()
+
+
+def test_storage_limits_default_and_come_from_the_environment() -> None:
+    assert StorageLimits.from_env({}) == StorageLimits(
+        connect_timeout_seconds=10, read_timeout_seconds=60, dataset_max_bytes=4 * 1024**3
+    )
+    env = {CONNECT_TIMEOUT_ENV: "2.5", READ_TIMEOUT_ENV: " 30 ", DATASET_MAX_BYTES_ENV: "1048576"}
+    assert StorageLimits.from_env(env) == StorageLimits(2.5, 30.0, 1048576)
+    assert StorageLimits.from_env({READ_TIMEOUT_ENV: ""}) == StorageLimits()  # empty is unset
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "what"),
+    [
+        (READ_TIMEOUT_ENV, "sixty", "number of seconds"),
+        (CONNECT_TIMEOUT_ENV, "0", "number of seconds"),
+        (CONNECT_TIMEOUT_ENV, "inf", "number of seconds"),
+        (DATASET_MAX_BYTES_ENV, "4GiB", "whole number of bytes"),
+        (DATASET_MAX_BYTES_ENV, "-1", "whole number of bytes"),
+        (DATASET_MAX_BYTES_ENV, "1.5", "whole number of bytes"),
+    ],
+)
+def test_a_bad_storage_limit_names_the_variable(name: str, value: str, what: str) -> None:
+    with pytest.raises(StorageError) as bad:
+        StorageLimits.from_env({name: value})
+    assert str(bad.value).startswith(f"{name}={value!r}: must be a positive {what}; unset it for the default")
+    assert not bad.value.retryable
+
+
+def test_a_store_reads_its_limits_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DATASET_MAX_BYTES_ENV, "123")
+    assert open_store().limits.dataset_max_bytes == 123
+    monkeypatch.setenv(DATASET_MAX_BYTES_ENV, "lots")
+    with pytest.raises(StorageError, match=DATASET_MAX_BYTES_ENV):
+        open_store()
+
+
+def test_the_dataset_cap_bounds_downloads_not_local_files(web_root: tuple[Path, str], tmp_path: Path) -> None:
+    """A local dataset is already on the pod's disk; https serves datasets only, so every https fetch is
+    capped (S3 caps single-file fetches only: see tests/integration/test_limits.py)."""
+    root, base = web_root
+    (root / "train.jsonl").write_bytes(b"x" * 5000)
+    local = tmp_path / "train.jsonl"
+    local.write_bytes(b"x" * 5000)
+    store = Store(limits=StorageLimits(dataset_max_bytes=4096))
+    assert store.fetch(str(local), tmp_path / "copy.jsonl").stat().st_size == 5000
+    with pytest.raises(StorageError, match="byte dataset limit"):
+        store.fetch_many([(f"{base}/train.jsonl", tmp_path / "big")])
 
 
 def test_http_unreachable_names_the_uri(tmp_path: Path) -> None:

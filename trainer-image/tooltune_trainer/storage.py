@@ -15,6 +15,10 @@ where its bytes live:
 |                             |      |       | at `$TOOLTUNE_CONFIGMAP_DIR/<name>/<key>`                    |
 |                             |      |       | (default `/etc/tooltune/data/<name>/<key>`)                  |
 
+How long a silent server is waited for and how large a dataset may be are `StorageLimits`, read from the
+environment (`TOOLTUNE_STORAGE_CONNECT_TIMEOUT_SECONDS`, `TOOLTUNE_STORAGE_READ_TIMEOUT_SECONDS`,
+`TOOLTUNE_DATASET_MAX_BYTES`); the operator sets them on every trainer pod from its own settings.
+
 URIs ending in a "directory" (`list`, `upload_dir`, `delete_prefix`) are treated as prefixes that end with
 `/`, so `…/step-1` never matches `…/step-10`. Every failure is a `StorageError` whose message names the
 URI and the cause, and never a credential.
@@ -22,14 +26,16 @@ URI and the cause, and never a credential.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from tooltune_api.models import Storage
@@ -37,14 +43,15 @@ from tooltune_api.models import Storage
 CONFIGMAP_DIR_ENV = "TOOLTUNE_CONFIGMAP_DIR"
 DEFAULT_CONFIGMAP_DIR = "/etc/tooltune/data"
 
-HTTP_TIMEOUT_SECONDS = 60  # per connect and per read, not for the whole download
-HTTP_MAX_BYTES = 4 * 1024**3  # a dataset larger than this belongs in S3
+CONNECT_TIMEOUT_ENV = "TOOLTUNE_STORAGE_CONNECT_TIMEOUT_SECONDS"
+READ_TIMEOUT_ENV = "TOOLTUNE_STORAGE_READ_TIMEOUT_SECONDS"
+DATASET_MAX_BYTES_ENV = "TOOLTUNE_DATASET_MAX_BYTES"
+
 HTTP_CHUNK_BYTES = 1024 * 1024
+HTTP_REDIRECT = 300
 HTTP_SERVER_ERROR = 500
 HTTP_TRANSIENT_CODES = {408, 429}  # timeout, too many requests: worth another try
 
-S3_CONNECT_TIMEOUT_SECONDS = 10
-S3_READ_TIMEOUT_SECONDS = 60
 S3_MAX_ATTEMPTS = 3  # botocore's own retries of one request; checkpoint uploads retry on top of these
 S3_MAX_CONCURRENCY = 10  # parallel requests of one transfer (parts and files)
 S3_MULTIPART_BYTES = 8 * 1024**2
@@ -52,6 +59,8 @@ S3_DELETE_BATCH = 1000  # the most keys one DeleteObjects call accepts
 
 ACCESS_DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden"}
 NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+HTML_CONTENT_TYPES = ("text/html", "application/xhtml+xml")
+OBJECT_READS = {"GetObject", "HeadObject"}  # answers that carry the stored object's own Content-Type
 
 
 class StorageError(RuntimeError):
@@ -64,6 +73,56 @@ class StorageError(RuntimeError):
     def __init__(self, message: str, retryable: bool = True):
         super().__init__(message)
         self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class StorageLimits:
+    """How long the trainer waits for a storage server and how large a dataset it downloads.
+
+    Timeouts bound each connection attempt and each wait for the next bytes, not a whole download, so a
+    large file on a slow but live server still arrives while a silent server fails in bounded time.
+    """
+
+    connect_timeout_seconds: float = 10  # S3 connection set-up
+    read_timeout_seconds: float = 60  # S3 and https: the longest silence; https also connects within it
+    dataset_max_bytes: int = 4 * 1024**3  # a larger dataset is refused before it fills the pod's disk
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> StorageLimits:
+        """Read the limits from TOOLTUNE_* variables; unset means the default, a bad value is an error."""
+        env = os.environ if env is None else env
+        return cls(
+            connect_timeout_seconds=_positive(env, CONNECT_TIMEOUT_ENV, float, cls.connect_timeout_seconds),
+            read_timeout_seconds=_positive(env, READ_TIMEOUT_ENV, float, cls.read_timeout_seconds),
+            dataset_max_bytes=_positive(env, DATASET_MAX_BYTES_ENV, int, cls.dataset_max_bytes),
+        )
+
+
+Number = TypeVar("Number", int, float)
+
+
+def _positive(env: Mapping[str, str], name: str, kind: type[Number], default: Number) -> Number:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = kind(0)
+    if not 0 < value < math.inf:
+        what = "whole number of bytes" if kind is int else "number of seconds"
+        raise StorageError(
+            f"{name}={raw!r}: must be a positive {what}; unset it for the default {default}", retryable=False
+        )
+    return value
+
+
+def _too_large(uri: str, size: str, limit: int) -> StorageError:
+    return StorageError(
+        f"{uri}: {size} the {limit} byte dataset limit; use a smaller dataset, or have the operator's "
+        f"{DATASET_MAX_BYTES_ENV} raised",
+        retryable=False,
+    )
 
 
 def join(uri: str, *parts: str) -> str:
@@ -93,7 +152,7 @@ def _files_under(local: Path) -> list[Path]:
 
 
 class _LocalBackend:
-    def fetch_many(self, items: list[tuple[str, Path]]) -> None:
+    def fetch_many(self, items: list[tuple[str, Path]], max_bytes: int | None = None) -> None:
         for uri, dest in items:
             source = local_path(uri)
             if not source.is_file():
@@ -145,32 +204,28 @@ class _ReadOnlyBackend:
 
 
 class _HttpBackend(_ReadOnlyBackend):
-    def fetch_many(self, items: list[tuple[str, Path]]) -> None:
-        for uri, dest in items:
-            self._fetch(uri, dest)
+    def __init__(self, limits: StorageLimits):
+        self.limits = limits
 
-    def _fetch(self, uri: str, dest: Path) -> None:
+    def fetch_many(self, items: list[tuple[str, Path]], max_bytes: int | None = None) -> None:
+        for uri, dest in items:  # https serves datasets only, so every download is held to the dataset cap
+            self._fetch(uri, dest, max_bytes or self.limits.dataset_max_bytes)
+
+    def _fetch(self, uri: str, dest: Path, max_bytes: int) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         partial = dest.with_name(f".{dest.name}.partial")
+        timeout = self.limits.read_timeout_seconds
         try:
-            with urllib.request.urlopen(uri, timeout=HTTP_TIMEOUT_SECONDS) as response:
+            with urllib.request.urlopen(uri, timeout=timeout) as response:
                 declared = int(response.headers.get("Content-Length") or 0)
-                if declared > HTTP_MAX_BYTES:
-                    raise StorageError(
-                        f"{uri}: {declared} bytes is over the {HTTP_MAX_BYTES} byte limit; "
-                        "put large datasets in S3",
-                        retryable=False,
-                    )
+                if declared > max_bytes:
+                    raise _too_large(uri, f"{declared} bytes is over", max_bytes)
                 received = 0
                 with partial.open("wb") as out:
                     while chunk := response.read(HTTP_CHUNK_BYTES):
                         received += len(chunk)
-                        if received > HTTP_MAX_BYTES:
-                            raise StorageError(
-                                f"{uri}: larger than the {HTTP_MAX_BYTES} byte limit; "
-                                "put large datasets in S3",
-                                retryable=False,
-                            )
+                        if received > max_bytes:
+                            raise _too_large(uri, "it is larger than", max_bytes)
                         out.write(chunk)
             partial.replace(dest)
         except urllib.error.HTTPError as error:
@@ -179,7 +234,7 @@ class _HttpBackend(_ReadOnlyBackend):
         except urllib.error.URLError as error:
             raise StorageError(f"{uri}: cannot connect ({error.reason})") from None
         except TimeoutError:
-            raise StorageError(f"{uri}: no answer within {HTTP_TIMEOUT_SECONDS} s") from None
+            raise StorageError(f"{uri}: no answer within {timeout:g} s") from None
         finally:
             partial.unlink(missing_ok=True)
 
@@ -194,7 +249,7 @@ def configmap_file(uri: str) -> Path:
 
 
 class _ConfigMapBackend(_ReadOnlyBackend):
-    def fetch_many(self, items: list[tuple[str, Path]]) -> None:
+    def fetch_many(self, items: list[tuple[str, Path]], max_bytes: int | None = None) -> None:
         for uri, dest in items:
             source = configmap_file(uri)
             if not source.is_file():
@@ -208,11 +263,37 @@ class _ConfigMapBackend(_ReadOnlyBackend):
             shutil.copyfile(source, dest)
 
 
+class _NotS3Answer(Exception):
+    """The endpoint answered a web page where S3 answers XML or an object."""
+
+    def __init__(self, status: int):
+        super().__init__(f"HTTP {status} with an HTML page")
+        self.status = status
+
+
+def _refuse_html_answers(operation_model: Any, response_dict: dict[str, Any], **_: Any) -> None:
+    """botocore `before-parse` hook: S3 never answers an operation, or an error, with a web page.
+
+    A captive portal, proxy login or plain web server at the endpoint does, with 200 or 5xx alike: left to
+    botocore, a 200 reads as an empty listing or an upload that "succeeded", and a 5xx as an S3 error worth
+    retrying. Only a stored object's own answer may be HTML (someone may store an HTML file), and then S3
+    sends its ETag, which a web page in its place lacks.
+    """
+    headers = response_dict["headers"]
+    if not str(headers.get("content-type", "")).lower().startswith(HTML_CONTENT_TYPES):
+        return
+    status = int(response_dict["status_code"])
+    if status < HTTP_REDIRECT and operation_model.name in OBJECT_READS and "etag" in headers:
+        return
+    raise _NotS3Answer(status)
+
+
 class _S3Backend:
     """boto3 with the spec's endpoint, region and addressing; transfers through s3transfer."""
 
-    def __init__(self, settings: Storage):
+    def __init__(self, settings: Storage, limits: StorageLimits):
         self.settings = settings
+        self.limits = limits
         self._client: Any = None
 
     @property
@@ -224,13 +305,14 @@ class _S3Backend:
             config = Config(
                 s3={"addressing_style": "path" if self.settings.path_style else "auto"},
                 retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
-                connect_timeout=S3_CONNECT_TIMEOUT_SECONDS,
-                read_timeout=S3_READ_TIMEOUT_SECONDS,
+                connect_timeout=self.limits.connect_timeout_seconds,
+                read_timeout=self.limits.read_timeout_seconds,
                 max_pool_connections=S3_MAX_CONCURRENCY,
             )
             self._client = boto3.session.Session().client(
                 "s3", endpoint_url=self.settings.endpoint, region_name=self.settings.region, config=config
             )
+            self._client.meta.events.register("before-parse.s3", _refuse_html_answers)
         return self._client
 
     def _transfers(self) -> Any:
@@ -243,7 +325,10 @@ class _S3Backend:
         )
         return create_transfer_manager(self.client, config)
 
-    def fetch_many(self, items: list[tuple[str, Path]]) -> None:
+    def fetch_many(self, items: list[tuple[str, Path]], max_bytes: int | None = None) -> None:
+        if max_bytes:
+            for uri, _ in items:
+                self._check_size(uri, max_bytes)
         partials = []
         for _, dest in items:
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -286,6 +371,14 @@ class _S3Backend:
                     first_error = first_error or self.error(uri, error)
             if first_error is not None:
                 raise first_error
+
+    def _check_size(self, uri: str, max_bytes: int) -> None:
+        try:
+            size = int(self.client.head_object(Bucket=_split(uri)[0], Key=_split(uri)[1])["ContentLength"])
+        except Exception as error:
+            raise self.error(uri, error) from None
+        if size > max_bytes:
+            raise _too_large(uri, f"{size} bytes is over", max_bytes)
 
     def list(self, uri: str) -> list[str]:
         bucket, prefix = _split_prefix(uri)
@@ -331,6 +424,12 @@ class _S3Backend:
 
         if isinstance(error, StorageError):
             return error
+        endpoint = _endpoint_name(self.settings.endpoint)
+        if isinstance(error, _NotS3Answer):
+            return StorageError(
+                f"{uri}: {endpoint} does not speak S3 (it answered {error}); check storage.endpoint",
+                retryable=False,
+            )
         secret = self.settings.credentials_secret
         check = (
             f"check the credentials in Secret {secret}"
@@ -357,7 +456,6 @@ class _S3Backend:
                 return StorageError(f"{uri}: no such object", retryable=False)
             return StorageError(f"{uri}: S3 error {code}")
         if isinstance(error, ConnectionError | HTTPClientError | TimeoutError | ConnectionRefusedError):
-            endpoint = self.settings.endpoint or "AWS S3"
             return StorageError(
                 f"{uri}: cannot reach {endpoint} ({type(error).__name__}); "
                 "check storage.endpoint and that the server is up"
@@ -370,6 +468,15 @@ class _S3Backend:
         except Exception as error:
             return getattr(error, "response", {}).get("Error", {}).get("Code") == "NoSuchBucket"
         return False
+
+
+def _endpoint_name(endpoint: str | None) -> str:
+    """The endpoint for a message: scheme, host and port, never a user:password@ part."""
+    if not endpoint:
+        return "AWS S3"
+    parsed = urlparse(endpoint)
+    host = parsed.hostname or ""
+    return f"{parsed.scheme}://{host}:{parsed.port}" if parsed.port else f"{parsed.scheme}://{host}"
 
 
 def _split(uri: str) -> tuple[str, str]:
@@ -393,17 +500,18 @@ def _split_prefix(uri: str) -> tuple[str, str]:
 class Store:
     """Reads and writes URIs of any supported scheme (see the module docstring)."""
 
-    def __init__(self, settings: Storage | None = None):
+    def __init__(self, settings: Storage | None = None, limits: StorageLimits | None = None):
         self.settings = settings or Storage()
+        self.limits = limits or StorageLimits.from_env()
         self._backends: dict[str, Any] = {"file": _LocalBackend()}
 
     def _backend(self, uri: str) -> Any:
         kind = scheme(uri)
         if kind not in self._backends:
             if kind == "s3":
-                self._backends[kind] = _S3Backend(self.settings)
+                self._backends[kind] = _S3Backend(self.settings, self.limits)
             elif kind in {"http", "https"}:
-                self._backends[kind] = _HttpBackend()
+                self._backends[kind] = _HttpBackend(self.limits)
             elif kind == "configmap":
                 self._backends[kind] = _ConfigMapBackend()
             else:
@@ -415,15 +523,19 @@ class Store:
         return self._backends[kind]
 
     def fetch(self, uri: str, dest: Path) -> Path:
-        """Copy the object at uri to the local file dest and return dest."""
-        self.fetch_many([(uri, dest)])
+        """Copy one file, such as a dataset, to the local file dest and return dest; a remote file larger
+        than limits.dataset_max_bytes is refused before it is downloaded (or, when its size is not
+        declared, as soon as it grows past the limit)."""
+        self._fetch_many([(uri, dest)], self.limits.dataset_max_bytes)
         return dest
 
     def fetch_many(self, items: Iterable[tuple[str, Path]]) -> None:
-        """Fetch several objects of one scheme, concurrently where the backend can."""
-        items = list(items)
+        """Fetch several objects of one scheme (checkpoints, models), concurrently where the backend can."""
+        self._fetch_many(list(items), None)
+
+    def _fetch_many(self, items: list[tuple[str, Path]], max_bytes: int | None) -> None:
         if items:
-            self._backend(items[0][0]).fetch_many(items)
+            self._backend(items[0][0]).fetch_many(items, max_bytes)
 
     def fetch_dir(self, uri: str, dest: Path) -> Path:
         """Copy every object under uri into the local directory dest."""
@@ -446,7 +558,8 @@ class Store:
 
     def read_bytes(self, uri: str) -> bytes:
         with tempfile.TemporaryDirectory(prefix="tooltune-read-") as tmp:
-            return self.fetch(uri, Path(tmp) / "object").read_bytes()
+            self.fetch_many([(uri, Path(tmp) / "object")])
+            return (Path(tmp) / "object").read_bytes()
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         with tempfile.TemporaryDirectory(prefix="tooltune-write-") as tmp:
@@ -466,5 +579,6 @@ class Store:
         self._backend(uri).delete_prefix(uri)
 
 
-def open_store(settings: Storage | None = None) -> Store:
-    return Store(settings)
+def open_store(settings: Storage | None = None, limits: StorageLimits | None = None) -> Store:
+    """A Store for the spec's storage settings; limits default to the environment's (StorageLimits)."""
+    return Store(settings, limits)
