@@ -115,7 +115,7 @@ def secret_env(variable: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def environment(spec: ToolTuneJobSpec) -> list[dict[str, Any]]:
+def environment(spec: ToolTuneJobSpec, settings: Settings) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": CONTRACT_ENV, "value": CONTRACT_PATH},
         {"name": WORKDIR_ENV, "value": WORKDIR},
@@ -123,6 +123,7 @@ def environment(spec: ToolTuneJobSpec) -> list[dict[str, Any]]:
         {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
         {"name": "TOOLTUNE_CONFIGMAP_DIR", "value": DATA_DIR},
     ]
+    env += [{"name": name, "value": value} for name, value in settings.trainer_storage_env().items()]
     if spec.storage.credentials_secret:  # credentials by reference only: never inlined in the Job
         env += [
             secret_env("AWS_ACCESS_KEY_ID", spec.storage.credentials_secret, "AWS_ACCESS_KEY_ID"),
@@ -180,7 +181,7 @@ def training_job(
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": "IfNotPresent",
         "command": command,
-        "env": environment(spec),
+        "env": environment(spec, settings),
         "ports": [{"name": "metrics", "containerPort": settings.trainer_metrics_port, "protocol": "TCP"}],
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG_PATH,

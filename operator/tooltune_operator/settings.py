@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/tooltune/trainer:0.1.0"
+
+# Storage limits of trainer pods: the operator reads them from its own environment and sets the same
+# variables on every trainer pod, where tooltune_trainer.storage.StorageLimits reads them.
+STORAGE_CONNECT_TIMEOUT_ENV = "TOOLTUNE_STORAGE_CONNECT_TIMEOUT_SECONDS"
+STORAGE_READ_TIMEOUT_ENV = "TOOLTUNE_STORAGE_READ_TIMEOUT_SECONDS"
+DATASET_MAX_BYTES_ENV = "TOOLTUNE_DATASET_MAX_BYTES"
+
+Number = TypeVar("Number", int, float)
 
 
 @dataclass(frozen=True)
@@ -17,6 +27,9 @@ class Settings:
     trainer_service_account: str = "tooltune-trainer"
     progress_interval_seconds: float = 10.0  # the trainer patches progress at most this often
     run_as_user: int = 1000  # the trainer image's non-root user
+    storage_connect_timeout_seconds: float = 10.0  # a trainer's wait for an S3 connection
+    storage_read_timeout_seconds: float = 60.0  # a trainer's wait for the next bytes from S3 or https
+    dataset_max_bytes: int = 4 * 1024**3  # the largest dataset a trainer downloads
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -28,4 +41,40 @@ class Settings:
             trainer_metrics_port=int(env.get("TOOLTUNE_TRAINER_METRICS_PORT", "9090")),
             trainer_service_account=env.get("TOOLTUNE_TRAINER_SERVICE_ACCOUNT", "tooltune-trainer"),
             progress_interval_seconds=float(env.get("TOOLTUNE_PROGRESS_INTERVAL", "10")),
+            storage_connect_timeout_seconds=positive(
+                env, STORAGE_CONNECT_TIMEOUT_ENV, float, cls.storage_connect_timeout_seconds
+            ),
+            storage_read_timeout_seconds=positive(
+                env, STORAGE_READ_TIMEOUT_ENV, float, cls.storage_read_timeout_seconds
+            ),
+            dataset_max_bytes=positive(env, DATASET_MAX_BYTES_ENV, int, cls.dataset_max_bytes),
         )
+
+    def trainer_storage_env(self) -> dict[str, str]:
+        """The storage limits as the variables every trainer pod gets."""
+        return {
+            STORAGE_CONNECT_TIMEOUT_ENV: _plain(self.storage_connect_timeout_seconds),
+            STORAGE_READ_TIMEOUT_ENV: _plain(self.storage_read_timeout_seconds),
+            DATASET_MAX_BYTES_ENV: str(self.dataset_max_bytes),
+        }
+
+
+def positive(env: dict[str, str], name: str, kind: type[Number], default: Number) -> Number:
+    """A positive finite setting; unset or empty is the default; anything else stops the operator at startup
+    with the variable's name, rather than failing every trainer pod later."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = kind(0)
+    if not 0 < value < math.inf:
+        what = "whole number of bytes" if kind is int else "number of seconds"
+        raise ValueError(f"{name}={raw!r}: must be a positive {what}; unset it for the default {default}")
+    return value
+
+
+def _plain(seconds: float) -> str:
+    """10.0 → '10', 2.5 → '2.5': what a person would write in the variable."""
+    return str(int(seconds)) if float(seconds).is_integer() else repr(float(seconds))

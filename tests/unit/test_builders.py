@@ -15,6 +15,7 @@ import yaml
 from tooltune_api.models import TrainerContract, parse_spec
 from tooltune_operator import builders
 from tooltune_operator.settings import Settings
+from tooltune_trainer.storage import StorageLimits
 
 GOLDEN = Path(__file__).parent / "golden"
 SETTINGS = Settings(trainer_image="registry.example/tooltune/trainer:1.2.3")
@@ -142,3 +143,40 @@ def test_configmap_datasets_are_mounted_where_the_trainer_reads_them() -> None:
     assert mounts["/etc/tooltune/data/task-api-data"] == "data-0"
     assert {"name": "data-0", "configMap": {"name": "task-api-data"}} in pod["volumes"]
     assert pod["containers"][0]["command"] == ["tooltune", "submit"]
+
+
+def test_storage_limits_reach_every_trainer_pod_as_the_trainer_reads_them() -> None:
+    settings = Settings.from_env(
+        {
+            "TOOLTUNE_STORAGE_CONNECT_TIMEOUT_SECONDS": "2.5",
+            "TOOLTUNE_STORAGE_READ_TIMEOUT_SECONDS": "120",
+            "TOOLTUNE_DATASET_MAX_BYTES": "1073741824",
+        }
+    )
+    for spec in (GPU_JOB, OPENAI_JOB):
+        job = builders.training_job(resource(spec), parse_spec(spec), 1, settings)
+        env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+        pod_env = {e["name"]: e["value"] for e in env if "value" in e}
+        assert StorageLimits.from_env(pod_env) == StorageLimits(
+            connect_timeout_seconds=2.5, read_timeout_seconds=120, dataset_max_bytes=1073741824
+        )
+    defaults = builders.training_job(resource(GPU_JOB), parse_spec(GPU_JOB), 1, Settings())
+    pod_env = {
+        e["name"]: e.get("value") for e in defaults["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert StorageLimits.from_env(pod_env) == StorageLimits(), "the operator's defaults are the trainer's"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TOOLTUNE_STORAGE_CONNECT_TIMEOUT_SECONDS", "ten"),
+        ("TOOLTUNE_STORAGE_READ_TIMEOUT_SECONDS", "-5"),
+        ("TOOLTUNE_DATASET_MAX_BYTES", "4G"),
+    ],
+)
+def test_a_bad_storage_limit_stops_the_operator_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(
+        ValueError, match=rf"^{name}='{value}': must be a positive .*; unset it for the default"
+    ):
+        Settings.from_env({name: value})
