@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.fakes.server import JsonHandler, LocalServer
 
 STATUS_PATH = re.compile(r"^/apis/tooltune\.dev/v1alpha1/namespaces/([^/]+)/tooltunejobs/([^/]+)/status$")
 
@@ -31,41 +32,20 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return merged
 
 
-class StatusRecorder:
+class StatusRecorder(LocalServer):
     def __init__(self) -> None:
+        super().__init__(type("Handler", (_Handler,), {"recorder": self}), "fake-kube-status")
         self.patches: list[dict[str, Any]] = []  # bodies as received
         self.statuses: dict[tuple[str, str], dict[str, Any]] = {}  # (namespace, name) -> merged status
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
     def status(self, namespace: str, name: str) -> dict[str, Any]:
         with self._lock:
             return json.loads(json.dumps(self.statuses.get((namespace, name), {})))
 
-    def start(self) -> StatusRecorder:
-        handler = type("Handler", (_Handler,), {"recorder": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="fake-kube-status", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> StatusRecorder:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     @property
     def url(self) -> str:
-        assert self._server is not None, "start() the recorder first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.origin
 
     def write_kubeconfig(self, path: Path) -> Path:
         config = {
@@ -80,22 +60,21 @@ class StatusRecorder:
         return path
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     recorder: StatusRecorder
-    protocol_version = "HTTP/1.1"
 
     def do_PATCH(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
         match = STATUS_PATH.match(self.path.split("?")[0])
         if match is None:
-            self._answer(404, {"kind": "Status", "status": "Failure", "code": 404, "reason": "NotFound"})
+            self.answer(404, {"kind": "Status", "status": "Failure", "code": 404, "reason": "NotFound"})
             return
         key = (match.group(1), match.group(2))
         with self.recorder._lock:
             self.recorder.patches.append(body)
             status = merge_patch(self.recorder.statuses.get(key, {}), body.get("status", {}))
             self.recorder.statuses[key] = status
-        self._answer(
+        self.answer(
             200,
             {
                 "apiVersion": "tooltune.dev/v1alpha1",
@@ -104,14 +83,3 @@ class _Handler(BaseHTTPRequestHandler):
                 "status": status,
             },
         )
-
-    def _answer(self, code: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass

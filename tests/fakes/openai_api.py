@@ -19,9 +19,10 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlparse
+
+from tests.fakes.server import JsonHandler, LocalServer
 
 TEST_API_KEY = "sk-tooltune-test-key"
 ORGANIZATION = "org-tooltune-test"
@@ -63,10 +64,11 @@ def _loss(step: int) -> float:
     return round(2.0 * 0.93 ** (step / 5) + 0.05, 4)
 
 
-class FakeOpenAI:
+class FakeOpenAI(LocalServer):
     """The server's state; ``start()`` serves it on a free localhost port in a background thread."""
 
     def __init__(self, api_key: str = TEST_API_KEY):
+        super().__init__(type("Handler", (_Handler,), {"api": self}), "fake-openai")
         self.api_key = api_key
         self.lifecycle = Lifecycle()
         self.files: dict[str, dict[str, Any]] = {}
@@ -79,36 +81,10 @@ class FakeOpenAI:
         self._failures: list[tuple[int, float]] = []  # (status, retry-after seconds) of the next requests
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # ------------------------------------------------------------ lifecycle of the server
-
-    def start(self) -> FakeOpenAI:
-        handler = type("Handler", (_Handler,), {"api": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-openai", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeOpenAI:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def base_url(self) -> str:
-        assert self._server is not None, "start() the server first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"{self.origin}/v1"
 
     # ------------------------------------------------------------ scripting and assertions
 
@@ -416,9 +392,8 @@ class FakeOpenAI:
         return 404, _error(f"Unknown route {method} {path}", None)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     api: FakeOpenAI
-    protocol_version = "HTTP/1.1"
 
     def _serve(self) -> None:
         url = urlparse(self.path)
@@ -428,19 +403,9 @@ class _Handler(BaseHTTPRequestHandler):
         )
         with self.api._lock:
             self.api.requests.append((self.command, url.path, status))
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in extra.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
+        self.answer(status, payload, extra)
 
     do_GET = do_POST = do_DELETE = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-        pass
 
 
 # ------------------------------------------------------------ wire helpers
