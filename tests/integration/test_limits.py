@@ -189,6 +189,24 @@ def test_an_s3_endpoint_answering_web_pages_is_named_and_not_retried(
     assert not list(tmp_path.iterdir())
 
 
+def test_an_html_file_stored_in_s3_is_still_an_object(tmp_path: Path, s3_credentials: None) -> None:
+    """S3 answers a stored object with that object's own Content-Type and its ETag: an HTML file someone
+    stored is data, not a sign of a web server in S3's place."""
+
+    def stored_html(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/html")
+        handler.send_header("ETag", '"5d41402abc4b2a76b9719d911017c592"')
+        handler.send_header("Content-Length", str(len(HTML_PAGE)))
+        handler.end_headers()
+        if handler.command == "GET":
+            handler.wfile.write(HTML_PAGE)
+
+    with serve(stored_html) as url:
+        got = open_store(Storage(endpoint=url)).fetch("s3://bucket/page.html", tmp_path / "page.html")
+    assert got.read_bytes() == HTML_PAGE
+
+
 def test_an_s3_endpoint_that_never_answers_fails_in_bounded_time(
     silent_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_credentials: None
 ) -> None:
