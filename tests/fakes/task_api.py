@@ -1,4 +1,7 @@
-"""A small Task API tool-calling dataset in OpenAI fine-tuning JSONL, as the lab builds it."""
+"""A small Task API tool-calling dataset in OpenAI fine-tuning JSONL (one call per example), and contracts.
+
+The tools and system prompt are the ones the tiny-model fixtures use (tests/fixtures/tiny.py).
+"""
 
 from __future__ import annotations
 
@@ -7,64 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-SYSTEM = "You manage tasks through the Task API. When a task operation is requested, call the tool."
-
-TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "create_task",
-            "description": "Create a task.",
-            "parameters": {
-                "type": "object",
-                "properties": {"title": {"type": "string"}, "due_date": {"type": "string"}},
-                "required": ["title"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "list_tasks",
-            "description": "List tasks, optionally due before a date.",
-            "parameters": {
-                "type": "object",
-                "properties": {"due_before": {"type": "string"}},
-                "required": [],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "complete_task",
-            "description": "Mark a task as complete.",
-            "parameters": {
-                "type": "object",
-                "properties": {"task_id": {"type": "string"}},
-                "required": ["task_id"],
-            },
-        },
-    },
-]
+from tests.fixtures.tiny import SYSTEM, TOOLS, call_message
 
 _TITLES = ["buy groceries", "review the budget", "call the dentist", "write the report", "plan the offsite"]
 
 
 def _example(user: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    call = {
-        "id": "call_1",
-        "type": "function",
-        "function": {"name": tool, "arguments": json.dumps(arguments)},
-    }
-    return {
-        "messages": [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": user},
-            {"role": "assistant", "tool_calls": [call]},
-        ],
-        "tools": TOOLS,
-    }
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+    return {"messages": [*messages, call_message(tool, arguments)], "tools": TOOLS}
 
 
 def task_api_examples(count: int = 30) -> list[dict[str, Any]]:

@@ -25,7 +25,8 @@ from tooltune_trainer.submitter import (
     system_prompt,
 )
 
-from tests.fakes.task_api import TOOLS, openai_contract, task_api_examples
+from tests.fakes.task_api import openai_contract, task_api_examples
+from tests.fixtures.tiny import SYSTEM, TOOLS
 
 SECRET = SecretKeyRef(name="openai-api-key", key="OPENAI_API_KEY")
 
@@ -221,7 +222,7 @@ def test_smoke_test_offers_every_tool_once_with_the_training_system_prompt():
     assert [tool["function"]["name"] for tool in smoke_tools(examples)] == [
         t["function"]["name"] for t in TOOLS
     ]
-    assert system_prompt(examples).startswith("You manage tasks")
+    assert system_prompt(examples) == SYSTEM
     assert system_prompt([{"messages": [{"role": "user", "content": "hi"}]}]) is None
 
 
