@@ -176,7 +176,8 @@ def test_the_openai_key_is_used_and_appears_in_no_output(
 
 WRONG_SECRET_KEY = "canary-wrong-secret-Hq27Lm-must-never-be-printed"
 REAL_CANARIES = [ACCESS_KEY, SECRET_KEY, WRONG_SECRET_KEY]
-TRAIN_EXAMPLES = 24
+TRAIN_EXAMPLES = 12  # two training steps of batch 8, so one checkpoint at step 2
+EVALUATED_EXAMPLES = 2  # generation dominates evaluation on a CPU
 FAIL_FAST_SECONDS = (
     90  # the trainer's imports on a busy machine, then one refused request: no retries, no waits
 )
@@ -206,6 +207,7 @@ def run_real_trainer(server: S3Server, tmp: Path, secret_key: str) -> TrainerRun
     client.put_object(Bucket=bucket, Key="data/train.jsonl", Body=lines.encode())
     spec = _spec(f"s3://{bucket}/data/train.jsonl", f"s3://{bucket}/runs/{uuid.uuid4().hex[:8]}/")
     spec["storage"] = server.settings(credentials_secret="s3-creds").dump()
+    spec["evaluation"]["maxExamples"] = EVALUATED_EXAMPLES
     started_at = time.monotonic()
     done: subprocess.CompletedProcess[str] = _run_train_subprocess(
         _contract(spec), tmp, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=secret_key
