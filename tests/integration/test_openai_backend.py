@@ -228,6 +228,21 @@ def test_missing_key_names_the_secret(openai_server, status_api, tmp_path, monke
     assert openai_server.requests == []
 
 
+def test_a_dataset_that_is_not_there_fails_at_once_without_any_request(
+    openai_server, status_api, tmp_path, monkeypatch
+):
+    contract = write_contract(tmp_path, openai_server)
+    raw = json.loads(contract.read_text())
+    raw["spec"]["dataset"]["train"] = str(tmp_path / "missing.jsonl")
+    contract.write_text(json.dumps(raw))
+
+    assert run_main(monkeypatch, tmp_path, contract, openai_server.api_key, status_api) == EXIT_INVALID
+    assert (
+        (tmp_path / "termination-log").read_text().startswith(f"spec.dataset.train {tmp_path}/missing.jsonl")
+    )
+    assert openai_server.requests == []
+
+
 def test_remote_failure_exits_permanently_with_the_remote_error(
     openai_server, status_api, tmp_path, monkeypatch
 ):

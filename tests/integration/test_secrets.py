@@ -278,10 +278,5 @@ def test_a_wrong_secret_key_stops_the_real_trainer_at_once_and_leaks_nothing(
     print(f"\nwrong secret key: {run.seconds:.0f} s, termination message: {run.termination}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="recipe.main exits 1 (retryable) on every StorageError, even one whose retryable is False, so the "
-    "Job retries wrong credentials up to backoffLimit; it should exit 2 (EXIT_INVALID) for those",
-)
 def test_a_wrong_secret_key_is_not_retried(refused_for_a_wrong_key: TrainerRun) -> None:
     assert refused_for_a_wrong_key.code == EXIT_INVALID

@@ -43,7 +43,7 @@ from tooltune_trainer.data import InvalidDataset, read_jsonl, split_examples, va
 from tooltune_trainer.evaluate import evaluate, write_report
 from tooltune_trainer.formatting import FormattingError, templated_length, training_rows
 from tooltune_trainer.plots import render_loss_curves
-from tooltune_trainer.storage import join, open_store
+from tooltune_trainer.storage import StorageError, join, open_store
 from tooltune_trainer.telemetry import StatusReporter, TrainingMetrics, telemetry_callbacks
 
 log = logging.getLogger(__name__)
@@ -383,6 +383,10 @@ def main(config: Path | None = None) -> int:
         write_termination_message(f"terminated: {stopped}")
         return EXIT_TERMINATED
     except Exception as error:
+        if isinstance(error, StorageError) and not error.retryable:  # denied, no bucket, not S3: fix first
+            log.error("storage refused, not retrying: %s", error)
+            write_termination_message(f"invalid: {one_line_reason(error)}")
+            return EXIT_INVALID
         log.exception("training failed, the Job may retry")
         write_termination_message(f"retryable: {type(error).__name__}: {one_line_reason(error)}")
         return EXIT_RETRYABLE

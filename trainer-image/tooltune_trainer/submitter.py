@@ -89,6 +89,11 @@ class SubmitError(Exception):
         self.exit_code = exit_code
 
 
+def storage_exit(error: StorageError) -> int:
+    """Denied, no such bucket, not S3: retrying cannot help until someone fixes it, so fail at once."""
+    return EXIT_RETRYABLE if error.retryable else EXIT_INVALID
+
+
 class Reporter(Protocol):
     def update(self, **fields: dict) -> None: ...
     def flush(self) -> None: ...
@@ -355,7 +360,7 @@ class Submitter:
         try:
             self.store.fetch(uri, local)
         except StorageError as error:
-            raise SubmitError(f"{field} {uri}: {error}", EXIT_RETRYABLE) from None
+            raise SubmitError(f"{field} {uri}: {error}", storage_exit(error)) from None
         report = validate_examples(read_jsonl(local))
         for warning in report.warnings:
             log.warning("%s: %s", field, warning)
@@ -521,7 +526,7 @@ class Submitter:
             self.store.upload_file(local, report_uri)
         except StorageError as error:
             raise SubmitError(
-                f"spec.output.uri: could not store the smoke report: {error}", EXIT_RETRYABLE
+                f"spec.output.uri: could not store the smoke report: {error}", storage_exit(error)
             ) from None
         summary = smoke_summary(answers)
         self.metrics.observe(
