@@ -38,6 +38,9 @@ CONTRACT_DIR = CONTRACT_PATH.rsplit("/", 1)[0]
 DATA_DIR = "/etc/tooltune/data"  # configmap://<name>/<key> datasets are mounted at DATA_DIR/<name>/<key>
 WORKDIR = "/work"
 MAX_NAME = 63  # Job names end up in a label value
+# SIGTERM → SIGKILL: the trainer checkpoints the step it is on and uploads it in this time (spot nodes give
+# 30 s to 2 min; a node drain waits for it).
+TERMINATION_GRACE_SECONDS = 120
 
 
 def child_name(name: str, attempt: int, suffix: str = "") -> str:
@@ -197,6 +200,7 @@ def training_job(
         container["resources"] = resources(spec)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",  # retries are the Job's, so podFailurePolicy can see every exit code
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "serviceAccountName": settings.trainer_service_account,
         "securityContext": {
             "runAsNonRoot": True,
@@ -217,6 +221,8 @@ def training_job(
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,
         "suspend": spec.suspend,
+        # A replacement starts only once the old pod has ended: never two trainers writing one output.
+        "podReplacementPolicy": "Failed",
         "podFailurePolicy": {
             "rules": [
                 # Invalid data or config: retrying cannot help, so fail the Job at once.

@@ -8,8 +8,9 @@ directly:
   ``job-name``/``batch.kubernetes.io/job-name`` and the controller uid. Honours ``backoffLimit``,
   ``podFailurePolicy`` (``FailJob``/``Ignore``/``Count`` on exit codes and on pod conditions),
   ``activeDeadlineSeconds``, ``suspend`` (pods are deleted; resuming starts a new pod),
-  ``ttlSecondsAfterFinished`` and ``podReplacementPolicy: Failed`` (no new pod while a deleted one's process
-  still runs; otherwise the replacement starts at once, as with ``TerminatingOrFailed``). Conditions are
+  ``ttlSecondsAfterFinished`` and ``podReplacementPolicy: Failed`` (the default with a podFailurePolicy: no
+  new pod while a deleted one's process still runs; with ``TerminatingOrFailed`` the replacement starts at
+  once). Conditions are
   the API's: ``FailureTarget`` then ``Failed`` (reasons ``BackoffLimitExceeded``, ``PodFailurePolicy``,
   ``DeadlineExceeded``), ``SuccessCriteriaMet`` then ``Complete``, ``Suspended``. Retries start at once
   (the real controller backs off from 10 s).
@@ -424,7 +425,11 @@ class Kubelet:
                 status["conditions"].append(_condition("Suspended", "JobResumed", "Job resumed", "False"))
             status.setdefault("startTime", now_iso())
             existing = {pod["metadata"]["uid"] for pod in pods}
-            waits_for_termination = spec.get("podReplacementPolicy") == "Failed" and any(
+            # The API allows only Failed (and defaults to it) when a podFailurePolicy is set.
+            policy = spec.get("podReplacementPolicy") or (
+                "Failed" if spec.get("podFailurePolicy") else "TerminatingOrFailed"
+            )
+            waits_for_termination = policy == "Failed" and any(
                 run.owner == meta["uid"] and run.exit_code is None and run.uid not in existing
                 for run in self._runs.values()
             )
