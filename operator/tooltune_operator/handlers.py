@@ -15,8 +15,11 @@ after the job Failed or was Cancelled. After Succeeded a change is ignored with 
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import logging
 import os
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -43,6 +46,8 @@ from tooltune_operator.status import (
     compute_status,
     job_condition,
     job_generation,
+    job_view,
+    pod_view,
     status_patch,
 )
 
@@ -85,19 +90,41 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
 # ------------------------------------------------------------------ indexes of what we observe
 
 
+# The indexes keep small detached views, not whole bodies (Pod specs, managedFields, kopf's annotations).
+# They are async, like the event handlers below, so that kopf runs them on the event loop at once
+# instead of queueing each event for a worker thread.
 @kopf.index(GROUP, VERSION, PLURAL)
-def tooltunejobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-    return {(namespace, name): _plain(body)}
+async def tooltunejobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    return {(namespace, name): _owner_view(body)}
 
 
 @kopf.index("batch", "v1", "jobs", labels=MANAGED)
-def trainer_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-    return {(namespace, labels[LABEL_JOB]): _plain(body)}
+async def trainer_jobs(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, dict[str, Any]]:
+    return {(namespace, labels[LABEL_JOB]): job_view(body)}
 
 
 @kopf.index("", "v1", "pods", labels=MANAGED)
-def trainer_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-    return {(namespace, labels[LABEL_JOB]): _plain(body)}
+async def trainer_pods(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, dict[str, Any]]:
+    return {(namespace, labels[LABEL_JOB]): pod_view(body)}
+
+
+# What sync_status and kopf.event read of a ToolTuneJob's metadata.
+OWNER_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion", "deletionTimestamp")
+
+
+def _owner_view(body: kopf.Body) -> dict[str, Any]:
+    """A ToolTuneJob as sync_status reads it: spec and status whole, metadata without annotations."""
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {key: body.metadata[key] for key in OWNER_METADATA if key in body.metadata},
+        "spec": copy.deepcopy(dict(body.spec)),
+        "status": copy.deepcopy(dict(body.status)),
+    }
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:
@@ -190,38 +217,53 @@ def resync(
     """Level-triggered safety net: kopf never retries event handlers, so a create or a status patch lost
     to an API error (or a spec fix whose update was missed) is repaired here, not at the next event."""
     if not body.metadata.get("deletionTimestamp"):
-        converge(memo, _plain(body), logger, trainer_jobs, trainer_pods)
+        converge(memo, _plain(body), logger, trainer_jobs, trainer_pods, indexed_job=True)
 
 
-def converge(memo: kopf.Memo, raw: dict[str, Any], logger: kopf.Logger, jobs: Any, pods: Any) -> int:
-    """Make the current attempt's children exist, then sync the status; returns the attempt."""
+def converge(
+    memo: kopf.Memo, raw: dict[str, Any], logger: kopf.Logger, jobs: Any, pods: Any, indexed_job: bool = False
+) -> int:
+    """Make the current attempt's children exist, then sync the status; returns the attempt.
+
+    With indexed_job the attempt's Job is read from the index when it is there (the resync: a stale index
+    delays a correction by one period); otherwise from the API (an event comes once, and the index may
+    not yet show the Job's last change, e.g. its suspend)."""
     kube: Kube = memo.kube
     key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
     spec = checked_spec(raw, logger)
     attempt = (raw["status"] or {}).get("attempts") or 1
     if spec is not None:
-        attempt, job = current_attempt(kube, raw, spec)
+        attempt, job = current_attempt(kube, raw, spec, jobs.get(key) if indexed_job else None)
         ensure_children(kube, memo, raw, spec, attempt, job)
-    _sync_from_index(kube, raw, jobs.get(key), pods.get(key), attempt)
+    sync_status(kube, observe(raw, jobs.get(key), pods.get(key), attempt))
     return int(attempt)
 
 
 def current_attempt(
-    kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec
+    kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec, indexed: Any = None
 ) -> tuple[int, dict[str, Any] | None]:
     """The attempt to run and its Job: the recorded attempt, or the next one when the recorded attempt's
     Job failed and the spec changed after it was built (a fix after a failure: try again)."""
     meta = raw["metadata"]
     attempt = (raw["status"] or {}).get("attempts") or 1
-    job = kube.get("batch/v1", "Job", meta["namespace"], builders.child_name(meta["name"], attempt))
+    job = attempt_job(kube, meta, attempt, indexed)
     built_from = job_generation(job) or 0
     if job and job_condition(job, "Failed") and meta.get("generation", 1) > built_from and not spec.suspend:
         attempt += 1
         METRICS.job_retried(str(spec.backend))
         message = f"spec changed after attempt {attempt - 1} failed: starting attempt {attempt}"
         kopf.event(raw, type="Normal", reason="NewAttempt", message=message)
-        job = kube.get("batch/v1", "Job", meta["namespace"], builders.child_name(meta["name"], attempt))
+        job = attempt_job(kube, meta, attempt, indexed)
     return attempt, job
+
+
+def attempt_job(kube: Kube, meta: dict[str, Any], attempt: int, indexed: Any) -> dict[str, Any] | None:
+    """The attempt's Job as indexed when given an index that holds it, else as the API has it (the index
+    may not have caught up with a Job created a moment ago)."""
+    known = of_attempt(indexed, attempt)
+    if known:
+        return known[0]
+    return kube.get("batch/v1", "Job", meta["namespace"], builders.child_name(meta["name"], attempt))
 
 
 def checked_spec(raw: dict[str, Any], logger: kopf.Logger) -> ToolTuneJobSpec | None:
@@ -277,28 +319,39 @@ def ensure_trainer_rbac(kube: Kube, memo: kopf.Memo, namespace: str, settings: S
 # ------------------------------------------------------------------ status from observations
 
 
+# The event handlers are async: they run for every event of every ToolTuneJob, Job and Pod, and most
+# events change nothing. Computed on the event loop, only a change waits for a worker thread (the API
+# client blocks); before, every event queued for one of the few threads behind slow API calls, and kopf
+# kept each queued event's whole body meanwhile (at a thousand jobs, most of the operator's memory).
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
 @METRICS.reconciled("status")
-def on_tooltunejob_event(
+async def on_tooltunejob_event(
     type: str, body: kopf.Body, memo: kopf.Memo, trainer_jobs: kopf.Index, trainer_pods: kopf.Index, **_: Any
 ) -> None:
     key = (body.metadata["namespace"], body.metadata["name"])
     if type == "DELETED":
-        memo.get("phases", {}).pop(key, None)
-        for reported in [k for k in REPORTED if k[0] == body.metadata.get("uid")]:
-            del REPORTED[reported]
+        forget(memo, key, body.metadata.get("uid"))
         return
     if "phases" in memo:
         memo.phases[key] = body.status.get("phase")
     if body.metadata.get("deletionTimestamp") or "kube" not in memo:
         return
-    _sync_from_index(memo.kube, _plain(body), trainer_jobs.get(key), trainer_pods.get(key))
+    await sync_status_soon(memo.kube, observe(_plain(body), trainer_jobs.get(key), trainer_pods.get(key)))
+
+
+def forget(memo: kopf.Memo, key: Key, uid: str | None) -> None:
+    """Drop what the operator keeps per job once the ToolTuneJob is gone."""
+    memo.get("phases", {}).pop(key, None)
+    for reported in [k for k in list(REPORTED) if k[0] == uid]:
+        REPORTED.pop(reported, None)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
 @METRICS.reconciled("status")
-def on_child_event(
+async def on_child_event(
     namespace: str,
     labels: kopf.Labels,
     memo: kopf.Memo,
@@ -310,25 +363,22 @@ def on_child_event(
     key = (namespace, labels.get(LABEL_JOB, ""))
     for owner in tooltunejobs.get(key, []):
         if not owner["metadata"].get("deletionTimestamp") and "kube" in memo:
-            _sync_from_index(memo.kube, owner, trainer_jobs.get(key), trainer_pods.get(key))
+            await sync_status_soon(memo.kube, observe(owner, trainer_jobs.get(key), trainer_pods.get(key)))
 
 
-def _sync_from_index(
-    kube: Kube, raw: dict[str, Any], jobs: Any, pods: Any, attempt: int | None = None
-) -> None:
+@dataclass
+class Sighting:
+    """A ToolTuneJob (as handlers read it) and what was observed of it."""
+
+    raw: dict[str, Any]
+    seen: Observed
+
+
+def observe(raw: dict[str, Any], jobs: Any, pods: Any, attempt: int | None = None) -> Sighting:
+    """What the status depends on, from the indexed Jobs and Pods of the job's current attempt."""
+    meta = raw["metadata"]
     attempt = attempt or (raw["status"] or {}).get("attempts") or 1
     current = of_attempt(jobs, attempt)
-    sync_status(
-        kube, raw, job=current[0] if current else None, pods=of_attempt(pods, attempt), attempt=attempt
-    )
-
-
-def sync_status(
-    kube: Kube, raw: dict[str, Any], *, job: dict[str, Any] | None, pods: list[dict[str, Any]], attempt: int
-) -> None:
-    """Compute the operator-owned status and patch it when it changed, with an Event on phase changes."""
-    meta, previous_raw = raw["metadata"], raw["status"] or {}
-    previous = ToolTuneJobStatus.model_validate(previous_raw)
     try:
         parse_spec(raw["spec"])
         problems = None
@@ -339,19 +389,37 @@ def sync_status(
         spec_problems=problems,
         suspend=bool((raw["spec"] or {}).get("suspend")),
         attempt=attempt,
-        job=job,
-        pods=pods or [],
-        previous=previous,
+        job=current[0] if current else None,
+        pods=of_attempt(pods, attempt),
+        previous=ToolTuneJobStatus.model_validate(raw["status"] or {}),
         now=now_iso(),
     )
-    new = compute_status(seen)
-    patch = status_patch(previous_raw, new)
-    if not patch:
-        return
+    return Sighting(raw, seen)
+
+
+def sync_status(kube: Kube, sighting: Sighting) -> None:
+    """Compute the operator-owned status and patch it when it changed, with an Event on phase changes."""
+    new = compute_status(sighting.seen)
+    patch = status_patch(sighting.raw["status"] or {}, new)
+    if patch:
+        apply_status(kube, sighting, new, patch)
+
+
+async def sync_status_soon(kube: Kube, sighting: Sighting) -> None:
+    """sync_status for the event handlers: only a change goes to a thread for its API calls."""
+    new = compute_status(sighting.seen)
+    patch = status_patch(sighting.raw["status"] or {}, new)
+    if patch:
+        await asyncio.to_thread(apply_status, kube, sighting, new, patch)
+
+
+def apply_status(kube: Kube, sighting: Sighting, new: ToolTuneJobStatus, patch: dict[str, Any]) -> None:
+    raw, seen = sighting.raw, sighting.seen
+    meta = raw["metadata"]
     # Reported before the patch is sent, and once per attempt: the body we computed from may lag our own
     # last patch (indexes follow the watch), and a patch whose answer is lost may still have been applied.
-    key = (meta.get("uid", ""), attempt)
-    reported_phase, counted_retries = REPORTED.get(key, (None, previous.retries or 0))
+    key = (meta.get("uid", ""), seen.attempt)
+    reported_phase, counted_retries = REPORTED.get(key, (None, seen.previous.retries or 0))
     REPORTED[key] = (str(new.phase), max(counted_retries, new.retries or 0))
     backend = str((raw["spec"] or {}).get("backend", Backend.UNSLOTH))
     for _ in range((new.retries or 0) - counted_retries):
@@ -360,7 +428,7 @@ def sync_status(
         reason = next(
             cond.reason for cond in new.conditions if cond.status == "True" and cond.type != "Validated"
         )
-        if problems:
+        if seen.spec_problems:
             reason, message = c.VALIDATION_FAILED, f"invalid spec: {new.message}"
         else:
             message = new.message or ""

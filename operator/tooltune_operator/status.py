@@ -28,10 +28,12 @@ new attempt (handlers reset the phase to Pending), after Succeeded it is ignored
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tooltune_api import ANNOTATION_GENERATION
+from tooltune_api import ANNOTATION_GENERATION, LABEL_ATTEMPT, LABEL_JOB
 from tooltune_api.models import Condition, Phase, ToolTuneJobStatus
 
 from tooltune_operator import conditions as c
@@ -55,6 +57,49 @@ class Observed:
     pods: list[dict[str, Any]] = field(default_factory=list)
     previous: ToolTuneJobStatus = field(default_factory=ToolTuneJobStatus)
     now: str = ""
+
+
+def job_view(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a Job that the phase machine and the handlers read, detached from the watched body.
+
+    The operator indexes every Job and Pod it owns; whole bodies (spec templates, managedFields) cost
+    tens of KB each, these views a few hundred bytes."""
+    meta, status = job.get("metadata") or {}, job.get("status") or {}
+    generation = (meta.get("annotations") or {}).get(ANNOTATION_GENERATION)
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "labels": _picked(meta.get("labels"), (LABEL_JOB, LABEL_ATTEMPT)),
+            "annotations": {ANNOTATION_GENERATION: generation} if generation else {},
+        },
+        "spec": {"suspend": bool((job.get("spec") or {}).get("suspend"))},
+        "status": copy.deepcopy(_picked(status, ("conditions", "failed", "startTime"))),
+    }
+
+
+def pod_view(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a Pod that the phase machine reads (see job_view)."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    scheduling = [cond for cond in status.get("conditions") or [] if cond.get("type") == "PodScheduled"]
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "labels": _picked(meta.get("labels"), (LABEL_JOB, LABEL_ATTEMPT)),
+        },
+        "status": {
+            "phase": status.get("phase"),
+            "startTime": status.get("startTime"),
+            "containerStatuses": [
+                {"state": copy.deepcopy(container.get("state") or {})}
+                for container in status.get("containerStatuses") or []
+            ],
+            "conditions": copy.deepcopy(scheduling),
+        },
+    }
+
+
+def _picked(mapping: Mapping[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any]:
+    return {key: mapping[key] for key in keys if key in (mapping or {})}  # type: ignore[index]
 
 
 def job_condition(job: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 from typing import Any
 
 import pytest
+from tooltune_api import ANNOTATION_GENERATION, LABEL_ATTEMPT, LABEL_JOB
 from tooltune_api.models import ToolTuneJobStatus
 from tooltune_operator import conditions as c
-from tooltune_operator.status import Observed, compute_status, status_patch
+from tooltune_operator.status import (
+    Observed,
+    compute_status,
+    job_generation,
+    job_view,
+    pod_view,
+    status_patch,
+)
 
 NOW = "2026-11-25T10:00:00Z"
 
@@ -218,3 +229,48 @@ def test_patch_holds_only_changed_operator_fields() -> None:
     assert status_patch(previous, new) == {}
     previous["phase"] = "Validating"
     assert status_patch(previous, new) == {"phase": "Running"}
+
+
+def as_watched(body: dict[str, Any]) -> dict[str, Any]:
+    """body as the API serves it: labels, annotations, managedFields and a pod template around it."""
+    watched = copy.deepcopy(body)
+    watched["metadata"].update(
+        labels={LABEL_JOB: "demo", LABEL_ATTEMPT: "1", "app": "x"},
+        annotations={
+            ANNOTATION_GENERATION: "3",
+            "kubectl.kubernetes.io/last-applied": "{" + "x" * 4000 + "}",
+        },
+        managedFields=[{"manager": "kube-controller-manager", "fieldsV1": {"f:status": {"x": 1}}}] * 20,
+    )
+    watched.setdefault("spec", {})["template"] = {"spec": {"containers": [{"env": [{"name": "X"}] * 50}]}}
+    watched["status"]["conditions"] = [
+        *watched["status"].get("conditions", []),
+        {"type": "PodScheduled", "status": "False", "message": "0/3 nodes are available"},
+        {"type": "Ready", "status": "False", "message": "containers not ready"},
+    ]
+    return watched
+
+
+@pytest.mark.parametrize("row", [row for row in TABLE if row[1].job], ids=lambda row: row[0])
+def test_views_keep_all_that_the_phase_machine_reads(row: tuple[Any, ...]) -> None:
+    seen: Observed = row[1]
+    whole = dataclasses.replace(
+        seen, now=NOW, job=as_watched(seen.job or {}), pods=[as_watched(p) for p in seen.pods]
+    )
+    viewed = dataclasses.replace(whole, job=job_view(whole.job or {}), pods=[pod_view(p) for p in whole.pods])
+    assert compute_status(viewed) == compute_status(whole)
+
+
+def test_views_are_small_and_detached() -> None:
+    watched_job, watched_pod = as_watched(job(("Complete", ""))), as_watched(pod("Failed", 137))
+    small_job, small_pod = job_view(watched_job), pod_view(watched_pod)
+    assert small_job["metadata"]["labels"] == {LABEL_JOB: "demo", LABEL_ATTEMPT: "1"}
+    assert small_pod["metadata"]["labels"][LABEL_ATTEMPT] == "1"
+    assert job_generation(small_job) == 3
+    for small, watched in ((small_job, watched_job), (small_pod, watched_pod)):
+        assert len(json.dumps(small)) * 10 < len(json.dumps(watched))
+        assert "managedFields" not in small["metadata"]
+    watched_job["status"]["conditions"][0]["status"] = "False"
+    watched_pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] = 0
+    assert small_job["status"]["conditions"][0]["status"] == "True"
+    assert small_pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
