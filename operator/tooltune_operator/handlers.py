@@ -54,6 +54,11 @@ from tooltune_operator.status import (
 MANAGED = {LABEL_MANAGED_BY: "tooltune"}
 Key = tuple[str, str]
 REPORTED: dict[tuple[str, int], tuple[str, int]] = {}  # (uid, attempt) → (phase reported, retries counted)
+# uid → (resourceVersion of the body a status patch was computed from, the status the API answered with).
+# Events and indexes follow the watch, so the next computation often starts from that same body, which
+# lacks the patch: it starts from the answer instead (no duplicate patch, no second transition time).
+# An entry goes at the job's next body.
+PATCHED: dict[str, tuple[str, dict[str, Any]]] = {}
 # Event handlers are not retried by kopf: a status patch lost to an API error (500, 429, a timeout) would
 # leave an unfinished job's phase stale until its next event (and under API faults a create can go
 # unhandled), so unfinished jobs are re-reconciled this often.
@@ -346,6 +351,7 @@ def forget(memo: kopf.Memo, key: Key, uid: str | None) -> None:
     memo.get("phases", {}).pop(key, None)
     for reported in [k for k in list(REPORTED) if k[0] == uid]:
         REPORTED.pop(reported, None)
+    PATCHED.pop(uid or "", None)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
@@ -371,13 +377,15 @@ class Sighting:
     """A ToolTuneJob (as handlers read it) and what was observed of it."""
 
     raw: dict[str, Any]
+    status: dict[str, Any]  # the latest status known: the body's, or the answer to our patch of that body
     seen: Observed
 
 
 def observe(raw: dict[str, Any], jobs: Any, pods: Any, attempt: int | None = None) -> Sighting:
     """What the status depends on, from the indexed Jobs and Pods of the job's current attempt."""
     meta = raw["metadata"]
-    attempt = attempt or (raw["status"] or {}).get("attempts") or 1
+    status = latest_status(raw)
+    attempt = attempt or status.get("attempts") or 1
     current = of_attempt(jobs, attempt)
     try:
         parse_spec(raw["spec"])
@@ -391,16 +399,27 @@ def observe(raw: dict[str, Any], jobs: Any, pods: Any, attempt: int | None = Non
         attempt=attempt,
         job=current[0] if current else None,
         pods=of_attempt(pods, attempt),
-        previous=ToolTuneJobStatus.model_validate(raw["status"] or {}),
+        previous=ToolTuneJobStatus.model_validate(status),
         now=now_iso(),
     )
-    return Sighting(raw, seen)
+    return Sighting(raw, status, seen)
+
+
+def latest_status(raw: dict[str, Any]) -> dict[str, Any]:
+    uid, version = raw["metadata"].get("uid", ""), raw["metadata"].get("resourceVersion")
+    patched = PATCHED.get(uid)
+    if patched is None:
+        return raw["status"] or {}
+    if patched[0] == version:
+        return patched[1]
+    PATCHED.pop(uid, None)  # a newer body: it has our patch
+    return raw["status"] or {}
 
 
 def sync_status(kube: Kube, sighting: Sighting) -> None:
     """Compute the operator-owned status and patch it when it changed, with an Event on phase changes."""
     new = compute_status(sighting.seen)
-    patch = status_patch(sighting.raw["status"] or {}, new)
+    patch = status_patch(sighting.status, new)
     if patch:
         apply_status(kube, sighting, new, patch)
 
@@ -408,7 +427,7 @@ def sync_status(kube: Kube, sighting: Sighting) -> None:
 async def sync_status_soon(kube: Kube, sighting: Sighting) -> None:
     """sync_status for the event handlers: only a change goes to a thread for its API calls."""
     new = compute_status(sighting.seen)
-    patch = status_patch(sighting.raw["status"] or {}, new)
+    patch = status_patch(sighting.status, new)
     if patch:
         await asyncio.to_thread(apply_status, kube, sighting, new, patch)
 
@@ -438,7 +457,11 @@ def apply_status(kube: Kube, sighting: Sighting, new: ToolTuneJobStatus, patch: 
             METRICS.job_finished(
                 backend, str(new.phase), seconds_between(new.start_time, new.completion_time)
             )
-    kube.patch(API_VERSION, "ToolTuneJob", meta["namespace"], meta["name"], {"status": patch}, "status")
+    answer = kube.patch(
+        API_VERSION, "ToolTuneJob", meta["namespace"], meta["name"], {"status": patch}, "status"
+    )
+    if answer and meta.get("resourceVersion"):
+        PATCHED[meta.get("uid", "")] = (meta["resourceVersion"], answer.get("status") or {})
 
 
 def seconds_between(start: str, end: str) -> float:
