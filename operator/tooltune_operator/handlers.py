@@ -54,10 +54,10 @@ from tooltune_operator.status import (
 MANAGED = {LABEL_MANAGED_BY: "tooltune"}
 Key = tuple[str, str]
 REPORTED: dict[tuple[str, int], tuple[str, int]] = {}  # (uid, attempt) → (phase reported, retries counted)
-# uid → (resourceVersion of the body a status patch was computed from, the status the API answered with).
-# Events and indexes follow the watch, so the next computation often starts from that same body, which
-# lacks the patch: it starts from the answer instead (no duplicate patch, no second transition time).
-# An entry goes at the job's next body.
+# uid → (resourceVersion, status) of the API's answer to our last status patch. Events and indexes follow
+# the watch, often from behind: a body older than that answer lacks the patch, and a status computed from
+# it would patch again (with new timestamps, a new event, and so on while kopf's backlog lasts). Until the
+# watch catches up, the status is computed from the answer instead.
 PATCHED: dict[str, tuple[str, dict[str, Any]]] = {}
 # Event handlers are not retried by kopf: a status patch lost to an API error (500, 429, a timeout) would
 # leave an unfinished job's phase stale until its next event (and under API faults a create can go
@@ -406,14 +406,24 @@ def observe(raw: dict[str, Any], jobs: Any, pods: Any, attempt: int | None = Non
 
 
 def latest_status(raw: dict[str, Any]) -> dict[str, Any]:
-    uid, version = raw["metadata"].get("uid", ""), raw["metadata"].get("resourceVersion")
+    uid = raw["metadata"].get("uid", "")
     patched = PATCHED.get(uid)
     if patched is None:
         return raw["status"] or {}
-    if patched[0] == version:
-        return patched[1]
-    PATCHED.pop(uid, None)  # a newer body: it has our patch
-    return raw["status"] or {}
+    if at_least(raw["metadata"].get("resourceVersion"), patched[0]):
+        PATCHED.pop(uid, None)  # the watch has caught up: this body has the patch
+        return raw["status"] or {}
+    return patched[1]
+
+
+def at_least(version: str | None, other: str) -> bool:
+    """Whether a body of resourceVersion version is as new as one of other. The API calls versions opaque;
+    they are etcd revisions (integers) in practice, and otherwise only equality says anything."""
+    if version is None:
+        return True
+    if version.isdigit() and other.isdigit():
+        return int(version) >= int(other)
+    return version == other
 
 
 def sync_status(kube: Kube, sighting: Sighting) -> None:
@@ -457,11 +467,11 @@ def apply_status(kube: Kube, sighting: Sighting, new: ToolTuneJobStatus, patch: 
             METRICS.job_finished(
                 backend, str(new.phase), seconds_between(new.start_time, new.completion_time)
             )
-    answer = kube.patch(
-        API_VERSION, "ToolTuneJob", meta["namespace"], meta["name"], {"status": patch}, "status"
-    )
-    if answer and meta.get("resourceVersion"):
-        PATCHED[meta.get("uid", "")] = (meta["resourceVersion"], answer.get("status") or {})
+    path = (API_VERSION, "ToolTuneJob", meta["namespace"], meta["name"])
+    answer = kube.patch(*path, {"status": patch}, "status") or {}
+    version, uid = answer.get("metadata", {}).get("resourceVersion"), meta.get("uid", "")
+    if version and (uid not in PATCHED or at_least(version, PATCHED[uid][0])):
+        PATCHED[uid] = (version, answer.get("status") or {})
 
 
 def seconds_between(start: str, end: str) -> float:

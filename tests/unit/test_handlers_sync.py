@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from tooltune_api import LABEL_ATTEMPT
 from tooltune_operator import handlers
-from tooltune_operator.handlers import PATCHED, observe, sync_status
+from tooltune_operator.handlers import PATCHED, at_least, observe, sync_status
 from tooltune_operator.status import job_view, pod_view
 
 SPEC = {
@@ -98,3 +98,20 @@ def test_forget_drops_what_is_kept_per_job() -> None:
     memo: dict[str, Any] = {"phases": {("ns", "demo"): "Pending"}}
     handlers.forget(memo, ("ns", "demo"), "u-1")  # type: ignore[arg-type]
     assert not PATCHED and not handlers.REPORTED and not memo["phases"]
+
+
+def test_a_body_older_than_the_last_answer_is_not_read() -> None:
+    stale = tooltunejob()
+    kube = FakeKube(stale)
+    sync_status(kube, observe(stale, [job()], [pod("Pending")]))
+    sync_status(kube, observe(stale, [job()], [pod("Running")]))
+    between = copy.deepcopy(stale)
+    between["metadata"]["resourceVersion"] = "8"  # the watch delivers the first patch, not yet the second
+    between["status"] = {**kube.patches[0]}
+    sync_status(kube, observe(between, [job()], [pod("Running")]))
+    assert [p["phase"] for p in kube.patches] == ["Pending", "Validating"]
+
+
+def test_resource_versions_compare_as_revisions_when_they_are_numbers() -> None:
+    assert at_least("10", "9") and at_least("9", "9") and not at_least("9", "10")
+    assert at_least("abc", "abc") and not at_least("abd", "abc")
