@@ -527,3 +527,36 @@ def test_status_patches_and_events_reach_the_api_server(k8s):
     assert [(e["reason"], e["type"], e["involvedObject"]["uid"]) for e in events] == [
         ("LossPlateau", "Warning", job.job.uid)
     ]
+
+
+def test_an_api_server_that_never_answers_delays_training_by_at_most_the_timeout(tmp_path, monkeypatch):
+    """A status patch or an Event waits for a silent API server only as long as API_TIMEOUT_SECONDS."""
+    import socket
+    import time
+
+    import yaml
+    from tooltune_trainer import telemetry
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # accepts connections, never answers
+    server = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "silent",
+        "clusters": [{"name": "silent", "cluster": {"server": server}}],
+        "users": [{"name": "silent", "user": {"token": "t"}}],
+        "contexts": [{"name": "silent", "context": {"cluster": "silent", "user": "silent"}}],
+    }  # fmt: skip
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    monkeypatch.setattr(telemetry, "API_TIMEOUT_SECONDS", (1, 1))
+    job = make_contract()
+
+    started = time.monotonic()
+    reporter = StatusReporter(job)
+    reporter.update(progress={"step": 5, "totalSteps": 50})
+    EventRecorder(job).record("LossPlateau", "step 400", "Warning")
+    elapsed = time.monotonic() - started
+    silent.close()
+    assert reporter.patches_sent == 0 and reporter._pending["progress"]["step"] == 5  # kept for the next one
+    assert elapsed < 8, f"{elapsed:.1f} s: the client retried or waited past the timeout"

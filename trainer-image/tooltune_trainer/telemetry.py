@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 # Status fields the trainer writes; the operator owns the rest (phase, conditions, attempts, times...).
 TRAINER_STATUS_FIELDS = frozenset({"progress", "diagnosis", "checkpoints", "evaluation", "output", "openai"})
 EVENT_COMPONENT = "tooltune-trainer"
+# (connect, read) seconds for a status patch or an Event: a slow API server must not stall training for long
+API_TIMEOUT_SECONDS = (5, 10)
 # Events waiting for their turn under the rate limit; older ones are dropped first.
 EVENT_BACKLOG = 5
 
@@ -155,6 +157,7 @@ def kubernetes_status_patch(contract: TrainerContract) -> Patch | None:
             job.name,
             body,
             _content_type="application/merge-patch+json",
+            _request_timeout=API_TIMEOUT_SECONDS,
         )
 
     return patch
@@ -199,7 +202,7 @@ def kubernetes_event_create(contract: TrainerContract) -> CreateEvent | None:
     api = client.CoreV1Api(api_client)
 
     def create(body: dict[str, Any]) -> None:
-        api.create_namespaced_event(contract.job.namespace, body)
+        api.create_namespaced_event(contract.job.namespace, body, _request_timeout=API_TIMEOUT_SECONDS)
 
     return create
 
