@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -228,6 +229,52 @@ def test_sigterm_checkpoints_the_current_step_and_the_next_run_resumes_there(tmp
     # The next run starts after the saved step: the steps before it keep their losses, none is trained twice.
     assert result.steps == 8 and after[: len(before)] == before and len(before) == stopped.value.step
     assert [step for step, _ in after] == list(range(1, 9))
+
+
+def _can_be_pid_1() -> bool:
+    try:
+        unshare = subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return unshare.returncode == 0
+
+
+@pytest.mark.skipif(not _can_be_pid_1(), reason="running as PID 1 needs `unshare --pid` (root or userns)")
+def test_as_a_containers_pid_1_the_trainer_still_ends_on_sigterm(tmp_path):
+    """PID 1 ignores a signal it has no handler for: without one, every eviction would wait out the grace."""
+    import socket
+
+    import psutil
+
+    silent = socket.socket()  # the dataset server accepts and never answers: the pod sits in its first stage
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    data = f"http://127.0.0.1:{silent.getsockname()[1]}/train.jsonl"
+    config = tmp_path / "contract.json"
+    config.write_text(json.dumps(_contract(_spec(data, str(tmp_path / "out")))))
+    log = tmp_path / "trainer.log"
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, WORKDIR_ENV: str(tmp_path / "work"),
+           TERMINATION_LOG_ENV: str(tmp_path / "termination-log")}  # fmt: skip
+    # util-linux's unshare leaves SIGTERM blocked in the child here ("sigprocmask unblock failed"), which no
+    # container runtime does: unblock it, then exec the trainer, which stays PID 1.
+    trainer_argv = [sys.executable, "-c", "from tooltune_trainer.cli import app; app()", "train", "--config",
+                    str(config)]  # fmt: skip
+    as_pid_1 = ("import os, signal, sys; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM}); "
+                "os.execv(sys.argv[1], sys.argv[1:])")  # fmt: skip
+    with log.open("wb") as out:
+        pod = subprocess.Popen(["unshare", "--pid", "--fork", sys.executable, "-c", as_pid_1, *trainer_argv],
+                               env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + SUBPROCESS_TIMEOUT
+        while "stage: fetch and validate data" not in log.read_text(errors="replace"):
+            assert pod.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
+            time.sleep(0.2)
+        (trainer,) = psutil.Process(pod.pid).children()  # PID 1 of its namespace
+        trainer.send_signal(signal.SIGTERM)
+        assert pod.wait(timeout=10) == 128 + signal.SIGTERM
+    finally:
+        pod.kill()
+        silent.close()
 
 
 def _logged_losses(output: Path) -> list[tuple[int, float]]:
