@@ -22,6 +22,8 @@ from typing import Any
 
 from tooltune_api.models import Precision, ToolTuneJobSpec
 
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # "<quota> <period>" in µs, or "max <period>"
+
 BACKEND_IMPL_ENV = "TOOLTUNE_BACKEND_IMPL"
 UNSLOTH, TRANSFORMERS = "unsloth", "transformers"
 LLAMA_CPP_ENV = "TOOLTUNE_LLAMA_CPP"  # a llama.cpp checkout with convert_hf_to_gguf.py, for output.gguf
@@ -46,8 +48,26 @@ def backend_impl(device: str) -> str:
     return forced or (UNSLOTH if device == "cuda" else TRANSFORMERS)
 
 
+def cpu_budget(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The CPUs this process may use: its affinity, capped by its cgroup's CPU limit (a pod's cpu limit)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()
+        return max(1, min(cpus, int(quota) // int(period)))
+    except (OSError, ValueError):  # no cgroup v2 file, or "max": no limit
+        return cpus
+
+
 def prepare(device: str) -> str:
-    """Import Unsloth before anything imports transformers, when it will be used; returns the impl name."""
+    """Import Unsloth before anything imports transformers, when it will be used; returns the impl name.
+
+    On CPU, torch would start a thread per core of the node whatever the pod's cpu limit; threads beyond the
+    limit are throttled and spin on each other, so training uses the budget (unless OMP_NUM_THREADS says).
+    """
+    if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(cpu_budget())
     impl = backend_impl(device)
     if impl == UNSLOTH:
         os.environ.setdefault("UNSLOTH_SKIP_TORCHVISION_CHECK", "1")

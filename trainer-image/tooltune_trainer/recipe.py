@@ -186,69 +186,75 @@ def run(
         metrics.close()
         step = trainer.state.global_step
         raise Terminated(step, step in checkpoint_sync.completed)
-    eval_loss = trainer.evaluate()["eval_loss"] if validation_rows else None
+    try:
+        eval_loss = trainer.evaluate()["eval_loss"] if validation_rows else None
 
-    on_stage("evaluate tool calls")
-    report = evaluate(
-        trainer.model,
-        tokenizer,
-        validation,
-        spec.evaluation.smoke_prompts,
-        train,
-        spec.evaluation.max_examples,
-    )
-    scores = report["metrics"]
-    metrics.observe(**{name: scores[key] for key, name in EVALUATION_METRICS.items()})
-
-    on_stage("save and upload")
-    final = workdir / "output" / FINAL_DIR
-    backends.clear_dir(final)
-    saved = backends.save_model(trainer.model, tokenizer, final, spec, device)
-    write_report(report, final / EVALUATION_FILE)
-    (final / TRAIN_LOG_FILE).write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
-    diagnosis = telemetry[0].diagnosis
-    if telemetry[0].train_losses or telemetry[0].eval_losses:
-        render_loss_curves(
-            telemetry[0].train_losses, telemetry[0].eval_losses, diagnosis, final / LOSS_CURVE_FILE
+        on_stage("evaluate tool calls")
+        report = evaluate(
+            trainer.model,
+            tokenizer,
+            validation,
+            spec.evaluation.smoke_prompts,
+            train,
+            spec.evaluation.max_examples,
         )
-    output_uri = join(spec.output.uri, FINAL_DIR)
-    store.upload_dir(final, output_uri)
-    if not checkpoint_sync.close(CHECKPOINT_UPLOAD_TIMEOUT_SECONDS):
-        log.warning(
-            "checkpoint uploads still pending after %ss; the final model is complete",
-            CHECKPOINT_UPLOAD_TIMEOUT_SECONDS,
-        )
-    write_lineage(
-        store,
-        contract,
-        datasets,
-        {
-            **scores,
-            "trainLoss": _last(trainer.state.log_history, "loss"),
-            "evalLoss": eval_loss,
-            "steps": trainer.state.global_step,
-        },
-    )
-    reporter.update(
-        evaluation={**_status_scores(scores), "reportUri": join(output_uri, EVALUATION_FILE)},
-        output={"uri": output_uri},
-    )
-    reporter.flush()
-    metrics.close()
+        scores = report["metrics"]
+        metrics.observe(**{name: scores[key] for key, name in EVALUATION_METRICS.items()})
 
-    return RunResult(
-        output_uri=output_uri,
-        device=device,
-        backend=backend,
-        train_examples=len(train),
-        validation_examples=len(validation),
-        steps=trainer.state.global_step,
-        seconds=time.monotonic() - started,
-        train_loss=_last(trainer.state.log_history, "loss"),
-        eval_loss=eval_loss,
-        evaluation=report,
-        saved=saved,
-    )
+        on_stage("save and upload")
+        final = workdir / "output" / FINAL_DIR
+        backends.clear_dir(final)
+        saved = backends.save_model(trainer.model, tokenizer, final, spec, device)
+        write_report(report, final / EVALUATION_FILE)
+        (final / TRAIN_LOG_FILE).write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+        diagnosis = telemetry[0].diagnosis
+        if telemetry[0].train_losses or telemetry[0].eval_losses:
+            render_loss_curves(
+                telemetry[0].train_losses, telemetry[0].eval_losses, diagnosis, final / LOSS_CURVE_FILE
+            )
+        output_uri = join(spec.output.uri, FINAL_DIR)
+        store.upload_dir(final, output_uri)
+        if not checkpoint_sync.close(CHECKPOINT_UPLOAD_TIMEOUT_SECONDS):
+            log.warning(
+                "checkpoint uploads still pending after %ss; the final model is complete",
+                CHECKPOINT_UPLOAD_TIMEOUT_SECONDS,
+            )
+        write_lineage(
+            store,
+            contract,
+            datasets,
+            {
+                **scores,
+                "trainLoss": _last(trainer.state.log_history, "loss"),
+                "evalLoss": eval_loss,
+                "steps": trainer.state.global_step,
+            },
+        )
+        reporter.update(
+            evaluation={**_status_scores(scores), "reportUri": join(output_uri, EVALUATION_FILE)},
+            output={"uri": output_uri},
+        )
+        reporter.flush()
+        metrics.close()
+
+        return RunResult(
+            output_uri=output_uri,
+            device=device,
+            backend=backend,
+            train_examples=len(train),
+            validation_examples=len(validation),
+            steps=trainer.state.global_step,
+            seconds=time.monotonic() - started,
+            train_loss=_last(trainer.state.log_history, "loss"),
+            eval_loss=eval_loss,
+            evaluation=report,
+            saved=saved,
+        )
+    except BaseException:
+        # SIGTERM or a failure after training: the next pod resumes from the newest complete checkpoint,
+        # so the one still uploading (the last step's) gets its chance to land first.
+        checkpoint_sync.close(TERMINATING_UPLOAD_TIMEOUT_SECONDS)
+        raise
 
 
 # ---------------------------------------------------------------- steps of the recipe
