@@ -6,7 +6,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 TOOLS   := .tools/bin
 
-.PHONY: run test lint crd lock tools venv
+.PHONY: run test soak lint crd lock tools venv
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -28,6 +28,11 @@ run: venv
 
 test: venv tools
 	PATH="$(CURDIR)/$(TOOLS):$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
+
+# The chaos soak at full size (the suite runs it with 4 jobs): 50 tiny-model jobs while the operator and
+# random trainer pods are killed; prints jobs, kills, duplicate Jobs and steps lost per kill.
+soak: venv
+	TOOLTUNE_SOAK_JOBS=$${TOOLTUNE_SOAK_JOBS:-50} $(BIN)/pytest -s tests/integration/test_soak.py
 
 lint: venv tools
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
