@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
-from typing import TypeVar
+
+from tooltune_api.settings import (
+    DATASET_MAX_BYTES_ENV,
+    STORAGE_CONNECT_TIMEOUT_ENV,
+    STORAGE_READ_TIMEOUT_ENV,
+    positive,
+)
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/tooltune/trainer:0.1.0"
-
-# Storage limits of trainer pods: the operator reads them from its own environment and sets the same
-# variables on every trainer pod, where tooltune_trainer.storage.StorageLimits reads them.
-STORAGE_CONNECT_TIMEOUT_ENV = "TOOLTUNE_STORAGE_CONNECT_TIMEOUT_SECONDS"
-STORAGE_READ_TIMEOUT_ENV = "TOOLTUNE_STORAGE_READ_TIMEOUT_SECONDS"
-DATASET_MAX_BYTES_ENV = "TOOLTUNE_DATASET_MAX_BYTES"
-
-Number = TypeVar("Number", int, float)
 
 
 @dataclass(frozen=True)
@@ -57,22 +54,6 @@ class Settings:
             STORAGE_READ_TIMEOUT_ENV: _plain(self.storage_read_timeout_seconds),
             DATASET_MAX_BYTES_ENV: str(self.dataset_max_bytes),
         }
-
-
-def positive(env: dict[str, str], name: str, kind: type[Number], default: Number) -> Number:
-    """A positive finite setting; unset or empty is the default; anything else stops the operator at startup
-    with the variable's name, rather than failing every trainer pod later."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = kind(0)
-    if not 0 < value < math.inf:
-        what = "whole number of bytes" if kind is int else "number of seconds"
-        raise ValueError(f"{name}={raw!r}: must be a positive {what}; unset it for the default {default}")
-    return value
 
 
 def _plain(seconds: float) -> str:

@@ -273,16 +273,7 @@ class Kubelet:
             if run is None or run.exit_code is not None:
                 raise LookupError(f"pod {namespace}/{name} has no running process")
             if disruption:
-                pod = self.emulator.get_object(PODS, namespace, name) or {}
-                conditions = [
-                    c for c in pod.get("status", {}).get("conditions", []) if c["type"] != "DisruptionTarget"
-                ]
-                conditions.append(
-                    _condition("DisruptionTarget", "EvictionByEvictionAPI", "Eviction API: evicting")
-                )
-                self.emulator.patch_object(
-                    PODS, namespace, name, {"status": {"conditions": conditions}}, subresource="status"
-                )
+                self._mark_disrupted(self.emulator.get_object(PODS, namespace, name) or {}, namespace, name)
             self._signal(run, signal.SIGKILL)
             run.killed = True
 
@@ -295,18 +286,19 @@ class Kubelet:
             pod = self.emulator.get_object(PODS, namespace, name)
             if pod is None:
                 raise LookupError(f"pod {namespace}/{name} does not exist")
-            conditions = [
-                c for c in pod.get("status", {}).get("conditions", []) if c["type"] != "DisruptionTarget"
-            ]
-            conditions.append(
-                _condition("DisruptionTarget", "EvictionByEvictionAPI", "Eviction API: evicting")
-            )
-            self.emulator.patch_object(
-                PODS, namespace, name, {"status": {"conditions": conditions}}, subresource="status"
-            )
+            self._mark_disrupted(pod, namespace, name)
             self.emulator.delete_object(PODS, namespace, name)
 
         self.cluster.call(evict)
+
+    def _mark_disrupted(self, pod: dict[str, Any], namespace: str, name: str) -> None:
+        conditions = [
+            c for c in pod.get("status", {}).get("conditions", []) if c["type"] != "DisruptionTarget"
+        ]
+        conditions.append(_condition("DisruptionTarget", "EvictionByEvictionAPI", "Eviction API: evicting"))
+        self.emulator.patch_object(
+            PODS, namespace, name, {"status": {"conditions": conditions}}, subresource="status"
+        )
 
     def exit_code(self, name: str, namespace: str = "default") -> int | None:
         """The exit code of the pod's process (128 + N for signal N), None while it runs or never ran."""

@@ -26,7 +26,6 @@ URI and the cause, and never a credential.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -35,17 +34,23 @@ import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlparse
 
 from tooltune_api.models import Storage
+from tooltune_api.settings import (
+    DATASET_MAX_BYTES_ENV,
+    STORAGE_CONNECT_TIMEOUT_ENV,
+    STORAGE_READ_TIMEOUT_ENV,
+    Number,
+    positive,
+)
 
 CONFIGMAP_DIR_ENV = "TOOLTUNE_CONFIGMAP_DIR"
 DEFAULT_CONFIGMAP_DIR = "/etc/tooltune/data"
 
-CONNECT_TIMEOUT_ENV = "TOOLTUNE_STORAGE_CONNECT_TIMEOUT_SECONDS"
-READ_TIMEOUT_ENV = "TOOLTUNE_STORAGE_READ_TIMEOUT_SECONDS"
-DATASET_MAX_BYTES_ENV = "TOOLTUNE_DATASET_MAX_BYTES"
+CONNECT_TIMEOUT_ENV = STORAGE_CONNECT_TIMEOUT_ENV
+READ_TIMEOUT_ENV = STORAGE_READ_TIMEOUT_ENV
 
 HTTP_CHUNK_BYTES = 1024 * 1024
 HTTP_REDIRECT = 300
@@ -98,23 +103,11 @@ class StorageLimits:
         )
 
 
-Number = TypeVar("Number", int, float)
-
-
 def _positive(env: Mapping[str, str], name: str, kind: type[Number], default: Number) -> Number:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
     try:
-        value = kind(raw)
-    except ValueError:
-        value = kind(0)
-    if not 0 < value < math.inf:
-        what = "whole number of bytes" if kind is int else "number of seconds"
-        raise StorageError(
-            f"{name}={raw!r}: must be a positive {what}; unset it for the default {default}", retryable=False
-        )
-    return value
+        return positive(env, name, kind, default)
+    except ValueError as error:
+        raise StorageError(str(error), retryable=False) from None
 
 
 def _too_large(uri: str, size: str, limit: int) -> StorageError:
