@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from tooltune_api import LABEL_ATTEMPT
 from tooltune_operator import handlers
-from tooltune_operator.handlers import PATCHED, at_least, observe, sync_status
+from tooltune_operator.handlers import at_least, observe, sync_status
 from tooltune_operator.status import job_view, pod_view
 
 SPEC = {
@@ -60,10 +60,14 @@ def pod(phase: str) -> dict[str, Any]:
     )
 
 
+# handlers.PATCHED, never an imported name: the test operator reloads the handlers module, which rebinds
+# its globals.
 @pytest.fixture(autouse=True)
 def _clean() -> Any:
+    handlers.PATCHED.clear()
+    handlers.REPORTED.clear()
     yield
-    PATCHED.clear()
+    handlers.PATCHED.clear()
     handlers.REPORTED.clear()
 
 
@@ -89,7 +93,7 @@ def test_a_newer_body_is_read_as_it_is() -> None:
     newer["status"]["phase"] = "Running"  # someone else's later write
     sync_status(kube, observe(newer, [job()], [pod("Pending")]))
     assert [p["phase"] for p in kube.patches] == ["Pending", "Pending"]
-    assert "u-1" in PATCHED
+    assert "u-1" in handlers.PATCHED
 
 
 def test_forget_drops_what_is_kept_per_job() -> None:
@@ -97,7 +101,7 @@ def test_forget_drops_what_is_kept_per_job() -> None:
     sync_status(FakeKube(body), observe(body, [job()], [pod("Pending")]))
     memo: dict[str, Any] = {"phases": {("ns", "demo"): "Pending"}}
     handlers.forget(memo, ("ns", "demo"), "u-1")  # type: ignore[arg-type]
-    assert not PATCHED and not handlers.REPORTED and not memo["phases"]
+    assert not handlers.PATCHED and not handlers.REPORTED and not memo["phases"]
 
 
 def test_a_body_older_than_the_last_answer_is_not_read() -> None:

@@ -240,7 +240,9 @@ def test_operator_deployment_probes_kopf_and_exposes_metrics() -> None:
 
 
 def test_operator_environment_names_are_the_ones_the_operator_reads() -> None:
-    settings_source = (ROOT / "operator" / "tooltune_operator" / "settings.py").read_text()
+    # the storage-limit names are shared with the trainer, in tooltune_api
+    sources = ("operator/tooltune_operator", "api/tooltune_api")
+    settings_source = "".join((ROOT / part / "settings.py").read_text() for part in sources)
     (deployment,) = documents(DEPLOYMENT)
     _, container = operator_pod(deployment)
     for variable in container["env"]:
