@@ -21,7 +21,7 @@ import pytest
 from tooltune_operator.kube import Kube
 from tooltune_operator.settings import Settings
 
-from tests.fixtures.cluster import K8s
+from tests.fixtures.cluster import K8s, scripted_spec
 from tests.harness.emulator import CONFIGMAPS, EVENTS, JOBS, TTJ, write_kubeconfig
 from tests.harness.faults import (
     CONFLICT,
@@ -48,25 +48,14 @@ RESYNC_SECONDS = 1.0
 WORKLOAD: dict[str, tuple[dict[str, Any], str, list[str]]] = {}
 
 
-def spec(behaviour: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "baseModel": f"script/{behaviour}",
-        "dataset": {"train": "data/train.jsonl"},
-        "output": {"uri": "runs/out"},
-        "resources": {"gpus": 0},
-        "backoffLimit": 1,
-        **extra,
-    }
-
-
 WORKLOAD.update(
     {
-        "ok-a": (spec("succeed"), "Succeeded", ["ok-a-1"]),
-        "ok-b": (spec("succeed"), "Succeeded", ["ok-b-1"]),
-        "ok-c": (spec("succeed"), "Succeeded", ["ok-c-1"]),
-        "bad-data": (spec("invalid-data", backoffLimit=3), "Failed", ["bad-data-1"]),
-        "crash": (spec("crash", backoffLimit=0), "Failed", ["crash-1"]),
-        "bad-spec": (spec("succeed", hyperparameters={"learningRate": 0}), "Failed", []),
+        "ok-a": (scripted_spec("succeed"), "Succeeded", ["ok-a-1"]),
+        "ok-b": (scripted_spec("succeed"), "Succeeded", ["ok-b-1"]),
+        "ok-c": (scripted_spec("succeed"), "Succeeded", ["ok-c-1"]),
+        "bad-data": (scripted_spec("invalid-data", backoffLimit=3), "Failed", ["bad-data-1"]),
+        "crash": (scripted_spec("crash", backoffLimit=0), "Failed", ["crash-1"]),
+        "bad-spec": (scripted_spec("succeed", hyperparameters={"learningRate": 0}), "Failed", []),
     }
 )
 
@@ -175,7 +164,7 @@ def test_every_job_ends_right_with_one_job_per_attempt_under_api_faults(
 def test_a_fix_after_a_failure_starts_exactly_one_new_attempt_under_api_faults(
     k8s: K8s, proxy: FaultProxy, operator: KopfRunner
 ) -> None:
-    k8s.create_tooltunejob("fixed", spec("crash", backoffLimit=0))
+    k8s.create_tooltunejob("fixed", scripted_spec("crash", backoffLimit=0))
     wait_until_settled(k8s, proxy, {"fixed": "Failed"})
     k8s.custom.patch_namespaced_custom_object(
         "tooltune.dev", "v1alpha1", NS, "tooltunejobs", "fixed", {"spec": {"baseModel": "script/succeed"}}

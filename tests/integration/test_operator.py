@@ -17,7 +17,7 @@ import yaml
 from tooltune_operator.kube import Kube
 from tooltune_operator.settings import Settings
 
-from tests.fixtures.cluster import K8s
+from tests.fixtures.cluster import K8s, scripted_spec
 from tests.harness.emulator import CONFIGMAPS, EVENTS, JOBS, PODS, TTJ
 from tests.harness.kopf_runner import KopfRunner
 from tests.harness.kubelet import Kubelet
@@ -28,17 +28,6 @@ pytestmark = pytest.mark.integration
 FAKE_TRAINER = Path(__file__).with_name("fake_trainer.py")
 REPO = Path(__file__).resolve().parents[2]
 NS = "default"
-
-
-def spec(behaviour: str = "succeed", **extra: Any) -> dict[str, Any]:
-    return {
-        "baseModel": f"script/{behaviour}",
-        "dataset": {"train": "data/train.jsonl"},
-        "output": {"uri": "runs/out"},
-        "resources": {"gpus": 0},
-        "backoffLimit": 1,
-        **extra,
-    }
 
 
 @pytest.fixture
@@ -81,7 +70,7 @@ def events_of(k8s: K8s, name: str) -> list[dict[str, Any]]:
 def test_apply_creates_the_job_and_a_successful_pod_makes_it_succeed(
     cluster: K8s, operator: KopfRunner
 ) -> None:
-    cluster.create_tooltunejob("ok", spec())
+    cluster.create_tooltunejob("ok", scripted_spec())
     job = wait_for(lambda: cluster.cluster.get(JOBS, NS, "ok-1"), timeout=5, what="Job ok-1")
     owner = job["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"], owner["controller"]) == ("ToolTuneJob", "ok", True)
@@ -114,7 +103,7 @@ def test_apply_creates_the_job_and_a_successful_pod_makes_it_succeed(
 
 
 def test_invalid_data_exit_code_fails_at_once_with_the_reason(cluster: K8s, operator: KopfRunner) -> None:
-    cluster.create_tooltunejob("bad-data", spec("invalid-data", backoffLimit=3))
+    cluster.create_tooltunejob("bad-data", scripted_spec("invalid-data", backoffLimit=3))
     wait_for(
         phase_is(cluster, "bad-data", "Failed"),
         timeout=30,
@@ -142,7 +131,7 @@ def test_invalid_data_exit_code_fails_at_once_with_the_reason(cluster: K8s, oper
 def test_invalid_spec_fails_with_an_event_naming_the_field_and_creates_nothing(
     cluster: K8s, operator: KopfRunner
 ) -> None:
-    cluster.create_tooltunejob("bad-spec", spec(hyperparameters={"learningRate": 0}))
+    cluster.create_tooltunejob("bad-spec", scripted_spec(hyperparameters={"learningRate": 0}))
     wait_for(phase_is(cluster, "bad-spec", "Failed"), timeout=5, what="Failed")
     status = ttj(cluster, "bad-spec")["status"]
     validated = next(c for c in status["conditions"] if c["type"] == "Validated")
@@ -159,7 +148,7 @@ def test_invalid_spec_fails_with_an_event_naming_the_field_and_creates_nothing(
 
 
 def test_fixing_the_spec_after_a_failure_starts_a_new_attempt(cluster: K8s, operator: KopfRunner) -> None:
-    cluster.create_tooltunejob("retry", spec("crash", backoffLimit=0))
+    cluster.create_tooltunejob("retry", scripted_spec("crash", backoffLimit=0))
     wait_for(phase_is(cluster, "retry", "Failed"), timeout=30, what="Failed")
     cluster.custom.patch_namespaced_custom_object(
         "tooltune.dev", "v1alpha1", NS, "tooltunejobs", "retry", {"spec": {"baseModel": "script/succeed"}}
@@ -175,7 +164,7 @@ def test_fixing_the_spec_after_a_failure_starts_a_new_attempt(cluster: K8s, oper
 
 
 def test_delete_removes_children_and_the_finalizer(cluster: K8s, operator: KopfRunner) -> None:
-    cluster.create_tooltunejob("gone", spec("run"))
+    cluster.create_tooltunejob("gone", scripted_spec("run"))
     wait_for(phase_is(cluster, "gone", "Running"), timeout=30, what="Running")
     assert "tooltune.dev/finalizer" in ttj(cluster, "gone")["metadata"]["finalizers"]
     cluster.custom.delete_namespaced_custom_object("tooltune.dev", "v1alpha1", NS, "tooltunejobs", "gone")
@@ -194,11 +183,12 @@ def test_delete_removes_children_and_the_finalizer(cluster: K8s, operator: KopfR
 
 
 def test_operator_restart_mid_run_never_starts_a_second_job(cluster: K8s, operator: KopfRunner) -> None:
-    cluster.create_tooltunejob("steady", spec("run"))
+    cluster.create_tooltunejob("steady", scripted_spec("run"))
     wait_for(phase_is(cluster, "steady", "Running"), timeout=30, what="Running")
     operator.restart()
     operator.restart()
-    cluster.create_tooltunejob("after-restart", spec())  # proves the restarted operator is handling events
+    # proves the restarted operator is handling events
+    cluster.create_tooltunejob("after-restart", scripted_spec())
     wait_for(phase_is(cluster, "after-restart", "Succeeded"), timeout=30, what="the next job")
     assert [j["metadata"]["name"] for j in jobs_of(cluster, "steady")] == ["steady-1"]
     running = [p for p in cluster.cluster.list(PODS) if p["metadata"]["name"].startswith("steady-1-")]
@@ -207,7 +197,7 @@ def test_operator_restart_mid_run_never_starts_a_second_job(cluster: K8s, operat
 
 
 def test_suspend_stops_the_pod_and_resume_starts_a_new_one(cluster: K8s, operator: KopfRunner) -> None:
-    cluster.create_tooltunejob("pausable", spec("run"))
+    cluster.create_tooltunejob("pausable", scripted_spec("run"))
     wait_for(phase_is(cluster, "pausable", "Running"), timeout=30, what="Running")
     patch = lambda value: cluster.custom.patch_namespaced_custom_object(  # noqa: E731
         "tooltune.dev", "v1alpha1", NS, "tooltunejobs", "pausable", {"spec": {"suspend": value}}
@@ -228,7 +218,7 @@ def test_suspend_stops_the_pod_and_resume_starts_a_new_one(cluster: K8s, operato
 
 
 def test_spec_change_mid_run_is_deferred_with_an_event(cluster: K8s, operator: KopfRunner) -> None:
-    cluster.create_tooltunejob("edited", spec("run"))
+    cluster.create_tooltunejob("edited", scripted_spec("run"))
     wait_for(phase_is(cluster, "edited", "Running"), timeout=30, what="Running")
     cluster.custom.patch_namespaced_custom_object(
         "tooltune.dev", "v1alpha1", NS, "tooltunejobs", "edited", {"spec": {"hyperparameters": {"epochs": 5}}}

@@ -31,7 +31,7 @@ from tooltune_operator.settings import Settings
 
 from tests.fakes.kube_status import StatusRecorder
 from tests.fakes.openai_api import FakeOpenAI
-from tests.fixtures.cluster import K8s
+from tests.fixtures.cluster import K8s, scripted_spec
 from tests.fixtures.s3 import S3Server, started
 from tests.fixtures.tiny import tool_calling_dataset
 from tests.harness.emulator import CONFIGMAPS, EVENTS, JOBS, PODS, TTJ
@@ -99,14 +99,13 @@ def test_storage_credentials_reach_the_pod_and_leak_nowhere(
             "apiVersion": "tooltune.dev/v1alpha1",
             "kind": "ToolTuneJob",
             "metadata": {"name": "creds"},
-            "spec": {
-                "baseModel": f"script/{behaviour}",
-                "dataset": {"train": "s3://bucket/train.jsonl"},
-                "output": {"uri": "s3://bucket/out/"},
-                "storage": {"endpoint": "http://s3.local:8333", "credentialsSecret": "s3-creds"},
-                "resources": {"gpus": 0},
-                "backoffLimit": 0,
-            },
+            "spec": scripted_spec(
+                behaviour,
+                dataset={"train": "s3://bucket/train.jsonl"},
+                output={"uri": "s3://bucket/out/"},
+                storage={"endpoint": "http://s3.local:8333", "credentialsSecret": "s3-creds"},
+                backoffLimit=0,
+            ),
         },
     )
     wait_for(
