@@ -16,11 +16,9 @@ from pathlib import Path
 
 import pytest
 from tooltune_api.models import Storage
+from tooltune_api.settings import DATASET_MAX_BYTES_ENV, STORAGE_CONNECT_TIMEOUT_ENV, STORAGE_READ_TIMEOUT_ENV
 from tooltune_trainer import storage
 from tooltune_trainer.storage import (
-    CONNECT_TIMEOUT_ENV,
-    DATASET_MAX_BYTES_ENV,
-    READ_TIMEOUT_ENV,
     StorageError,
     open_store,
 )
@@ -105,7 +103,7 @@ def s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_dataset_server_that_never_answers_fails_in_bounded_time(
     silent_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(READ_TIMEOUT_ENV, str(SHORT_TIMEOUT))
+    monkeypatch.setenv(STORAGE_READ_TIMEOUT_ENV, str(SHORT_TIMEOUT))
     uri = f"{silent_server}/train.jsonl"
     error, seconds = timed(lambda: open_store().fetch(uri, tmp_path / "train.jsonl"))
     assert seconds < SHORT_TIMEOUT + SLACK
@@ -210,8 +208,8 @@ def test_an_html_file_stored_in_s3_is_still_an_object(tmp_path: Path, s3_credent
 def test_an_s3_endpoint_that_never_answers_fails_in_bounded_time(
     silent_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_credentials: None
 ) -> None:
-    monkeypatch.setenv(READ_TIMEOUT_ENV, str(SHORT_TIMEOUT))
-    monkeypatch.setenv(CONNECT_TIMEOUT_ENV, str(SHORT_TIMEOUT))
+    monkeypatch.setenv(STORAGE_READ_TIMEOUT_ENV, str(SHORT_TIMEOUT))
+    monkeypatch.setenv(STORAGE_CONNECT_TIMEOUT_ENV, str(SHORT_TIMEOUT))
     uri = "s3://bucket/train.jsonl"
     store = open_store(Storage(endpoint=silent_server))
     error, seconds = timed(lambda: store.fetch(uri, tmp_path / "train.jsonl"))

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 from tooltune_api import __version__
 from tooltune_api.models import TrainerContract
+from tooltune_api.settings import DATASET_MAX_BYTES_ENV, STORAGE_CONNECT_TIMEOUT_ENV, STORAGE_READ_TIMEOUT_ENV
 from tooltune_trainer import storage
 from tooltune_trainer.checkpoints import (
     MANIFEST,
@@ -31,9 +32,6 @@ from tooltune_trainer.checkpoints import (
     write_lineage,
 )
 from tooltune_trainer.storage import (
-    CONNECT_TIMEOUT_ENV,
-    DATASET_MAX_BYTES_ENV,
-    READ_TIMEOUT_ENV,
     StorageError,
     StorageLimits,
     Store,
@@ -163,17 +161,21 @@ def test_storage_limits_default_and_come_from_the_environment() -> None:
     assert StorageLimits.from_env({}) == StorageLimits(
         connect_timeout_seconds=10, read_timeout_seconds=60, dataset_max_bytes=4 * 1024**3
     )
-    env = {CONNECT_TIMEOUT_ENV: "2.5", READ_TIMEOUT_ENV: " 30 ", DATASET_MAX_BYTES_ENV: "1048576"}
+    env = {
+        STORAGE_CONNECT_TIMEOUT_ENV: "2.5",
+        STORAGE_READ_TIMEOUT_ENV: " 30 ",
+        DATASET_MAX_BYTES_ENV: "1048576",
+    }
     assert StorageLimits.from_env(env) == StorageLimits(2.5, 30.0, 1048576)
-    assert StorageLimits.from_env({READ_TIMEOUT_ENV: ""}) == StorageLimits()  # empty is unset
+    assert StorageLimits.from_env({STORAGE_READ_TIMEOUT_ENV: ""}) == StorageLimits()  # empty is unset
 
 
 @pytest.mark.parametrize(
     ("name", "value", "what"),
     [
-        (READ_TIMEOUT_ENV, "sixty", "number of seconds"),
-        (CONNECT_TIMEOUT_ENV, "0", "number of seconds"),
-        (CONNECT_TIMEOUT_ENV, "inf", "number of seconds"),
+        (STORAGE_READ_TIMEOUT_ENV, "sixty", "number of seconds"),
+        (STORAGE_CONNECT_TIMEOUT_ENV, "0", "number of seconds"),
+        (STORAGE_CONNECT_TIMEOUT_ENV, "inf", "number of seconds"),
         (DATASET_MAX_BYTES_ENV, "4GiB", "whole number of bytes"),
         (DATASET_MAX_BYTES_ENV, "-1", "whole number of bytes"),
         (DATASET_MAX_BYTES_ENV, "1.5", "whole number of bytes"),

@@ -49,8 +49,6 @@ from tooltune_api.settings import (
 CONFIGMAP_DIR_ENV = "TOOLTUNE_CONFIGMAP_DIR"
 DEFAULT_CONFIGMAP_DIR = "/etc/tooltune/data"
 
-CONNECT_TIMEOUT_ENV = STORAGE_CONNECT_TIMEOUT_ENV
-READ_TIMEOUT_ENV = STORAGE_READ_TIMEOUT_ENV
 
 HTTP_CHUNK_BYTES = 1024 * 1024
 HTTP_REDIRECT = 300
@@ -97,8 +95,10 @@ class StorageLimits:
         """Read the limits from TOOLTUNE_* variables; unset means the default, a bad value is an error."""
         env = os.environ if env is None else env
         return cls(
-            connect_timeout_seconds=_positive(env, CONNECT_TIMEOUT_ENV, float, cls.connect_timeout_seconds),
-            read_timeout_seconds=_positive(env, READ_TIMEOUT_ENV, float, cls.read_timeout_seconds),
+            connect_timeout_seconds=_positive(
+                env, STORAGE_CONNECT_TIMEOUT_ENV, float, cls.connect_timeout_seconds
+            ),
+            read_timeout_seconds=_positive(env, STORAGE_READ_TIMEOUT_ENV, float, cls.read_timeout_seconds),
             dataset_max_bytes=_positive(env, DATASET_MAX_BYTES_ENV, int, cls.dataset_max_bytes),
         )
 
