@@ -40,6 +40,16 @@ class Precision(StrEnum):
     FP32 = "fp32"
 
 
+class ToolCallFormatName(StrEnum):
+    """How the model is shown its tools and writes its calls (tooltune_trainer/tool_formats.py)."""
+
+    AUTO = "auto"  # from the base model's chat template
+    HERMES = "hermes"  # <tool_call>{json}</tool_call> (Qwen 2.5/3, Hermes)
+    LLAMA3_JSON = "llama3_json"  # {"name": ..., "parameters": {...}} (Llama 3.1+)
+    MISTRAL = "mistral"  # [TOOL_CALLS] [{...}] (Mistral templates with tools)
+    TOOL_TAGS = "tool_tags"  # the lab's: tools in the system turn, <tool_call> blocks in the text
+
+
 class Scheduler(StrEnum):
     LINEAR = "linear"
     COSINE = "cosine"
@@ -192,6 +202,12 @@ class ToolTuneJobSpec(Model):
         min_length=1,
         description="Hub id or local path of the base model; "
         "'tooltune/tiny-llama' builds a tiny model on the spot.",
+    )
+    tool_call_format: ToolCallFormatName = Field(
+        ToolCallFormatName.AUTO,
+        description="How the model writes tool calls: auto (picked from the base model's chat template), "
+        "hermes, llama3_json, mistral, or tool_tags (tools in the system turn, <tool_call> blocks in the "
+        "text, for templates without tool support). Set it only when the guess is wrong.",
     )
     dataset: Dataset
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)

@@ -10,15 +10,14 @@ from tooltune_trainer.formatting import (
     IGNORE_INDEX,
     FormattingError,
     ToolCall,
-    check_tool_calls_round_trip,
     normalize_example,
     parse_tool_calls,
-    require_generation_markers,
     templated_length,
     tokenize_example,
     training_rows,
     trl_conversation,
 )
+from tooltune_trainer.tool_formats import FORMATS, LLAMA3_JSON, prepare_tokenizer
 
 from tests.fixtures.tiny import SYSTEM, TOOLS, call_message
 
@@ -126,31 +125,49 @@ def test_parse_tool_calls_counts_malformed_attempts(text):
     assert parsed.calls == [] and parsed.attempted == 1
 
 
-def test_parse_tool_calls_plain_text_and_bare_json():
+def test_parse_tool_calls_plain_text_and_llama_json():
     assert parse_tool_calls("Sure, I can help with that.").attempted == 0
-    bare = parse_tool_calls('{"name": "complete_task", "parameters": {"task_id": "t1"}}')
+    llama = FORMATS[LLAMA3_JSON]
+    bare = parse_tool_calls('{"name": "complete_task", "parameters": {"task_id": "t1"}}<|eot_id|>', llama)
     assert bare.calls == [ToolCall("complete_task", {"task_id": "t1"})]
+    assert parse_tool_calls('{"name": "complete_task", "parameters": {"task_id": <|eot_id|>', llama).malformed
+    assert parse_tool_calls("Sure.<|eot_id|>", llama).attempted == 0
     as_string = parse_tool_calls('<tool_call>{"name": "x", "arguments": "{\\"a\\": 1}"}</tool_call>')
     assert as_string.calls == [ToolCall("x", {"a": 1})]
 
 
 def test_rendered_tool_calls_round_trip_through_the_parser(tiny_tokenizer, tool_calling_examples):
-    for index, example in enumerate(tool_calling_examples):
-        check_tool_calls_round_trip(tiny_tokenizer, normalize_example(example), index)
+    rows = training_rows(
+        tiny_tokenizer, tool_calling_examples, 512
+    )  # raises on any call that reads back wrong
+    assert len(rows) == len(tool_calling_examples)
 
 
 def test_a_template_whose_calls_do_not_parse_back_is_refused(tiny_tokenizer):
     broken = copy.deepcopy(tiny_tokenizer)
     broken.chat_template = broken.chat_template.replace('"arguments": ', '"args": ')
-    with pytest.raises(FormattingError, match=r"example 5: turn 2's tool calls render as .*parse_tool_calls"):
-        check_tool_calls_round_trip(broken, normalize_example(MULTI_TURN), 5)
+    with pytest.raises(FormattingError, match=r"example 5: turn 2's tool calls render as .*hermes format"):
+        tokenize_example(broken, normalize_example(MULTI_TURN), 5, 512)
 
 
-def test_a_template_without_generation_markers_is_refused_with_advice(tiny_tokenizer):
-    plain = copy.deepcopy(tiny_tokenizer)
-    plain.chat_template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
-    with pytest.raises(FormattingError, match=r"no \{% generation %\} markers"):
-        require_generation_markers(plain)
+def test_a_template_error_of_any_kind_is_a_formatting_error_naming_the_example(tiny_tokenizer):
+    broken = copy.deepcopy(tiny_tokenizer)
+    broken.chat_template = "{{ messages[0].content + messages[0].missing.field }}"
+    with pytest.raises(
+        FormattingError, match=r"example 4: the chat template cannot render it: UndefinedError"
+    ):
+        tokenize_example(broken, normalize_example(MULTI_TURN), 4, 512)
+
+
+def test_a_template_writing_calls_in_an_unknown_format_is_refused_with_advice(tiny_tokenizer):
+    odd = copy.deepcopy(tiny_tokenizer)
+    odd.chat_template = (
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}{% for c in m.tool_calls or [] %}"
+        "CALL {{ c.function.name }} {{ c.function.arguments | tojson }}{% endfor %}"
+        "{% if m.role == 'tool' %}{{ m.content }}{% endif %}\n{% endfor %}"
+    )
+    with pytest.raises(FormattingError, match=r"cannot parse .*spec.toolCallFormat: tool_tags"):
+        prepare_tokenizer(odd)
 
 
 # ---------------------------------------------------------------- normalization

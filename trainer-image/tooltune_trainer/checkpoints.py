@@ -384,7 +384,10 @@ def fetch_latest_checkpoint(store: Store, output_uri: str, dest_dir: Path) -> Pa
 
 
 def lineage_manifest(
-    contract: TrainerContract, datasets: Mapping[str, Path], metrics: Mapping[str, Any]
+    contract: TrainerContract,
+    datasets: Mapping[str, Path],
+    metrics: Mapping[str, Any],
+    tool_call_format: str | None = None,
 ) -> dict[str, Any]:
     """What went into the final model: base model, data (URI + sha256), hyperparameters, versions, results.
 
@@ -399,6 +402,7 @@ def lineage_manifest(
         "job": contract.job.dump(),
         "backend": spec.backend,
         "baseModel": spec.base_model,
+        "toolCallFormat": tool_call_format,
         "datasets": [
             {"uri": uri, "sha256": sha256_file(path), "bytes": path.stat().st_size}
             for uri, path in datasets.items()
@@ -411,10 +415,14 @@ def lineage_manifest(
 
 
 def write_lineage(
-    store: Store, contract: TrainerContract, datasets: Mapping[str, Path], metrics: Mapping[str, Any]
+    store: Store,
+    contract: TrainerContract,
+    datasets: Mapping[str, Path],
+    metrics: Mapping[str, Any],
+    tool_call_format: str | None = None,
 ) -> str:
     """Write <output>/final/lineage.json and return its URI."""
     uri = join(contract.spec.output.uri, FINAL_DIR, LINEAGE)
-    document = lineage_manifest(contract, datasets, metrics)
+    document = lineage_manifest(contract, datasets, metrics, tool_call_format)
     store.write_bytes(uri, json.dumps(document, indent=1, sort_keys=True, default=str).encode())
     return uri

@@ -6,8 +6,8 @@ Each validation example contributes its first assistant turn: the model sees the
   arguments_exact_match  names and parsed arguments equal the expected calls exactly
   no_call_rate           the answer attempts no call at all
 and valid_json_rate over every call the model attempted (well-formed JSON / attempted), false_call_rate
-over turns that expect plain text. Answers are read with `formatting.parse_tool_calls`, the parser the
-training data was checked with.
+over turns that expect plain text. Answers are read, as generated through their end-of-turn token, with the
+parser of the model's tool-call format (`tool_formats`), the one the training data was checked with.
 """
 
 from __future__ import annotations
@@ -17,13 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tooltune_trainer.formatting import (
-    ParsedAnswer,
-    ToolCall,
-    expected_calls,
-    normalize_example,
-    parse_tool_calls,
-)
+from tooltune_trainer.formatting import chat_messages, expected_calls, normalize_example
+from tooltune_trainer.tool_formats import FORMATS, HERMES, ParsedAnswer, ToolCall, ToolCallFormat
 
 MAX_NEW_TOKENS = 128
 GENERATION_BATCH = 16
@@ -67,7 +62,7 @@ def generate_answers(
     prompts: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]],
     max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> list[str]:
-    """Greedy answers to (messages, tools) prompts, decoded up to the first end-of-turn token."""
+    """Greedy answers to (messages, tools) prompts, decoded through the first end-of-turn token."""
     import torch
 
     stop = _stop_ids(model, tokenizer)
@@ -79,7 +74,11 @@ def generate_answers(
     for start in range(0, len(prompts), GENERATION_BATCH):
         batch = [
             tokenizer.apply_chat_template(
-                messages, tools=tools or None, add_generation_prompt=True, tokenize=True, return_dict=True
+                chat_messages(messages),
+                tools=tools or None,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
             )["input_ids"]
             for messages, tools in prompts[start : start + GENERATION_BATCH]
         ]
@@ -96,14 +95,14 @@ def generate_answers(
                 pad_token_id=pad,
             )
         for row in output[:, width:].tolist():
-            end = next((i for i, token in enumerate(row) if token in stop), len(row))
+            end = next((i + 1 for i, token in enumerate(row) if token in stop), len(row))
             answers.append(tokenizer.decode(row[:end], skip_special_tokens=False).strip())
     model.train(was_training)
     return answers
 
 
-def score(turns: list[Turn], answers: list[str]) -> dict[str, Any]:
-    parsed: list[ParsedAnswer] = [parse_tool_calls(answer) for answer in answers]
+def score(turns: list[Turn], answers: list[str], fmt: ToolCallFormat = FORMATS[HERMES]) -> dict[str, Any]:
+    parsed: list[ParsedAnswer] = [fmt.parse(answer) for answer in answers]
     with_call = [(t, p) for t, p in zip(turns, parsed, strict=True) if t.expected]
     without_call = [(t, p) for t, p in zip(turns, parsed, strict=True) if not t.expected]
     attempted = sum(p.attempted for p in parsed)
@@ -149,6 +148,7 @@ def evaluate(
     smoke_prompts: list[str],
     context_examples: list[dict[str, Any]],
     max_examples: int | None = None,
+    fmt: ToolCallFormat = FORMATS[HERMES],
 ) -> dict[str, Any]:
     """The evaluation report: scores, per-example samples and the smoke prompts' answers."""
     turns = evaluation_turns(validation)[:max_examples]
@@ -165,9 +165,10 @@ def evaluate(
         for t, answer in zip(turns, turn_answers, strict=True)
     ][:SAMPLES_IN_REPORT]
     return {
-        "metrics": score(turns, turn_answers),
+        "toolCallFormat": fmt.name,
+        "metrics": score(turns, turn_answers, fmt),
         "smokeTests": [
-            {"prompt": prompt, "answer": answer, "toolCalls": _calls_json(parse_tool_calls(answer).calls)}
+            {"prompt": prompt, "answer": answer, "toolCalls": _calls_json(fmt.parse(answer).calls)}
             for prompt, answer in zip(smoke_prompts, smoke_answers, strict=True)
         ],
         "samples": samples,

@@ -1,77 +1,35 @@
-"""Turn validated examples into training rows with the model's own chat template.
+"""Turn validated examples into training rows with the model's own chat template and tool-call format.
 
-Pure functions of (tokenizer, example): render the conversation with its tools, mark the assistant's
-tokens (tool calls and end-of-turn included) as the only ones carrying loss, and check that each
-rendered tool call parses back to the same call with `parse_tool_calls`, the parser evaluation uses
-on generated text: what we train is what we serve.
+Pure functions of (tokenizer, example). The tokenizer has been through `tool_formats.prepare_tokenizer`, which
+picked the family's tool-call format and the template to train with. Each assistant turn's output is what the
+template adds after the generation prompt up to where the conversation goes on (its end-of-turn token
+included); exactly those tokens carry loss, except turns the data gives `weight: 0`. Each rendered tool call
+must parse back to the call written in the example with the format's parser, the one evaluation reads
+generated answers with: what we train is what we evaluate and serve.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass, field
 from typing import Any
 
+from tooltune_trainer.tool_formats import (
+    FORMATS,
+    HERMES,
+    FormattingError,
+    ParsedAnswer,
+    ToolCall,
+    ToolCallFormat,
+)
+
 IGNORE_INDEX = -100  # label of tokens that carry no loss (the transformers convention)
-TOOL_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+
+__all__ = ["FormattingError", "ParsedAnswer", "ToolCall", "ToolCallFormat"]
 
 
-class FormattingError(ValueError):
-    """An example or chat template that cannot be trained as asked; the message names which and why."""
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    name: str
-    arguments: dict[str, Any]
-
-
-@dataclass
-class ParsedAnswer:
-    """What a model's answer contains: well-formed calls, and the raw text of call attempts that were not."""
-
-    calls: list[ToolCall] = field(default_factory=list)
-    malformed: list[str] = field(default_factory=list)
-
-    @property
-    def attempted(self) -> int:
-        return len(self.calls) + len(self.malformed)
-
-
-# ---------------------------------------------------------------- tool calls
-
-
-def _call_from_json(text: str) -> ToolCall | None:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-        return None
-    arguments = data.get("arguments", data.get("parameters", {}))
-    if isinstance(arguments, str):  # some templates keep the OpenAI JSON string
-        try:
-            arguments = json.loads(arguments)
-        except json.JSONDecodeError:
-            return None
-    return ToolCall(data["name"], arguments) if isinstance(arguments, dict) else None
-
-
-def parse_tool_calls(text: str) -> ParsedAnswer:
-    """The tool calls in generated text: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks,
-    or, for templates without tags, an answer that is one bare JSON object with a "name"."""
-    answer = ParsedAnswer()
-    blocks = TOOL_CALL_BLOCK.findall(text)
-    if not blocks and text.strip().startswith('{"name"'):
-        blocks = [text.strip()]
-    for block in blocks:
-        call = _call_from_json(block)
-        if call is None:
-            answer.malformed.append(block)
-        else:
-            answer.calls.append(call)
-    return answer
+def parse_tool_calls(text: str, fmt: ToolCallFormat = FORMATS[HERMES]) -> ParsedAnswer:
+    """The tool calls in an answer as generated, read with the format's parser."""
+    return fmt.parse(text)
 
 
 def expected_calls(message: dict[str, Any]) -> list[ToolCall]:
@@ -116,64 +74,135 @@ def _compact(function: dict[str, Any]) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def chat_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as chat templates expect them: each call's arguments as an object (Qwen's and Llama's
+    templates `tojson` them, which would quote a JSON string a second time), in the order written."""
+    rendered = []
+    for message in messages:
+        if message.get("tool_calls"):
+            message = {
+                **message,
+                "tool_calls": [
+                    {**call, "function": {**call["function"], "arguments": _arguments(call["function"])}}
+                    for call in message["tool_calls"]
+                ],
+            }
+        rendered.append(message)
+    return rendered
+
+
+def _arguments(function: dict[str, Any]) -> Any:
+    arguments = function.get("arguments") or "{}"
+    return json.loads(arguments) if isinstance(arguments, str) else arguments
+
+
 def render_chat(tokenizer: Any, example: dict[str, Any], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(
-        example["messages"],
-        tools=example.get("tools") or None,
-        tokenize=False,
-        add_generation_prompt=add_generation_prompt,
-    )
+    try:
+        return tokenizer.apply_chat_template(
+            chat_messages(example["messages"]),
+            tools=example.get("tools") or None,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
+    except Exception as error:  # jinja's TemplateError, UndefinedError, TypeError of a template's filters
+        raise FormattingError(
+            f"the chat template cannot render it: {type(error).__name__}: {error}"
+        ) from None
 
 
 def templated_length(tokenizer: Any, example: dict[str, Any]) -> int:
     """Tokens of the example once rendered with the chat template and its tools (what maxSeqLength bounds)."""
-    ids = tokenizer.apply_chat_template(
-        normalize_example(example)["messages"],
-        tools=example.get("tools") or None,
-        tokenize=True,
-        return_dict=True,
-    )["input_ids"]
-    return len(ids)
+    return len(_encode(tokenizer, render_chat(tokenizer, normalize_example(example)))["input_ids"])
 
 
-def assistant_mask(tokenizer: Any, example: dict[str, Any]) -> tuple[list[int], list[int]]:
-    """Token ids of the rendered example and a 0/1 mask that is 1 exactly on assistant output."""
-    encoded = tokenizer.apply_chat_template(
-        example["messages"],
-        tools=example.get("tools") or None,
-        tokenize=True,
-        return_dict=True,
-        return_assistant_tokens_mask=True,
-    )
-    return list(encoded["input_ids"]), list(encoded["assistant_masks"])
+def _encode(tokenizer: Any, text: str) -> Any:
+    return tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
 
 
-def check_tool_calls_round_trip(tokenizer: Any, example: dict[str, Any], index: int) -> None:
-    """Each assistant turn's rendered calls must parse back to the calls written in the example."""
-    for position, message in enumerate(example["messages"]):
-        if message.get("role") != "assistant" or not message.get("tool_calls"):
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def assistant_spans(
+    tokenizer: Any, example: dict[str, Any], index: int, fmt: ToolCallFormat
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered example and the character spans of the assistant output that carries loss.
+
+    A turn's output starts where rendering the conversation before it with a generation prompt ends, and runs
+    up to the last token that rendering the conversation through it shares with the whole (so a template that
+    closes the last turn differently, like Phi-3's final eos, still marks every turn's end-of-turn token),
+    less trailing whitespace. Each turn's calls are checked to parse back with the format's parser.
+    """
+    messages = example["messages"]
+    full = _render(tokenizer, example, messages, index, len(messages), False)
+    encoded = _encode(tokenizer, full)
+    spans = []
+    for position, message in enumerate(messages):
+        if message.get("role") != "assistant":
             continue
-        before = render_chat(tokenizer, {**example, "messages": example["messages"][:position]}, True)
-        upto = render_chat(tokenizer, {**example, "messages": example["messages"][: position + 1]})
-        if not upto.startswith(before):
+        prompt = _render(tokenizer, example, messages, index, position, True)
+        if not full.startswith(prompt):
             raise FormattingError(
-                f"example {index}: the chat template renders earlier turns differently once turn {position} "
-                "is added; use a template whose renderings are prefixes of each other"
+                f"example {index}: the chat template renders the conversation before turn {position} "
+                "differently once later turns are added, so the assistant's tokens cannot be told apart"
             )
-        parsed = parse_tool_calls(upto[len(before) :])
-        if parsed.calls != expected_calls(message) or parsed.malformed:
-            raise FormattingError(
-                f"example {index}: turn {position}'s tool calls render as {upto[len(before) :]!r}, which "
-                "parse_tool_calls reads back differently; the template's tool-call format is not one "
-                "tooltune can evaluate or serve"
-            )
+        upto = _encode(tokenizer, _render(tokenizer, example, messages, index, position + 1, False))
+        shared = _common_prefix(upto["input_ids"], encoded["input_ids"])
+        end = encoded["offset_mapping"][shared - 1][1] if shared else 0
+        output = full[len(prompt) : max(end, len(prompt))]
+        _check_round_trip(output, message, index, position, fmt)
+        end = len(prompt) + len(output.rstrip())
+        if message.get("weight", 1) != 0 and end > len(prompt):
+            spans.append((len(prompt), end))
+    return full, spans
+
+
+def _render(
+    tokenizer: Any, example: dict[str, Any], messages: list[Any], index: int, upto: int, prompt: bool
+) -> str:
+    try:
+        return render_chat(tokenizer, {**example, "messages": messages[:upto]}, prompt)
+    except FormattingError as error:
+        raise FormattingError(f"example {index}: {error}") from None
+
+
+def _check_round_trip(
+    output: str, message: dict[str, Any], index: int, position: int, fmt: ToolCallFormat
+) -> None:
+    expected = expected_calls(message)
+    parsed = fmt.parse(output)
+    if parsed.calls != expected or parsed.malformed:
+        what = "tool calls" if expected else "text"
+        raise FormattingError(
+            f"example {index}: turn {position}'s {what} render as {output!r}, which the {fmt.name} format's "
+            f"parser reads back as {[vars(call) for call in parsed.calls]}; the template cannot train this "
+            "example in that format (set spec.toolCallFormat, or check the example's tool_calls)"
+        )
+
+
+def assistant_mask(
+    tokenizer: Any, example: dict[str, Any], index: int = 0, fmt: ToolCallFormat = FORMATS[HERMES]
+) -> tuple[list[int], list[int]]:
+    """Token ids of the rendered example and a 0/1 mask that is 1 exactly on assistant output."""
+    full, spans = assistant_spans(tokenizer, example, index, fmt)
+    encoded = _encode(tokenizer, full)
+    mask = [
+        int(any(start <= begin < end for start, end in spans) and begin < finish)
+        for begin, finish in encoded["offset_mapping"]
+    ]
+    return list(encoded["input_ids"]), mask
 
 
 def tokenize_example(
-    tokenizer: Any, example: dict[str, Any], index: int, max_length: int
+    tokenizer: Any,
+    example: dict[str, Any],
+    index: int,
+    max_length: int,
+    fmt: ToolCallFormat = FORMATS[HERMES],
 ) -> dict[str, list[int]]:
     """input_ids and labels (IGNORE_INDEX except on assistant output) of one normalized example."""
-    input_ids, mask = assistant_mask(tokenizer, example)
+    input_ids, mask = assistant_mask(tokenizer, example, index, fmt)
     if len(input_ids) > max_length:
         raise FormattingError(
             f"example {index}: {len(input_ids)} tokens once templated, more than "
@@ -182,46 +211,20 @@ def tokenize_example(
     labels = [token if keep else IGNORE_INDEX for token, keep in zip(input_ids, mask, strict=True)]
     if all(label == IGNORE_INDEX for label in labels):
         raise FormattingError(
-            f"example {index}: no token carries loss (no assistant output after templating); "
+            f"example {index}: no token carries loss (no assistant output with weight 1 after templating); "
             "every example needs an assistant turn with content or tool calls"
         )
     return {"input_ids": input_ids, "labels": labels}
 
 
 def training_rows(
-    tokenizer: Any, examples: list[dict[str, Any]], max_length: int
+    tokenizer: Any, examples: list[dict[str, Any]], max_length: int, fmt: ToolCallFormat = FORMATS[HERMES]
 ) -> list[dict[str, list[int]]]:
     """Normalize, check and tokenize every example; the first bad one raises FormattingError."""
-    require_generation_markers(tokenizer)
-    rows = []
-    for index, example in enumerate(examples):
-        example = normalize_example(example)
-        check_tool_calls_round_trip(tokenizer, example, index)
-        rows.append(tokenize_example(tokenizer, example, index, max_length))
-    return rows
-
-
-def require_generation_markers(tokenizer: Any) -> None:
-    """Give the tokenizer a template that marks assistant output, as TRL does for the templates it knows."""
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
-
-    template = tokenizer.chat_template
-    if not template:
-        raise FormattingError("the base model's tokenizer has no chat template; use a chat (instruct) model")
-    if has_generation_markers(template):
-        return
-    try:
-        patched = get_training_chat_template(tokenizer)
-    except ValueError as error:
-        patched, reason = None, str(error)
-    else:
-        reason = "no known training version"
-    if not patched:
-        raise FormattingError(
-            "the base model's chat template has no {% generation %} markers and TRL has no training version "
-            f"of it ({reason}); use a model whose template marks assistant output"
-        )
-    tokenizer.chat_template = patched
+    return [
+        tokenize_example(tokenizer, normalize_example(example), index, max_length, fmt)
+        for index, example in enumerate(examples)
+    ]
 
 
 def trl_conversation(example: dict[str, Any]) -> dict[str, Any]:

@@ -43,8 +43,10 @@ from tooltune_trainer.data import InvalidDataset, read_jsonl, split_examples, va
 from tooltune_trainer.evaluate import evaluate, write_report
 from tooltune_trainer.formatting import FormattingError, templated_length, training_rows
 from tooltune_trainer.plots import render_loss_curves
+from tooltune_trainer.serving import write_model_card
 from tooltune_trainer.storage import StorageError, join, open_store
 from tooltune_trainer.telemetry import StatusReporter, TrainingMetrics, telemetry_callbacks
+from tooltune_trainer.tool_formats import prepare_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +131,11 @@ def run(
     model_source = (
         str(tiny.ensure_tiny_model(examples, workdir)) if tiny.is_tiny(spec.base_model) else spec.base_model
     )
-    count_tokens = partial(templated_length, _tokenizer(model_source))
+    on_stage("pick the tool-call format")
+    chat_tokenizer = _tokenizer(model_source)
+    fmt = prepare_tokenizer(chat_tokenizer, spec.tool_call_format)
+    log.info("tool-call format: %s (%s)", fmt.name, fmt.summary)
+    count_tokens = partial(templated_length, chat_tokenizer)
     examples = _validated(train_lines, spec, count_tokens)
 
     on_stage("split")
@@ -151,9 +157,10 @@ def run(
     model, tokenizer = backends.load_model(spec, device, model_source)
 
     on_stage("format with the chat template")
+    tokenizer.chat_template = chat_tokenizer.chat_template  # the one the format was prepared with
     max_length = spec.hyperparameters.max_seq_length
-    train_rows = training_rows(tokenizer, train, max_length)
-    validation_rows = training_rows(tokenizer, validation, max_length)
+    train_rows = training_rows(tokenizer, train, max_length, fmt)
+    validation_rows = training_rows(tokenizer, validation, max_length, fmt)
 
     on_stage("train")
     checkpoint_sync = CheckpointSync(
@@ -197,6 +204,7 @@ def run(
             spec.evaluation.smoke_prompts,
             train,
             spec.evaluation.max_examples,
+            fmt,
         )
         scores = report["metrics"]
         metrics.observe(**{name: scores[key] for key, name in EVALUATION_METRICS.items()})
@@ -206,6 +214,7 @@ def run(
         backends.clear_dir(final)
         saved = backends.save_model(trainer.model, tokenizer, final, spec, device)
         write_report(report, final / EVALUATION_FILE)
+        write_model_card(final, spec, fmt, saved, scores)
         (final / TRAIN_LOG_FILE).write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
         diagnosis = telemetry[0].diagnosis
         if telemetry[0].train_losses or telemetry[0].eval_losses:
@@ -229,6 +238,7 @@ def run(
                 "evalLoss": eval_loss,
                 "steps": trainer.state.global_step,
             },
+            fmt.name,
         )
         reporter.update(
             evaluation={**_status_scores(scores), "reportUri": join(output_uri, EVALUATION_FILE)},

@@ -96,8 +96,17 @@ def corpus(examples: Iterable[dict[str, Any]]) -> Iterator[str]:
                 yield f'{{"name": "{function.get("name", "")}", "arguments": {arguments}}}'
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
-    """A byte-level BPE tokenizer with single-digit tokens and the template's special tokens."""
+def train_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int,
+    special_tokens: list[str] = SPECIAL_TOKENS,
+    chat_template: str = CHAT_TEMPLATE,
+    bos: str | None = BOS,
+    eos: str = EOT,
+    pad: str = PAD,
+) -> Any:
+    """A byte-level BPE tokenizer with single-digit tokens and the template's special tokens (by default the
+    tiny model's; the tests give it a model family's own tokens and template)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -108,15 +117,15 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(list(texts), trainer=trainer)
     wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOT, pad_token=PAD, model_max_length=1024
+        tokenizer_object=tokenizer, bos_token=bos, eos_token=eos, pad_token=pad, model_max_length=1024
     )
-    wrapped.chat_template = CHAT_TEMPLATE
+    wrapped.chat_template = chat_template
     return wrapped
 
 

@@ -1,0 +1,217 @@
+"""Tool-call formats: how a model family is shown its tools and writes its calls, picked from its tokenizer.
+
+- `hermes`: `<tool_call>\n{"name": …, "arguments": {…}}\n</tool_call>` blocks. Qwen 2.5 / 3, Hermes and
+  `tooltune/tiny-llama`; vLLM `--tool-call-parser hermes`.
+- `llama3_json`: one bare `{"name": …, "parameters": {…}}` per turn. Llama 3.1 / 3.2 / 3.3; vLLM
+  `llama3_json`.
+- `mistral`: `[TOOL_CALLS] [{"name": …, "arguments": {…}}]`. Mistral templates that render tools; vLLM
+  `mistral`.
+- `tool_tags`, the lab's format for templates without tool support (Llama 3.0, Gemma 2 / 3, Phi-3 / 4,
+  Unsloth's Mistral): the tools in the system turn, each call as a `<tool_call>` block in the assistant's
+  text, each tool result as a user turn; vLLM `hermes`.
+
+A template renders tools natively when TRL's `supports_tool_calling` says so; which native format it writes is
+read off a probe rendering. Every other template gets `tool_tags` from a Jinja prologue (`tool_tags.jinja`)
+that rewrites the messages and hands them to the family's own template. The prologue is part of the chat
+template the model is trained, evaluated and served with, so all three see the same text.
+
+Answers are parsed with transformers' response parsing (`transformers.utils.chat_parsing.parse_response`) and
+the response templates TRL ships for the `<tool_call>` and Llama 3.1 formats; Mistral's JSON list is read
+directly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+AUTO = "auto"
+HERMES, LLAMA3_JSON, MISTRAL, TOOL_TAGS = "hermes", "llama3_json", "mistral", "tool_tags"
+
+
+class FormattingError(ValueError):
+    """An example or chat template that cannot be trained as asked; the message names which and why."""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass
+class ParsedAnswer:
+    """What a model's answer contains: well-formed calls, and the raw text of call attempts that were not."""
+
+    calls: list[ToolCall] = field(default_factory=list)
+    malformed: list[str] = field(default_factory=list)
+
+    @property
+    def attempted(self) -> int:
+        return len(self.calls) + len(self.malformed)
+
+
+@dataclass(frozen=True)
+class ToolCallFormat:
+    name: str
+    native: bool  # the family's template renders tools and calls itself
+    call_marker: str  # what starts a call in the assistant's output (counts attempts that do not parse)
+    vllm_parser: str
+    summary: str
+
+    def parse(self, text: str) -> ParsedAnswer:
+        """The calls in an assistant's output, as generated (its end-of-turn token may follow)."""
+        bare = self.call_marker == "{"  # the whole answer is the call
+        attempts = int(text.lstrip().startswith("{")) if bare else text.count(self.call_marker)
+        if not attempts:
+            return ParsedAnswer()
+        try:
+            calls = _parse_mistral(text) if self.name == MISTRAL else _parse_with_template(self.name, text)
+        except (ValueError, KeyError, TypeError):
+            return ParsedAnswer(malformed=[text.strip()] * attempts)
+        return ParsedAnswer(calls=calls, malformed=[text.strip()] * max(0, attempts - len(calls)))
+
+
+FORMATS = {
+    fmt.name: fmt
+    for fmt in (
+        ToolCallFormat(HERMES, True, "<tool_call>", "hermes", "<tool_call> JSON blocks (Hermes / Qwen)"),
+        ToolCallFormat(
+            LLAMA3_JSON, True, "{", "llama3_json", 'bare {"name", "parameters"} JSON (Llama 3.1+)'
+        ),
+        ToolCallFormat(MISTRAL, True, "[TOOL_CALLS]", "mistral", "[TOOL_CALLS] JSON list (Mistral)"),
+        ToolCallFormat(
+            TOOL_TAGS, False, "<tool_call>", "hermes", "tools in the system turn, <tool_call> in text"
+        ),
+    )
+}
+FORMAT_NAMES = [AUTO, *FORMATS]
+
+
+def _response_template(name: str) -> dict[str, Any]:
+    from trl.chat_template_utils import llama3_template, qwen3_template
+
+    return llama3_template if name == LLAMA3_JSON else qwen3_template
+
+
+def _parse_with_template(name: str, text: str) -> list[ToolCall]:
+    from transformers.utils.chat_parsing import parse_response
+
+    message = parse_response(text.strip(), _response_template(name), prefix="")
+    return [_tool_call(call.get("function", call)) for call in message.get("tool_calls") or []]
+
+
+def _parse_mistral(text: str) -> list[ToolCall]:
+    payload = text.split("[TOOL_CALLS]", 1)[1].strip()
+    payload = re.sub(r"</s>\s*$", "", payload).strip()
+    calls = json.loads(payload)
+    return [_tool_call(call) for call in (calls if isinstance(calls, list) else [calls])]
+
+
+def _tool_call(function: dict[str, Any]) -> ToolCall:
+    arguments = function.get("arguments", function.get("parameters", {}))
+    if isinstance(arguments, str):  # a template that kept the OpenAI JSON string
+        arguments = json.loads(arguments)
+    if not isinstance(function["name"], str) or not isinstance(arguments, dict):
+        raise TypeError("a call needs a string name and an object of arguments")
+    return ToolCall(function["name"], arguments)
+
+
+# ---------------------------------------------------------------- picking the format
+
+PROBE_NAME, PROBE_KEY, PROBE_VALUE = "probe_tool_7c1e", "probe_key_5d2a", "probe_value_9b3f"
+
+
+def detect_format(tokenizer: Any) -> ToolCallFormat:
+    """The format the tokenizer's chat template writes tool calls in (see the table above)."""
+    from trl.chat_template_utils import supports_tool_calling
+
+    if not tokenizer.chat_template:
+        raise FormattingError("the base model's tokenizer has no chat template; use a chat (instruct) model")
+    if not supports_tool_calling(tokenizer):
+        return FORMATS[TOOL_TAGS]
+    call = {"type": "function", "function": {"name": PROBE_NAME, "arguments": {PROBE_KEY: PROBE_VALUE}}}
+    rendered = _render_probe(tokenizer, [{"role": "user", "content": "hi"}, _assistant_with(call)])
+    if "<tool_call>" in rendered:
+        return FORMATS[HERMES]
+    if "[TOOL_CALLS]" in rendered:
+        return FORMATS[MISTRAL]
+    if re.search(r'\{"name": "' + PROBE_NAME + '", "parameters": ', rendered):
+        return FORMATS[LLAMA3_JSON]
+    raise FormattingError(
+        "the base model's chat template writes tool calls in a format tooltune cannot parse "
+        f"({_excerpt(rendered, PROBE_NAME)!r}); set spec.toolCallFormat: tool_tags to train the lab's format"
+    )
+
+
+def _assistant_with(call: dict[str, Any]) -> dict[str, Any]:
+    return {"role": "assistant", "content": "", "tool_calls": [call]}
+
+
+def _render_probe(tokenizer: Any, messages: list[dict[str, Any]]) -> str:
+    tool = {"type": "function", "function": {"name": PROBE_NAME, "parameters": {"type": "object"}}}
+    try:
+        return tokenizer.apply_chat_template(messages, tools=[tool], tokenize=False)
+    except Exception as error:  # jinja's errors, or a filter's TypeError
+        raise FormattingError(
+            f"the base model's chat template fails on a tool call: {type(error).__name__}: {error}; "
+            "set spec.toolCallFormat: tool_tags to train the lab's format"
+        ) from None
+
+
+def _excerpt(text: str, around: str) -> str:
+    at = max(0, text.find(around) - 40)
+    return text[at : at + 120]
+
+
+def prepare_tokenizer(tokenizer: Any, requested: str = AUTO) -> ToolCallFormat:
+    """Pick the format and give the tokenizer the chat template training, evaluation and serving all use.
+
+    TRL's training version of the template replaces the original where TRL has one (its `{% generation %}`
+    markers are what the loss mask is tested against); `tool_tags` then wraps it in the lab's prologue.
+    """
+    from trl.chat_template_utils import get_training_chat_template
+
+    if requested not in FORMAT_NAMES:
+        raise FormattingError(f"spec.toolCallFormat: {requested!r} is not one of {', '.join(FORMAT_NAMES)}")
+    if not tokenizer.chat_template:
+        raise FormattingError("the base model's tokenizer has no chat template; use a chat (instruct) model")
+    fmt = detect_format(tokenizer) if requested == AUTO else FORMATS[requested]
+    if TOOL_TAGS_MARK in tokenizer.chat_template:  # already prepared (a tooltune model trained again)
+        return FORMATS[TOOL_TAGS]
+    try:
+        training = get_training_chat_template(tokenizer)
+    except ValueError:
+        training = None
+    if training:
+        tokenizer.chat_template = training
+    if fmt.name == TOOL_TAGS:
+        tokenizer.chat_template = tool_tags_template(tokenizer.chat_template, _renders_system(tokenizer))
+    return fmt
+
+
+def _renders_system(tokenizer: Any) -> bool:
+    marker = "system_probe_3f8a"
+    try:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "system", "content": marker}, {"role": "user", "content": "hi"}], tokenize=False
+        )
+    except Exception:  # jinja raise_exception("System role not supported") and the like
+        return False
+    return marker in rendered
+
+
+# ---------------------------------------------------------------- the lab's format, as a template prologue
+
+TOOL_TAGS_MARK = "tooltune tool_tags"  # the prologue's first comment: a template that already has it
+TOOL_TAGS_PROLOGUE = Path(__file__).with_name("tool_tags.jinja")
+
+
+def tool_tags_template(template: str, system_role: bool) -> str:
+    """The family's template behind the lab's prologue; system_role False folds the system turn into the first
+    user turn, for templates that refuse or drop a system message (Gemma 2)."""
+    prologue = TOOL_TAGS_PROLOGUE.read_text().replace("SYSTEM_ROLE", "true" if system_role else "false")
+    return prologue + template
