@@ -101,3 +101,42 @@ def test_unsloth_trains_qlora_on_the_gpu_and_saves_the_adapter(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     assert (tmp_path / "out" / "final" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "termination-log").read_text().startswith("succeeded: ")
+
+
+LAB_BASE_MODEL = os.environ.get("TOOLTUNE_LAB_BASE_MODEL", "unsloth/llama-3-8b-Instruct-bnb-4bit")
+
+
+@requires_cuda
+def test_the_labs_llama_3_8b_job_trains_in_the_tool_tags_format(tmp_path):
+    """The lab's own job: Llama 3 8B Instruct in 4 bits, whose template has no tool support, trained in the
+    lab's format (tools in the system turn, <tool_call> blocks) on the Task API examples. Needs the model from
+    the hub or a local copy named by TOOLTUNE_LAB_BASE_MODEL."""
+    examples = REPO / "examples" / "task-api" / "task_api_tool_calling.jsonl"
+    lines = examples.read_text().splitlines()[:120]
+    data = tmp_path / "tasks.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    spec = {
+        "baseModel": LAB_BASE_MODEL,
+        "dataset": {"train": str(data), "validationSplit": 0.1},
+        "hyperparameters": {"epochs": 1, "maxSeqLength": 2048},  # the lab's defaults otherwise
+        "checkpoints": {"everySteps": 10, "keep": 1},
+        "evaluation": {"everySteps": 10, "maxExamples": 8},
+        "output": {"uri": str(tmp_path / "out")},
+    }
+    config = tmp_path / "contract.json"
+    config.write_text(json.dumps({"job": {"namespace": "gpu", "name": "lab"}, "spec": spec,
+                                  "metricsPort": 0, "reportProgress": False}))  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", CLI, "train", "--config", str(config)],
+        env={**os.environ, "PYTHONPATH": PYTHONPATH, "TOOLTUNE_WORKDIR": str(tmp_path / "work"),
+             "TOOLTUNE_TERMINATION_LOG": str(tmp_path / "termination-log")},
+        capture_output=True, text=True, timeout=3600,
+    )  # fmt: skip
+    if result.returncode != 0 and "couldn't connect" in result.stderr.lower():
+        pytest.skip(f"{LAB_BASE_MODEL} cannot be downloaded; set TOOLTUNE_LAB_BASE_MODEL to a local copy")
+    assert result.returncode == 0, result.stderr[-4000:]
+    final = tmp_path / "out" / "final"
+    report = json.loads((final / "evaluation.json").read_text())
+    assert report["toolCallFormat"] == "tool_tags"
+    assert "--tool-call-parser hermes" in (final / "README.md").read_text()
+    assert "tooltune tool_tags" in (final / "chat_template.jinja").read_text()

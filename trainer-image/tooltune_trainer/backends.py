@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tooltune_api.models import Precision, ToolTuneJobSpec
+from tooltune_api.models import LAB_TARGET_MODULES, Precision, ToolTuneJobSpec
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # "<quota> <period>" in µs, or "max <period>"
 
@@ -138,11 +138,17 @@ def _load_transformers(spec: ToolTuneJobSpec, device: str, source: str) -> tuple
         r=hp.lora.r,
         lora_alpha=hp.lora.alpha,
         lora_dropout=hp.lora.dropout,
-        target_modules=hp.lora.target_modules,
+        target_modules=_target_modules(hp.lora.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora), tokenizer
+
+
+def _target_modules(requested: list[str]) -> list[str] | str:
+    """The lab's default list names Llama's projections; on other layouts (Phi-3's fused qkv_proj and
+    gate_up_proj) the same intent, every linear layer of the blocks, is PEFT's "all-linear"."""
+    return "all-linear" if requested == LAB_TARGET_MODULES else requested
 
 
 def _load_unsloth(spec: ToolTuneJobSpec, device: str, source: str) -> tuple[Any, Any]:

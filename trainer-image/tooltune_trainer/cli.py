@@ -118,8 +118,10 @@ def _validate_file(file: Path, max_seq_length: int | None, base_model: str | Non
     try:
         from tooltune_trainer.formatting import templated_length
         from tooltune_trainer.tiny import load_tokenizer
+        from tooltune_trainer.tool_formats import prepare_tokenizer
 
         tokenizer = load_tokenizer(base_model, report.examples)
+        prepare_tokenizer(tokenizer)  # count as trained: in the family's tool-call format
     except Exception as error:  # any failure to load a user-named model is reported, not raised
         first_line = next(iter(str(error).splitlines()), type(error).__name__)
         report.problems.append(
@@ -301,6 +303,7 @@ def _training_progress(console: Any) -> Any:
 
 def _print_run_summary(console: Any, result: Any) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from tooltune_trainer.recipe import EVALUATION_FILE, LOSS_CURVE_FILE
     from tooltune_trainer.storage import join
@@ -311,6 +314,7 @@ def _print_run_summary(console: Any, result: Any) -> None:
     table.add_column("value", justify="right")
     rows = [
         ("backend / device", f"{result.backend} / {result.device}"),
+        ("tool-call format", result.evaluation["toolCallFormat"]),
         ("examples (train / validation)", f"{result.train_examples} / {result.validation_examples}"),
         ("steps", str(result.steps)),
         ("time", f"{result.seconds:.0f} s"),
@@ -332,7 +336,7 @@ def _print_run_summary(console: Any, result: Any) -> None:
     smoke.add_column("prompt")
     smoke.add_column("answer")
     for test in result.evaluation["smokeTests"]:
-        smoke.add_row(test["prompt"], test["answer"])
+        smoke.add_row(Text(test["prompt"]), Text(test["answer"]))  # model output is text, never markup
     console.print(smoke)
 
 
