@@ -99,3 +99,50 @@ def test_family_trains_evaluates_saves_and_serves_through_tooltune_run(tmp_path,
     assert answer == smoke["answer"]
     parsed = FORMATS[family.expected_format].parse(answer)
     assert [{"name": c.name, "arguments": c.arguments} for c in parsed.calls] == smoke["toolCalls"]
+
+
+def _run_pod(tmp_path: Path, monkeypatch, base_model: Path, data: Path) -> tuple[int, str]:
+    from tooltune_api import TERMINATION_LOG_ENV, WORKDIR_ENV
+    from tooltune_trainer import recipe
+
+    spec = _job(base_model, data)["spec"] | {"output": {"uri": str(tmp_path / "out")}}
+    config = tmp_path / "contract.json"
+    config.write_text(json.dumps({"job": {"namespace": "t", "name": "f"}, "spec": spec, "metricsPort": 0,
+                                  "reportProgress": False}))  # fmt: skip
+    monkeypatch.setenv(TERMINATION_LOG_ENV, str(tmp_path / "termination-log"))
+    monkeypatch.setenv(WORKDIR_ENV, str(tmp_path / "work"))
+    code = recipe.main(config)
+    return code, (tmp_path / "termination-log").read_text()
+
+
+def test_a_template_that_refuses_an_example_fails_the_pod_with_exit_2_and_the_line(
+    tmp_path, monkeypatch, family_data
+):
+    from tooltune_api import EXIT_INVALID
+
+    from tests.fixtures.tiny import call_message
+
+    _, examples = family_data
+    model_dir = build_family_model(FAMILIES["llama3.1"], examples, tmp_path / "llama3.1")
+    parallel = call_message("complete_task", {"task_id": "a"})
+    parallel["tool_calls"].append(call_message("complete_task", {"task_id": "b"}, "call_2")["tool_calls"][0])
+    refused = {"messages": [{"role": "user", "content": "Close a and b"}, parallel]}
+    rows = [*examples[:2], refused, *examples[3:]]
+    data = write_jsonl(tmp_path / "tasks.jsonl", [dict(row, tools=examples[0]["tools"]) for row in rows])
+    code, message = _run_pod(tmp_path, monkeypatch, model_dir, data)
+    assert code == EXIT_INVALID and "\n" not in message
+    assert message.startswith("invalid: line 3: could not be templated: the chat template cannot render it")
+    assert "only supports single tool-calls" in message
+    assert not (tmp_path / "out").exists()  # stopped before any training
+
+
+def test_a_broken_chat_template_fails_the_pod_with_exit_2_not_a_retry(tmp_path, monkeypatch, family_data):
+    from tooltune_api import EXIT_INVALID
+
+    train, examples = family_data
+    model_dir = build_family_model(FAMILIES["phi3"], examples, tmp_path / "phi3")
+    assert (model_dir / "chat_template.jinja").is_file()
+    (model_dir / "chat_template.jinja").write_text("{{ messages[0].content + messages[0].missing.field }}")
+    code, message = _run_pod(tmp_path, monkeypatch, model_dir, train)
+    assert code == EXIT_INVALID, message
+    assert message.startswith("invalid: line 1: could not be templated: the chat template cannot render it:")
