@@ -48,6 +48,13 @@ class ToolCallFormatName(StrEnum):
     LLAMA3_JSON = "llama3_json"  # {"name": ..., "parameters": {...}} (Llama 3.1+)
     MISTRAL = "mistral"  # [TOOL_CALLS] [{...}] (Mistral templates with tools)
     TOOL_TAGS = "tool_tags"  # the lab's: tools in the system turn, <tool_call> blocks in the text
+    # Native formats of the templates TRL ships a response parser for:
+    QWEN3_XML = "qwen3_xml"  # Qwen 3.5+: <tool_call><function=...><parameter=...>
+    NEMOTRON_3 = "nemotron_3"
+    GEMMA4 = "gemma4"  # <|tool_call>call:name{...}<tool_call|>
+    GPTOSS = "gptoss"  # harmony channels
+    GLM4MOE = "glm4moe"  # <tool_call>name<arg_key>...<arg_value>...
+    LFM2 = "lfm2"  # <|tool_call_start|>[name(arg=...)]<|tool_call_end|>
 
 
 class Scheduler(StrEnum):
@@ -206,8 +213,9 @@ class ToolTuneJobSpec(Model):
     tool_call_format: ToolCallFormatName = Field(
         ToolCallFormatName.AUTO,
         description="How the model writes tool calls: auto (picked from the base model's chat template), "
-        "hermes, llama3_json, mistral, or tool_tags (tools in the system turn, <tool_call> blocks in the "
-        "text, for templates without tool support). Set it only when the guess is wrong.",
+        "hermes, llama3_json, mistral, a native format TRL parses (qwen3_xml, nemotron_3, gemma4, gptoss, "
+        "glm4moe, lfm2), or tool_tags (tools in the system turn, <tool_call> blocks in the text, for "
+        "templates without tool support). Set it only when the guess is wrong.",
     )
     dataset: Dataset
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)

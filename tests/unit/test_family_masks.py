@@ -137,3 +137,42 @@ def test_a_forced_format_overrides_the_guess(family_tokenizers):
     assert "You can call these tools" in tokenizer.decode(row["input_ids"])
     with pytest.raises(FormattingError, match=r"spec.toolCallFormat: 'xml' is not one of auto, hermes"):
         prepare_tokenizer(copy.deepcopy(family_tokenizers["qwen2.5"]), "xml")
+
+
+# Native formats of the other templates TRL ships a response parser for (template file -> format).
+TRL_NATIVE_TEMPLATES = {
+    "qwen3_5_nothink": "qwen3_xml",
+    "gemma4": "gemma4",
+    "gptoss": "gptoss",
+    "glm4moe": "glm4moe",
+    "lfm2_2_5": "lfm2",
+    "qwen3_instruct_2507": "hermes",
+}
+
+
+@pytest.mark.parametrize(("template", "expected"), TRL_NATIVE_TEMPLATES.items())
+def test_templates_trl_parses_train_in_their_own_format_and_read_back(template, expected):
+    """Each is TRL's copy of the hub template; the call in the trained span is read back with TRL's own
+    response template, and the final answer's span is plain text."""
+    from pathlib import Path
+
+    import trl
+    from tooltune_trainer.tiny import corpus, train_tokenizer
+
+    text = (Path(trl.__file__).parent / "chat_templates" / f"{template}.jinja").read_text()
+    tokenizer = train_tokenizer(corpus(tool_calling_dataset(4)), 400, ["<pad>", "<eos>"], text,
+                                bos=None, eos="<eos>", pad="<pad>")  # fmt: skip
+    fmt = prepare_tokenizer(tokenizer)
+    row = tokenize_example(tokenizer, normalize_example(MULTI_TURN), 0, 8192, fmt)  # checks the round trip
+    call, answer = _trained_spans(tokenizer, row)
+    assert fmt.name == expected and fmt.native
+    calls = [(c.name, c.arguments) for c in fmt.parse(call).calls]
+    assert calls == [("complete_task", {"task_id": "task_7"})]
+    assert TEXT in answer and fmt.parse(answer).attempted == 0
+
+
+def test_the_spec_names_every_format_the_trainer_knows():
+    from tooltune_api.models import ToolCallFormatName
+    from tooltune_trainer.tool_formats import FORMAT_NAMES
+
+    assert sorted(ToolCallFormatName) == sorted(FORMAT_NAMES)

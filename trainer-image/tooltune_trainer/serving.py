@@ -36,10 +36,8 @@ def model_card(spec: ToolTuneJobSpec, fmt: ToolCallFormat, saved: list[str], sco
         "",
         "```sh",
     ]
-    template = (
-        f"--chat-template ./{CHAT_TEMPLATE_FILE} --enable-auto-tool-choice "
-        f"--tool-call-parser {fmt.vllm_parser}"
-    )
+    parser = fmt.vllm_parser or "<the parser vLLM documents for this model family>"
+    template = f"--chat-template ./{CHAT_TEMPLATE_FILE} --enable-auto-tool-choice --tool-call-parser {parser}"
     if weights is None:
         lines.append(
             f"vllm serve {spec.base_model} --enable-lora --lora-modules tooltune=. --max-lora-rank "

@@ -58,57 +58,84 @@ class ParsedAnswer:
 class ToolCallFormat:
     name: str
     native: bool  # the family's template renders tools and calls itself
-    call_marker: str  # what starts a call in the assistant's output (counts attempts that do not parse)
-    vllm_parser: str
+    call_marker: str | None  # what starts a call in the output; None: count the calls read
+    response_template: str | None  # TRL's response template (trl.chat_template_utils) that reads it
+    vllm_parser: str  # vLLM's --tool-call-parser; "" where vLLM documents none we know of
     summary: str
 
     def parse(self, text: str) -> ParsedAnswer:
         """The calls in an assistant's output, as generated (its end-of-turn token may follow)."""
-        bare = self.call_marker == "{"  # the whole answer is the call
-        attempts = int(text.lstrip().startswith("{")) if bare else text.count(self.call_marker)
-        if not attempts:
-            return ParsedAnswer()
         try:
-            calls = _parse_mistral(text) if self.name == MISTRAL else _parse_with_template(self.name, text)
+            calls = self._read(text)
         except (ValueError, KeyError, TypeError):
-            return ParsedAnswer(malformed=[text.strip()] * attempts)
-        return ParsedAnswer(calls=calls, malformed=[text.strip()] * max(0, attempts - len(calls)))
+            return ParsedAnswer(malformed=[text.strip()] * max(1, self._attempts(text, [])))
+        return ParsedAnswer(
+            calls=calls, malformed=[text.strip()] * (self._attempts(text, calls) - len(calls))
+        )
+
+    def _attempts(self, text: str, calls: list[ToolCall]) -> int:
+        if self.call_marker is None:
+            return len(calls)
+        if self.call_marker == "{":  # the whole answer is the call
+            return max(len(calls), int(text.lstrip().startswith("{")))
+        return max(len(calls), text.count(self.call_marker))
+
+    def _read(self, text: str) -> list[ToolCall]:
+        if self.response_template is None:  # Mistral's JSON list after [TOOL_CALLS]
+            if "[TOOL_CALLS]" not in text:
+                return []
+            payload = re.sub(r"</s>\s*$", "", text.split("[TOOL_CALLS]", 1)[1]).strip()
+            calls = json.loads(payload)
+            return [_tool_call(call) for call in (calls if isinstance(calls, list) else [calls])]
+        import trl.chat_template_utils
+        from transformers.utils.chat_parsing import parse_response
+
+        template = getattr(trl.chat_template_utils, self.response_template)
+        message = parse_response(text.strip(), template, prefix="")
+        return [_tool_call(call.get("function", call)) for call in message.get("tool_calls") or []]
 
 
+# Formats of templates TRL ships a response parser for, named after the template family.
+TRL_NATIVE = {
+    "qwen3_5_template": ToolCallFormat(
+        "qwen3_xml", True, "<function=", "qwen3_5_template", "qwen3_coder", "<tool_call> XML (Qwen 3.5+)"
+    ),
+    "nemotron_3_template": ToolCallFormat(
+        "nemotron_3", True, "<function=", "nemotron_3_template", "qwen3_coder", "<tool_call> XML (Nemotron 3)"
+    ),
+    "gemma4_template": ToolCallFormat(
+        "gemma4", True, "<|tool_call>", "gemma4_template", "", "<|tool_call>call:name{...} (Gemma 4)"
+    ),
+    "gptoss_template": ToolCallFormat(
+        "gptoss", True, None, "gptoss_template", "openai", "harmony channels (gpt-oss)"
+    ),
+    "glm4moe_template": ToolCallFormat(
+        "glm4moe", True, "<tool_call>", "glm4moe_template", "glm45", "<tool_call> with <arg_key> (GLM-4.5)"
+    ),
+    "lfm2_2_5_template": ToolCallFormat(
+        "lfm2", True, "<|tool_call_start|>", "lfm2_2_5_template", "", "pythonic calls (LFM2)"
+    ),
+}
 FORMATS = {
     fmt.name: fmt
     for fmt in (
-        ToolCallFormat(HERMES, True, "<tool_call>", "hermes", "<tool_call> JSON blocks (Hermes / Qwen)"),
         ToolCallFormat(
-            LLAMA3_JSON, True, "{", "llama3_json", 'bare {"name", "parameters"} JSON (Llama 3.1+)'
+            HERMES, True, "<tool_call>", "qwen3_template", "hermes", "<tool_call> JSON (Hermes, Qwen)"
         ),
-        ToolCallFormat(MISTRAL, True, "[TOOL_CALLS]", "mistral", "[TOOL_CALLS] JSON list (Mistral)"),
+        ToolCallFormat(LLAMA3_JSON, True, "{", "llama3_template", "llama3_json", "bare JSON (Llama 3.1+)"),
+        ToolCallFormat(MISTRAL, True, "[TOOL_CALLS]", None, "mistral", "[TOOL_CALLS] JSON list (Mistral)"),
         ToolCallFormat(
-            TOOL_TAGS, False, "<tool_call>", "hermes", "tools in the system turn, <tool_call> in text"
+            TOOL_TAGS,
+            False,
+            "<tool_call>",
+            "qwen3_template",
+            "hermes",
+            "tools in the system turn, <tool_call>",
         ),
+        *TRL_NATIVE.values(),
     )
 }
 FORMAT_NAMES = [AUTO, *FORMATS]
-
-
-def _response_template(name: str) -> dict[str, Any]:
-    from trl.chat_template_utils import llama3_template, qwen3_template
-
-    return llama3_template if name == LLAMA3_JSON else qwen3_template
-
-
-def _parse_with_template(name: str, text: str) -> list[ToolCall]:
-    from transformers.utils.chat_parsing import parse_response
-
-    message = parse_response(text.strip(), _response_template(name), prefix="")
-    return [_tool_call(call.get("function", call)) for call in message.get("tool_calls") or []]
-
-
-def _parse_mistral(text: str) -> list[ToolCall]:
-    payload = text.split("[TOOL_CALLS]", 1)[1].strip()
-    payload = re.sub(r"</s>\s*$", "", payload).strip()
-    calls = json.loads(payload)
-    return [_tool_call(call) for call in (calls if isinstance(calls, list) else [calls])]
 
 
 def _tool_call(function: dict[str, Any]) -> ToolCall:
@@ -133,6 +160,11 @@ def detect_format(tokenizer: Any) -> ToolCallFormat:
         raise FormattingError("the base model's tokenizer has no chat template; use a chat (instruct) model")
     if not supports_tool_calling(tokenizer):
         return FORMATS[TOOL_TAGS]
+    known = _trl_response_template(tokenizer)
+    if known is not None:
+        return {"qwen3_template": FORMATS[HERMES], "llama3_template": FORMATS[LLAMA3_JSON]}.get(
+            known, TRL_NATIVE.get(known)
+        ) or _unsupported(known)
     call = {"type": "function", "function": {"name": PROBE_NAME, "arguments": {PROBE_KEY: PROBE_VALUE}}}
     rendered = _render_probe(tokenizer, [{"role": "user", "content": "hi"}, _assistant_with(call)])
     if "<tool_call>" in rendered:
@@ -144,6 +176,28 @@ def detect_format(tokenizer: Any) -> ToolCallFormat:
     raise FormattingError(
         "the base model's chat template writes tool calls in a format tooltune cannot parse "
         f"({_excerpt(rendered, PROBE_NAME)!r}); set spec.toolCallFormat: tool_tags to train the lab's format"
+    )
+
+
+def _trl_response_template(tokenizer: Any) -> str | None:
+    """The name of TRL's response template for this chat template (TRL recognises templates it ships)."""
+    import copy
+
+    import trl.chat_template_utils as trl_templates
+
+    probe = copy.copy(tokenizer)
+    try:
+        trl_templates.add_response_schema(probe)
+    except ValueError:
+        return None
+    found = getattr(probe, "response_template", None)
+    return next((name for name in dir(trl_templates) if getattr(trl_templates, name) is found), None)
+
+
+def _unsupported(name: str) -> ToolCallFormat:
+    raise FormattingError(
+        f"the base model's chat template is one TRL parses with {name}, which tooltune does not train yet; "
+        "set spec.toolCallFormat: tool_tags to train the lab's format"
     )
 
 
