@@ -176,3 +176,20 @@ def test_the_spec_names_every_format_the_trainer_knows():
     from tooltune_trainer.tool_formats import FORMAT_NAMES
 
     assert sorted(ToolCallFormatName) == sorted(FORMAT_NAMES)
+
+
+def test_mistral_calls_are_read_as_mistral_writes_them():
+    """`[TOOL_CALLS] [{"name": ..., "arguments": {...}}]</s>`, as Unsloth's Ollama template for Mistral v0.3
+    renders an assistant's calls (unsloth/ollama_template_mappers.py)."""
+    mistral = FORMATS["mistral"]
+    text = (
+        '[TOOL_CALLS] [{"name": "complete_task", "arguments": {"task_id": "t1"}}, '
+        '{"name": "list_tasks", "arguments": {}}]</s>'
+    )
+    parsed = mistral.parse(text)
+    assert [(c.name, c.arguments) for c in parsed.calls] == [
+        ("complete_task", {"task_id": "t1"}),
+        ("list_tasks", {}),
+    ]
+    assert mistral.parse('[TOOL_CALLS] [{"name": "complete_task", "arguments": {"task_id": </s>').malformed
+    assert mistral.parse("All done.</s>").attempted == 0
