@@ -193,3 +193,17 @@ def test_mistral_calls_are_read_as_mistral_writes_them():
     ]
     assert mistral.parse('[TOOL_CALLS] [{"name": "complete_task", "arguments": {"task_id": </s>').malformed
     assert mistral.parse("All done.</s>").attempted == 0
+
+
+END_OF_TURN = {"llama3": "<|eot_id|>", "llama3.1": "<|eot_id|>", "llama3.2": "<|eot_id|>",
+               "qwen2.5": "<|im_end|>", "qwen3": "<|im_end|>", "mistral": "</s>", "gemma3": "<end_of_turn>",
+               "phi3": "<|end|>"}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_generation_stops_at_the_templates_end_of_turn_token(family_tokenizers, name):
+    """Gemma's eos is <eos> but its turns end with <end_of_turn>: generation must stop at the turn's end."""
+    from tooltune_trainer.formatting import end_of_turn_id
+
+    tokenizer, fmt = _prepared(family_tokenizers, name)
+    assert tokenizer.convert_ids_to_tokens(end_of_turn_id(tokenizer, fmt)) == END_OF_TURN[name]

@@ -194,6 +194,18 @@ def assistant_mask(
     return list(encoded["input_ids"]), mask
 
 
+def end_of_turn_id(tokenizer: Any, fmt: ToolCallFormat) -> int | None:
+    """The special token that ends an assistant turn in this template (`<|eot_id|>`, `<end_of_turn>`, ...):
+    the last trained special token of an answer the conversation goes on after (Phi-3 also closes the last
+    turn of a conversation with its eos)."""
+    turns = [("user", "hi"), ("assistant", "ok"), ("user", "bye")]
+    probe = {"messages": [{"role": role, "content": text} for role, text in turns], "tools": []}
+    ids, mask = assistant_mask(tokenizer, probe, 0, fmt)
+    trained = [token for token, keep in zip(ids, mask, strict=True) if keep]
+    special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
+    return next((token for token in reversed(trained) if token in special), None)
+
+
 def tokenize_example(
     tokenizer: Any,
     example: dict[str, Any],

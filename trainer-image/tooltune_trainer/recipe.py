@@ -41,12 +41,12 @@ from tooltune_trainer.checkpoints import (
 )
 from tooltune_trainer.data import InvalidDataset, read_jsonl, split_examples, validate_examples
 from tooltune_trainer.evaluate import evaluate, write_report
-from tooltune_trainer.formatting import FormattingError, templated_length, training_rows
+from tooltune_trainer.formatting import FormattingError, end_of_turn_id, templated_length, training_rows
 from tooltune_trainer.plots import render_loss_curves
 from tooltune_trainer.serving import write_model_card
 from tooltune_trainer.storage import StorageError, join, open_store
 from tooltune_trainer.telemetry import StatusReporter, TrainingMetrics, telemetry_callbacks
-from tooltune_trainer.tool_formats import prepare_tokenizer
+from tooltune_trainer.tool_formats import ToolCallFormat, prepare_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,7 @@ def run(
         step = trainer.state.global_step
         raise Terminated(step, step in checkpoint_sync.completed)
     try:
+        _stop_at_end_of_turn(trainer.model, tokenizer, fmt)
         eval_loss = trainer.evaluate()["eval_loss"] if validation_rows else None
 
         on_stage("evaluate tool calls")
@@ -310,6 +311,17 @@ def _trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+
+
+def _stop_at_end_of_turn(model: Any, tokenizer: Any, fmt: ToolCallFormat) -> None:
+    """Generation stops at the template's end-of-turn token. The Trainer aligns the generation config's eos
+    with the tokenizer's single eos token, which for Gemma (eos `<eos>`, turns end `<end_of_turn>`) would let
+    evaluation and a saved full model talk past the end of their turn."""
+    end = end_of_turn_id(tokenizer, fmt)
+    configured = model.generation_config.eos_token_id
+    stops = list(configured) if isinstance(configured, list) else [] if configured is None else [configured]
+    if end is not None and end not in stops:
+        model.generation_config.eos_token_id = [*stops, end]
 
 
 def _status_scores(scores: dict[str, Any]) -> dict[str, Any]:
