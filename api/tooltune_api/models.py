@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic.alias_generators import to_camel
 
 from tooltune_api import API_VERSION, KIND
+from tooltune_api.pricing import OPENAI_PRICES_SOURCE, OPENAI_TRAINING_PRICES
 
 
 class Model(BaseModel):
@@ -279,6 +280,23 @@ class OpenAIStatus(Model):
     status: str | None = None
     fine_tuned_model: str | None = None
     trained_tokens: int | None = None
+    shutdown_date: str | None = Field(
+        None, description="When spec.openai.model shuts down, as the models endpoint says (YYYY-MM-DD)."
+    )
+
+
+class CostStatus(Model):
+    """What the run costs: estimated before it is paid for, then what was billed."""
+
+    training_tokens: int | None = Field(
+        None, description="Tokens the run will train on: the training split's tokens times the epochs."
+    )
+    token_count: str | None = Field(None, description="How trainingTokens was counted.")
+    price_per_million_tokens: float | None = None
+    price_source: str | None = Field(None, description="The price table the estimate used, with its date.")
+    estimated_usd: float | None = Field(None, description="trainingTokens at pricePerMillionTokens.")
+    billed_tokens: int | None = Field(None, description="Tokens the provider billed (trained_tokens).")
+    billed_usd: float | None = Field(None, description="billedTokens at pricePerMillionTokens.")
 
 
 class OutputStatus(Model):
@@ -304,6 +322,7 @@ class ToolTuneJobStatus(Model):
     checkpoints: CheckpointStatus | None = None
     evaluation: EvaluationStatus | None = None
     openai: OpenAIStatus | None = None
+    cost: CostStatus | None = None
     output: OutputStatus | None = None
 
 
@@ -317,6 +336,18 @@ class JobRef(Model):
     name: str
     uid: str = ""
     attempt: int = Field(1, ge=1)
+
+
+class PriceTable(Model):
+    """The prices cost estimates use: tooltune's dated table unless the operator's Helm values override it."""
+
+    openai_training_per_million_tokens: dict[str, float] = Field(
+        default_factory=lambda: dict(OPENAI_TRAINING_PRICES),
+        description="US dollars per 1M training tokens by model name prefix (the longest match wins).",
+    )
+    source: str = Field(
+        OPENAI_PRICES_SOURCE, min_length=1, description="Where the prices come from, and when."
+    )
 
 
 class TrainerContract(Model):
@@ -333,6 +364,7 @@ class TrainerContract(Model):
     report_progress: bool = Field(True, description="Patch progress into the ToolTuneJob's status.")
     progress_interval_seconds: float = Field(10.0, ge=0)
     image: str | None = None
+    prices: PriceTable = Field(default_factory=PriceTable)
 
 
 class ToolTuneJob(Model):
