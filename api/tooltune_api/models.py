@@ -185,6 +185,12 @@ class Resources(Model):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     priority_class_name: str | None = None
+    cost_per_gpu_hour: float | None = Field(
+        None,
+        ge=0,
+        description="US dollars per GPU-hour, for status.cost's estimate; unset: the operator's "
+        "pricing.costPerGpuHour.",
+    )
 
 
 class ToolTuneJobSpec(Model):
@@ -294,9 +300,20 @@ class CostStatus(Model):
     token_count: str | None = Field(None, description="How trainingTokens was counted.")
     price_per_million_tokens: float | None = None
     price_source: str | None = Field(None, description="The price table the estimate used, with its date.")
-    estimated_usd: float | None = Field(None, description="trainingTokens at pricePerMillionTokens.")
+    estimated_usd: float | None = Field(
+        None, description="trainingTokens at pricePerMillionTokens, or estimatedGpuHours at costPerGpuHour."
+    )
     billed_tokens: int | None = Field(None, description="Tokens the provider billed (trained_tokens).")
     billed_usd: float | None = Field(None, description="billedTokens at pricePerMillionTokens.")
+    gpus: int | None = None
+    gpu_hours: float | None = Field(
+        None, description="GPU-hours this attempt has used: wall-clock hours × gpus."
+    )
+    estimated_gpu_hours: float | None = Field(
+        None, description="GPU-hours of the whole attempt: gpuHours plus the measured step rate's ETA."
+    )
+    cost_per_gpu_hour: float | None = None
+    spent_usd: float | None = Field(None, description="gpuHours at costPerGpuHour.")
 
 
 class OutputStatus(Model):
@@ -347,6 +364,9 @@ class PriceTable(Model):
     )
     source: str = Field(
         OPENAI_PRICES_SOURCE, min_length=1, description="Where the prices come from, and when."
+    )
+    cost_per_gpu_hour: float | None = Field(
+        None, ge=0, description="US dollars per GPU-hour of the cluster; spec.resources.costPerGpuHour wins."
     )
 
 

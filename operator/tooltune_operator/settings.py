@@ -19,6 +19,7 @@ OPENAI_TRAINING_PRICES_ENV = (
     "TOOLTUNE_OPENAI_TRAINING_PRICES"  # Helm pricing.openaiTrainingPricesPerMillionTokens
 )
 PRICES_SOURCE_ENV = "TOOLTUNE_PRICES_SOURCE"  # Helm pricing.source
+COST_PER_GPU_HOUR_ENV = "TOOLTUNE_COST_PER_GPU_HOUR"  # Helm pricing.costPerGpuHour
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,11 @@ def _plain(seconds: float) -> str:
 def price_table(env: dict[str, str]) -> PriceTable:
     """tooltune's dated price table with the Helm values' prices merged over it (a model they name gets their
     price, the others keep the table's); the source says which, so no estimate passes off one as the other."""
-    builtin = PriceTable()
+    builtin = PriceTable(cost_per_gpu_hour=gpu_hour_price(env))
     raw = env.get(OPENAI_TRAINING_PRICES_ENV, "").strip()
     source = env.get(PRICES_SOURCE_ENV, "").strip()
     if not raw:
-        return builtin if not source else PriceTable(source=source)
+        return builtin if not source else builtin.model_copy(update={"source": source})
     try:
         overrides = json.loads(raw)
     except ValueError:
@@ -89,7 +90,27 @@ def price_table(env: dict[str, str]) -> PriceTable:
             f"{OPENAI_TRAINING_PRICES_ENV}={raw!r}: must map model names to dollars per 1M training tokens, "
             'e.g. {"gpt-4o-mini": 3.0} (Helm value pricing.openaiTrainingPricesPerMillionTokens)'
         )
-    return PriceTable(
-        openai_training_per_million_tokens=builtin.openai_training_per_million_tokens | overrides,
-        source=source or f"Helm values pricing.openaiTrainingPricesPerMillionTokens, over {builtin.source}",
+    return builtin.model_copy(
+        update={
+            "openai_training_per_million_tokens": builtin.openai_training_per_million_tokens | overrides,
+            "source": source
+            or f"Helm values pricing.openaiTrainingPricesPerMillionTokens, over {builtin.source}",
+        }
     )
+
+
+def gpu_hour_price(env: dict[str, str]) -> float | None:
+    """Dollars per GPU-hour from the Helm values; unset or empty is None (no GPU cost estimate)."""
+    raw = env.get(COST_PER_GPU_HOUR_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        price = float(raw)
+    except ValueError:
+        price = -1.0
+    if not 0 <= price < float("inf"):
+        raise ValueError(
+            f"{COST_PER_GPU_HOUR_ENV}={raw!r}: must be US dollars per GPU-hour, e.g. 2.5 "
+            "(Helm value pricing.costPerGpuHour); unset it for no estimate"
+        )
+    return price

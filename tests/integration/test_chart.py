@@ -229,6 +229,7 @@ def test_pricing_values_reach_the_price_table_every_pod_gets(helm: str, chart: P
             "pricing.source=our OpenAI contract 2026-11",
             json_settings=(
                 'pricing.openaiTrainingPricesPerMillionTokens={"gpt-4o-mini": 2.5, "ft:my-base": 9}',
+                "pricing.costPerGpuHour=1.75",
             ),
         )
     )["Deployment"]
@@ -242,6 +243,7 @@ def test_pricing_values_reach_the_price_table_every_pod_gets(helm: str, chart: P
     assert prices.openai_training_per_million_tokens["gpt-4o-mini"] == 2.5
     assert prices.openai_training_per_million_tokens["ft:my-base"] == 9
     assert prices.openai_training_per_million_tokens["gpt-4o"] == 25.0  # the built-in table's, kept
+    assert prices.cost_per_gpu_hour == 1.75
     (default,) = by_kind(render(helm, chart))["Deployment"]
     default_env = {
         e["name"]: e.get("value", "") for e in default["spec"]["template"]["spec"]["containers"][0]["env"]

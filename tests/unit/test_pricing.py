@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 from tooltune_api.models import PriceTable
 from tooltune_api.pricing import OPENAI_PRICES_SOURCE, dollars
-from tooltune_operator.settings import OPENAI_TRAINING_PRICES_ENV, PRICES_SOURCE_ENV, price_table
+from tooltune_operator.settings import (
+    COST_PER_GPU_HOUR_ENV,
+    OPENAI_TRAINING_PRICES_ENV,
+    PRICES_SOURCE_ENV,
+    price_table,
+)
 
 
 def test_no_values_keep_the_built_in_dated_table():
@@ -38,3 +43,12 @@ def test_a_bad_override_names_the_variable_and_the_helm_value(raw):
 )
 def test_dollars(tokens, price, usd):
     assert dollars(tokens, price) == usd
+
+
+def test_cost_per_gpu_hour_is_optional_and_checked():
+    assert price_table({}).cost_per_gpu_hour is None
+    assert price_table({COST_PER_GPU_HOUR_ENV: "2.5"}).cost_per_gpu_hour == 2.5
+    assert price_table({COST_PER_GPU_HOUR_ENV: "0"}).cost_per_gpu_hour == 0  # your own cluster, already paid
+    for raw in ("-1", "two", "inf"):
+        with pytest.raises(ValueError, match=rf"^{COST_PER_GPU_HOUR_ENV}=.*pricing.costPerGpuHour"):
+            price_table({COST_PER_GPU_HOUR_ENV: raw})

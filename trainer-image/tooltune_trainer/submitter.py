@@ -512,6 +512,7 @@ class Submitter:
         )
         log.info("training tokens before the job: %s", cost)
         self.reporter.update(cost=cost)
+        self.metrics.observe(estimated_cost_usd=cost.get("estimatedUsd"))
         job = self.find_job()
         if job is None:
             self.check_model()
