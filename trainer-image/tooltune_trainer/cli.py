@@ -247,6 +247,68 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+# ---------------------------------------------------------------- finished runs side by side
+
+
+@app.command()
+def compare(
+    runs: Annotated[
+        list[str], typer.Argument(help="Finished runs: output directories (or their final/) or output URIs.")
+    ],
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint", help="S3 endpoint of s3:// runs (keys from AWS_ACCESS_KEY_ID and friends)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+) -> None:
+    """Finished runs side by side: backend, base model, steps, time, tokens, cost, each score, gate result."""
+    from tooltune_api.models import PriceTable, Storage
+
+    from tooltune_trainer.compare import CompareError, read_run, run_row
+    from tooltune_trainer.storage import open_store
+
+    store = open_store(Storage(endpoint=endpoint))
+    rows, unreadable = [], 0
+    for run in runs:
+        try:
+            rows.append(run_row(read_run(run, store), PriceTable()))
+        except CompareError as error:
+            typer.echo(str(error), err=True)
+            unreadable += 1
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    elif rows:
+        _print_comparison(rows)
+    raise typer.Exit(1 if unreadable else 0)
+
+
+def _print_comparison(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tooltune_trainer.compare import score_columns
+
+    scores = score_columns(rows)
+    table = Table(title="Runs", title_justify="left")
+    for name in ("run", "backend", "base model", "steps", "time", "tokens", "cost", *scores, "gate"):
+        table.add_column(name, justify="left" if name in {"run", "backend", "base model"} else "right")
+    for row in rows:
+        table.add_row(
+            row["run"],
+            row["backend"] or "—",
+            row["baseModel"] or "—",
+            "—" if row["steps"] is None else f"{row['steps']:.0f}",
+            "—" if row["seconds"] is None else f"{row['seconds']:.0f} s",
+            "—" if row["tokens"] is None else f"{row['tokens']:,.0f}",
+            "—" if row["costUsd"] is None else f"${row['costUsd']:.2f}",
+            *(_fmt(row["scores"].get(name)) for name in scores),
+            row.get("gate", "—"),
+        )
+    Console(highlight=False, markup=False).print(table)
+
+
 # ---------------------------------------------------------------- training: tooltune run / tooltune train
 
 DEFAULT_LOCAL_WORKDIR = Path(".tooltune")
