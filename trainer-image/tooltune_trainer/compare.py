@@ -44,15 +44,15 @@ def read_run(run: str, store: Store) -> RunFiles:
     """The final/ documents of a local directory or an output URI."""
     found = RunFiles(run)
     if "://" in run:
+        final_uri = join(run, FINAL_DIR)
         with tempfile.TemporaryDirectory(prefix="tooltune-compare-") as scratch:
-            for file in FILES:
-                try:
-                    local = store.fetch(join(run, FINAL_DIR, file), Path(scratch) / file)
-                except StorageError as error:
-                    if error.retryable or "not found" not in str(error).lower():
-                        raise CompareError(f"{run}: {error}") from None
-                    continue
-                found.documents[file] = _load(run, local)
+            try:
+                present = set(store.list(final_uri))
+                for file in (file for file in FILES if file in present):
+                    local = store.fetch(join(final_uri, file), Path(scratch) / file)
+                    found.documents[file] = _load(run, local)
+            except StorageError as error:
+                raise CompareError(f"{run}: {error}") from None
     else:
         base = Path(run)
         final = base if (base / "lineage.json").exists() else base / FINAL_DIR
