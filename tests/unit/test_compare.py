@@ -24,6 +24,8 @@ LINEAGE = {
 }
 EVALUATION = {
     "metrics": {
+        "examples": 53,  # a count, not a score
+        "expectedCalls": 50,
         "toolNameAccuracy": 0.96,
         "argumentsExactMatch": 0.02,
         "validJsonRate": 1.0,
@@ -94,8 +96,11 @@ def test_the_gate_result_comes_from_the_report_or_the_lineage(evaluation, lineag
 
 
 def test_score_columns_put_the_lab_s_four_first():
-    rows = [{"scores": {"zeta": 1.0, "noCallRate": 0.0}}, {"scores": {"toolNameAccuracy": 1.0, "alpha": 0.5}}]
-    assert score_columns(rows) == ["toolNameAccuracy", "noCallRate", "alpha", "zeta"]
+    rows = [
+        {"scores": {"zetaRate": 1.0, "noCallRate": 0.0}},
+        {"scores": {"toolNameAccuracy": 1.0, "alphaMatch": 0.5}},
+    ]
+    assert score_columns(rows) == ["toolNameAccuracy", "noCallRate", "alphaMatch", "zetaRate"]
 
 
 def test_a_directory_without_a_finished_run_is_named(tmp_path):

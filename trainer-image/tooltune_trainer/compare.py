@@ -21,8 +21,10 @@ from tooltune_trainer.storage import StorageError, Store, join
 
 FINAL_DIR = "final"
 FILES = ("lineage.json", "evaluation.json", "train_log.json", "smoke.json")
-# Scores shown first, in the order the lab reads them; any other score a report carries follows.
+# Scores shown first, in the order the lab reads them; any other score a report carries follows. A score is
+# a share (its name ends so); counts such as examples or expectedCalls are not scores.
 SCORE_ORDER = ("toolNameAccuracy", "argumentsExactMatch", "validJsonRate", "noCallRate")
+SCORE_SUFFIXES = ("Accuracy", "Rate", "Match")
 
 
 class CompareError(Exception):
@@ -85,7 +87,7 @@ def _scores(evaluation: dict[str, Any], lineage: dict[str, Any]) -> dict[str, fl
     return {
         key: float(value)
         for key, value in source.items()
-        if isinstance(value, int | float) and not isinstance(value, bool) and key not in {"steps"}
+        if isinstance(value, int | float) and not isinstance(value, bool) and key.endswith(SCORE_SUFFIXES)
     }
 
 
