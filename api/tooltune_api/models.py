@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic.alias_generators import to_camel
 
 from tooltune_api import API_VERSION, KIND
+from tooltune_api.pricing import OPENAI_PRICES_SOURCE, OPENAI_TRAINING_PRICES
 
 
 class Model(BaseModel):
@@ -201,6 +202,12 @@ class Resources(Model):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     priority_class_name: str | None = None
+    cost_per_gpu_hour: float | None = Field(
+        None,
+        ge=0,
+        description="US dollars per GPU-hour, for status.cost's estimate; unset: the operator's "
+        "pricing.costPerGpuHour.",
+    )
 
 
 class ToolTuneJobSpec(Model):
@@ -303,6 +310,34 @@ class OpenAIStatus(Model):
     status: str | None = None
     fine_tuned_model: str | None = None
     trained_tokens: int | None = None
+    shutdown_date: str | None = Field(
+        None, description="When spec.openai.model shuts down, as the models endpoint says (YYYY-MM-DD)."
+    )
+
+
+class CostStatus(Model):
+    """What the run costs: estimated before it is paid for, then what was billed."""
+
+    training_tokens: int | None = Field(
+        None, description="Tokens the run will train on: the training split's tokens times the epochs."
+    )
+    token_count: str | None = Field(None, description="How trainingTokens was counted.")
+    price_per_million_tokens: float | None = None
+    price_source: str | None = Field(None, description="The price table the estimate used, with its date.")
+    estimated_usd: float | None = Field(
+        None, description="trainingTokens at pricePerMillionTokens, or estimatedGpuHours at costPerGpuHour."
+    )
+    billed_tokens: int | None = Field(None, description="Tokens the provider billed (trained_tokens).")
+    billed_usd: float | None = Field(None, description="billedTokens at pricePerMillionTokens.")
+    gpus: int | None = None
+    gpu_hours: float | None = Field(
+        None, description="GPU-hours this attempt has used: wall-clock hours × gpus."
+    )
+    estimated_gpu_hours: float | None = Field(
+        None, description="GPU-hours of the whole attempt: gpuHours plus the measured step rate's ETA."
+    )
+    cost_per_gpu_hour: float | None = None
+    spent_usd: float | None = Field(None, description="gpuHours at costPerGpuHour.")
 
 
 class OutputStatus(Model):
@@ -328,6 +363,7 @@ class ToolTuneJobStatus(Model):
     checkpoints: CheckpointStatus | None = None
     evaluation: EvaluationStatus | None = None
     openai: OpenAIStatus | None = None
+    cost: CostStatus | None = None
     output: OutputStatus | None = None
 
 
@@ -341,6 +377,21 @@ class JobRef(Model):
     name: str
     uid: str = ""
     attempt: int = Field(1, ge=1)
+
+
+class PriceTable(Model):
+    """The prices cost estimates use: tooltune's dated table unless the operator's Helm values override it."""
+
+    openai_training_per_million_tokens: dict[str, float] = Field(
+        default_factory=lambda: dict(OPENAI_TRAINING_PRICES),
+        description="US dollars per 1M training tokens by model name prefix (the longest match wins).",
+    )
+    source: str = Field(
+        OPENAI_PRICES_SOURCE, min_length=1, description="Where the prices come from, and when."
+    )
+    cost_per_gpu_hour: float | None = Field(
+        None, ge=0, description="US dollars per GPU-hour of the cluster; spec.resources.costPerGpuHour wins."
+    )
 
 
 class TrainerContract(Model):
@@ -357,6 +408,7 @@ class TrainerContract(Model):
     report_progress: bool = Field(True, description="Patch progress into the ToolTuneJob's status.")
     progress_interval_seconds: float = Field(10.0, ge=0)
     image: str | None = None
+    prices: PriceTable = Field(default_factory=PriceTable)
 
 
 class ToolTuneJob(Model):

@@ -87,6 +87,7 @@ def contract(
         metrics_port=settings.trainer_metrics_port,
         progress_interval_seconds=settings.progress_interval_seconds,
         image=spec.image or settings.trainer_image,
+        prices=settings.prices,
     )
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from tooltune_api.models import PriceTable
 from tooltune_api.settings import (
     DATASET_MAX_BYTES_ENV,
     STORAGE_CONNECT_TIMEOUT_ENV,
@@ -13,6 +15,11 @@ from tooltune_api.settings import (
 )
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/tooltune/trainer:0.1.0"
+OPENAI_TRAINING_PRICES_ENV = (
+    "TOOLTUNE_OPENAI_TRAINING_PRICES"  # Helm pricing.openaiTrainingPricesPerMillionTokens
+)
+PRICES_SOURCE_ENV = "TOOLTUNE_PRICES_SOURCE"  # Helm pricing.source
+COST_PER_GPU_HOUR_ENV = "TOOLTUNE_COST_PER_GPU_HOUR"  # Helm pricing.costPerGpuHour
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,7 @@ class Settings:
     storage_connect_timeout_seconds: float = 10.0  # a trainer's wait for an S3 connection
     storage_read_timeout_seconds: float = 60.0  # a trainer's wait for the next bytes from S3 or https
     dataset_max_bytes: int = 4 * 1024**3  # the largest dataset a trainer downloads
+    prices: PriceTable = field(default_factory=PriceTable)  # what cost estimates use, handed to every pod
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -45,6 +53,7 @@ class Settings:
                 env, STORAGE_READ_TIMEOUT_ENV, float, cls.storage_read_timeout_seconds
             ),
             dataset_max_bytes=positive(env, DATASET_MAX_BYTES_ENV, int, cls.dataset_max_bytes),
+            prices=price_table(env),
         )
 
     def trainer_storage_env(self) -> dict[str, str]:
@@ -59,3 +68,49 @@ class Settings:
 def _plain(seconds: float) -> str:
     """10.0 → '10', 2.5 → '2.5': what a person would write in the variable."""
     return str(int(seconds)) if float(seconds).is_integer() else repr(float(seconds))
+
+
+def price_table(env: dict[str, str]) -> PriceTable:
+    """tooltune's dated price table with the Helm values' prices merged over it (a model they name gets their
+    price, the others keep the table's); the source says which, so no estimate passes off one as the other."""
+    builtin = PriceTable(cost_per_gpu_hour=gpu_hour_price(env))
+    raw = env.get(OPENAI_TRAINING_PRICES_ENV, "").strip()
+    source = env.get(PRICES_SOURCE_ENV, "").strip()
+    if not raw:
+        return builtin if not source else builtin.model_copy(update={"source": source})
+    try:
+        overrides = json.loads(raw)
+    except ValueError:
+        overrides = None
+    if not isinstance(overrides, dict) or not all(
+        isinstance(price, int | float) and not isinstance(price, bool) and price >= 0
+        for price in overrides.values()
+    ):
+        raise ValueError(
+            f"{OPENAI_TRAINING_PRICES_ENV}={raw!r}: must map model names to dollars per 1M training tokens, "
+            'e.g. {"gpt-4o-mini": 3.0} (Helm value pricing.openaiTrainingPricesPerMillionTokens)'
+        )
+    return builtin.model_copy(
+        update={
+            "openai_training_per_million_tokens": builtin.openai_training_per_million_tokens | overrides,
+            "source": source
+            or f"Helm values pricing.openaiTrainingPricesPerMillionTokens, over {builtin.source}",
+        }
+    )
+
+
+def gpu_hour_price(env: dict[str, str]) -> float | None:
+    """Dollars per GPU-hour from the Helm values; unset or empty is None (no GPU cost estimate)."""
+    raw = env.get(COST_PER_GPU_HOUR_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        price = float(raw)
+    except ValueError:
+        price = -1.0
+    if not 0 <= price < float("inf"):
+        raise ValueError(
+            f"{COST_PER_GPU_HOUR_ENV}={raw!r}: must be US dollars per GPU-hour, e.g. 2.5 "
+            "(Helm value pricing.costPerGpuHour); unset it for no estimate"
+        )
+    return price

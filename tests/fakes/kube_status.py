@@ -1,4 +1,5 @@
-"""A stand-in for the one Kubernetes call a trainer pod makes: merge patches on a ToolTuneJob's status.
+"""A stand-in for the two Kubernetes calls a trainer pod makes: merge patches on a ToolTuneJob's status,
+and Events about it.
 
 Enough for a subprocess's StatusReporter (kubernetes client, configured through KUBECONFIG) to report
 to something a test can read; the full API emulator lives in tests/harness.
@@ -17,6 +18,7 @@ import yaml
 from tests.fakes.server import JsonHandler, LocalServer
 
 STATUS_PATH = re.compile(r"^/apis/tooltune\.dev/v1alpha1/namespaces/([^/]+)/tooltunejobs/([^/]+)/status$")
+EVENTS_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/events$")
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -37,6 +39,7 @@ class StatusRecorder(LocalServer):
         super().__init__(type("Handler", (_Handler,), {"recorder": self}), "fake-kube-status")
         self.patches: list[dict[str, Any]] = []  # bodies as received
         self.statuses: dict[tuple[str, str], dict[str, Any]] = {}  # (namespace, name) -> merged status
+        self.events: list[dict[str, Any]] = []  # Event bodies as created
         self._lock = threading.Lock()
 
     def status(self, namespace: str, name: str) -> dict[str, Any]:
@@ -62,6 +65,15 @@ class StatusRecorder(LocalServer):
 
 class _Handler(JsonHandler):
     recorder: StatusRecorder
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        if EVENTS_PATH.match(self.path.split("?")[0]) is None:
+            self.answer(404, {"kind": "Status", "status": "Failure", "code": 404, "reason": "NotFound"})
+            return
+        with self.recorder._lock:
+            self.recorder.events.append(body)
+        self.answer(201, body)
 
     def do_PATCH(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")

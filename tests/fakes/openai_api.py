@@ -1,8 +1,16 @@
 """A local server that speaks the OpenAI fine-tuning API's wire format, with scripted job lifecycles.
 
 It answers the requests openai-python sends for files, fine-tuning jobs (create, retrieve, list with a
-metadata filter, events, checkpoints, cancel) and chat completions, checks the Bearer key, and counts
-what it was asked to do so tests can assert "exactly one job was created" or "nothing was uploaded".
+metadata filter, events, checkpoints, cancel), models (list, retrieve, with ``shutdown_date``) and chat
+completions, checks the Bearer key, and counts what it was asked to do so tests can assert "exactly one
+job was created" or "nothing was uploaded".
+
+OpenAI's wind-down, as the real service behaves: the fine-tunable models carry a ``shutdown_date`` (OpenAI
+announced 2027-01-14 for the gpt-4o and gpt-4.1 families; here it stays 44 days after today, as it was on
+2026-12-01, so tests do not depend on the calendar); a job on a model past its shutdown, or on one the
+catalogue lacks, is refused with 400 naming the model; ``refuse_jobs`` makes every job creation a 403
+whose message says nothing about why or what to do (the service's refusal is no more helpful than that);
+``serves_models = False`` is a compatible service without a models endpoint (404 on every model route).
 
 A job moves one stage forward each time it is retrieved: validating_files, queued, then one running
 stage per ``Lifecycle.running_polls`` (each emits a metrics event and a checkpoint), then the scripted
@@ -19,6 +27,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlparse
 
@@ -29,6 +38,32 @@ ORGANIZATION = "org-tooltune-test"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 Outcome = Literal["succeeded", "failed", "cancelled", "running"]
+
+# The fine-tunable snapshots and their creation times, as the models endpoint lists them.
+FINE_TUNABLE = {
+    "gpt-4o-mini-2024-07-18": 1721172717,
+    "gpt-4o-2024-08-06": 1722814719,
+    "gpt-4.1-2025-04-14": 1744316542,
+    "gpt-4.1-mini-2025-04-14": 1744317547,
+}
+DAYS_TO_SHUTDOWN = 44  # 2026-12-01 → 2027-01-14
+REFUSAL_MESSAGE = "You do not have access to create fine-tuning jobs."
+
+
+def today() -> date:
+    return datetime.now(UTC).date()
+
+
+def model_body(
+    model_id: str, created: int, shutdown: date | None, owned_by: str = "system"
+) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": created,
+        "owned_by": owned_by,
+        "shutdown_date": shutdown.isoformat() if shutdown else None,
+    }
 
 
 @dataclass
@@ -78,6 +113,10 @@ class FakeOpenAI(LocalServer):
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status answered)
         self.cancel_requests = 0
         self.filters_metadata = True  # False: list every job, as a compatible service without the filter may
+        shutdown = today() + timedelta(days=DAYS_TO_SHUTDOWN)
+        self.models = {name: model_body(name, created, shutdown) for name, created in FINE_TUNABLE.items()}
+        self.serves_models = True  # False: a compatible service without a models endpoint
+        self.refuse_jobs = False  # True: every job creation is refused with 403, as OpenAI's wind-down does
         self._failures: list[tuple[int, float]] = []  # (status, retry-after seconds) of the next requests
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
@@ -109,6 +148,16 @@ class FakeOpenAI(LocalServer):
                 return dict(only.body)
             return dict(self.jobs[job_id].body)
 
+    def set_shutdown(self, model_id: str, shutdown: date | None) -> None:
+        """Announce (or withdraw, with None) a model's shutdown date; adds the model when it is new."""
+        with self._lock:
+            created = self.models.get(model_id, {}).get("created", int(time.time()))
+            self.models[model_id] = model_body(model_id, created, shutdown)
+
+    def requested(self, method: str, path: str) -> int:
+        """How many requests of this method and path the server answered."""
+        return sum(1 for m, p, _ in self.requests if (m, p) == (method, path))
+
     def answered(self, status: int) -> int:
         return sum(1 for _, _, answered in self.requests if answered == status)
 
@@ -136,9 +185,32 @@ class FakeOpenAI(LocalServer):
         self.file_contents[file_id] = content
         return 200, body
 
+    def retrieve_model(self, model_id: str) -> tuple[int, dict[str, Any]]:
+        model = self.models.get(model_id)
+        if model is None:
+            return 404, _model_not_found(model_id)
+        return 200, model
+
+    def list_models(self) -> tuple[int, dict[str, Any]]:
+        return 200, {"object": "list", "data": list(self.models.values())}
+
+    def _fine_tunable(self, model_id: str) -> bool:
+        if not self.serves_models:  # a compatible service without a catalogue fine-tunes what it is asked
+            return True
+        model = self.models.get(model_id)
+        if model is None:
+            return False
+        shutdown = model.get("shutdown_date")
+        return shutdown is None or date.fromisoformat(shutdown) > today()
+
     def create_job(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if not request.get("model"):
             return 400, _error("Missing required parameter: 'model'.", "model")
+        if self.refuse_jobs:
+            return 403, _error(REFUSAL_MESSAGE, None)
+        if not self._fine_tunable(request["model"]):
+            message = f"Model {request['model']} is not available for fine-tuning or does not exist."
+            return 400, _error(message, "model", "model_not_available")
         for param in ("training_file", "validation_file"):
             file_id = request.get(param)
             if param == "training_file" and not file_id:
@@ -387,6 +459,10 @@ class FakeOpenAI(LocalServer):
                 return self.list_checkpoints(job_id, query)
             case "POST", ["fine_tuning", "jobs", job_id, "cancel"]:
                 return self.cancel_job(job_id)
+            case "GET", ["models"] if self.serves_models:
+                return self.list_models()
+            case "GET", ["models", model_id] if self.serves_models:
+                return self.retrieve_model(model_id)
             case "POST", ["chat", "completions"]:
                 return self.chat_completion(json.loads(body or b"{}"))
         return 404, _error(f"Unknown route {method} {path}", None)
@@ -413,6 +489,10 @@ class _Handler(JsonHandler):
 
 def _error(message: str, param: str | None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
+
+
+def _model_not_found(model_id: str) -> dict[str, Any]:
+    return _error(f"The model '{model_id}' does not exist", "model", "model_not_found")
 
 
 def _public(body: dict[str, Any]) -> dict[str, Any]:

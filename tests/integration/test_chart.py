@@ -14,7 +14,8 @@ import kmock
 import pytest
 import yaml
 from tooltune_api import GROUP, PLURAL
-from tooltune_api.models import ToolTuneJob
+from tooltune_api.models import PriceTable, ToolTuneJob
+from tooltune_operator.settings import Settings
 
 from tests.fixtures.cluster import K8s
 from tests.harness import emulator
@@ -80,11 +81,15 @@ def run(command: list[str], timeout: float = 60) -> subprocess.CompletedProcess[
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
-def render(helm: str, chart: Path, *settings: str, crds: bool = False) -> list[dict[str, Any]]:
+def render(
+    helm: str, chart: Path, *settings: str, crds: bool = False, json_settings: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
     command = [helm, "template", RELEASE, str(chart), "--namespace", NAMESPACE]
     command += ["--include-crds"] if crds else []
     for setting in settings:
         command += ["--set", setting]
+    for setting in json_settings:  # typed values: --set makes 2.5 a string
+        command += ["--set-json", setting]
     result = run(command)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
@@ -214,6 +219,51 @@ def test_chart_and_plain_manifests_run_the_operator_the_same_way(helm: str, char
     assert {e["name"] for e in theirs["containers"][0]["env"]} <= {
         e["name"] for e in ours["containers"][0]["env"]
     }
+
+
+def test_pricing_values_reach_the_price_table_every_pod_gets(helm: str, chart: Path) -> None:
+    (deployment,) = by_kind(
+        render(
+            helm,
+            chart,
+            "pricing.source=our OpenAI contract 2026-11",
+            json_settings=(
+                'pricing.openaiTrainingPricesPerMillionTokens={"gpt-4o-mini": 2.5, "ft:my-base": 9}',
+                "pricing.costPerGpuHour=1.75",
+            ),
+        )
+    )["Deployment"]
+    env = {
+        e["name"]: e.get("value", "") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+
+    prices = Settings.from_env(env).prices
+
+    assert prices.source == "our OpenAI contract 2026-11"
+    assert prices.openai_training_per_million_tokens["gpt-4o-mini"] == 2.5
+    assert prices.openai_training_per_million_tokens["ft:my-base"] == 9
+    assert prices.openai_training_per_million_tokens["gpt-4o"] == 25.0  # the built-in table's, kept
+    assert prices.cost_per_gpu_hour == 1.75
+    (default,) = by_kind(render(helm, chart))["Deployment"]
+    default_env = {
+        e["name"]: e.get("value", "") for e in default["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert Settings.from_env(default_env).prices == PriceTable()
+
+
+def test_a_negative_price_is_refused_by_the_values_schema(helm: str, chart: Path) -> None:
+    result = run(
+        [
+            helm,
+            "template",
+            RELEASE,
+            str(chart),
+            "--set-json",
+            'pricing.openaiTrainingPricesPerMillionTokens={"gpt-4o": -1}',
+        ]
+    )
+    assert result.returncode != 0
+    assert "openaiTrainingPricesPerMillionTokens" in result.stderr
 
 
 def test_values_schema_refuses_a_typo(helm: str, chart: Path) -> None:

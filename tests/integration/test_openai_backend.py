@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from tooltune_trainer.submitter import EXIT_RETRYABLE, SubmitError, Submitter
 from tooltune_trainer.telemetry import StatusReporter, TrainingMetrics
 
 from tests.fakes.kube_status import StatusRecorder
-from tests.fakes.openai_api import FakeOpenAI, Lifecycle
+from tests.fakes.openai_api import REFUSAL_MESSAGE, FakeOpenAI, Lifecycle, today
 from tests.fakes.task_api import openai_contract, task_api_examples, write_dataset
 
 pytestmark = pytest.mark.integration
@@ -39,6 +40,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE, NAME = "tuning", "task-api-tools"
 SECRET = SecretKeyRef(name="openai-api-key", key="OPENAI_API_KEY")
+MODEL = "gpt-4o-mini-2024-07-18"  # the model of tests.fakes.task_api.openai_contract
 QUICK = Lifecycle(validating_polls=1, queued_polls=1, running_polls=4, steps_per_poll=25)
 SUBPROCESS_TIMEOUT = 180
 
@@ -113,15 +115,32 @@ class RecordingReporter(StatusReporter):
         return merged
 
 
+class RecordingEvents:
+    def __init__(self) -> None:
+        self.recorded: list[tuple[str, str, str]] = []  # (reason, message, type)
+
+    def record(self, reason: str, message: str, event_type: str = "Normal") -> None:
+        self.recorded.append((reason, message, event_type))
+
+    def flush(self) -> None:
+        pass
+
+
 def in_process(
-    tmp_path: Path, server: FakeOpenAI, max_retries: int = submitter.MAX_RETRIES, **openai_settings
+    tmp_path: Path,
+    server: FakeOpenAI,
+    max_retries: int = submitter.MAX_RETRIES,
+    events: RecordingEvents | None = None,
+    **openai_settings,
 ):
     contract = TrainerContract.model_validate(openai_contract(tmp_path, server.base_url, **openai_settings))
     reporter = RecordingReporter(contract)
     metrics = TrainingMetrics(contract, registry=CollectorRegistry())
     client = OpenAI(api_key=server.api_key, base_url=server.base_url, max_retries=max_retries)
     sleeps: list[float] = []
-    run = Submitter(contract, client, reporter, metrics, tmp_path / "work", sleep=sleeps.append)
+    run = Submitter(
+        contract, client, reporter, metrics, tmp_path / "work", sleep=sleeps.append, events=events
+    )
     return run, reporter, metrics, sleeps
 
 
@@ -166,7 +185,12 @@ def test_submitter_killed_mid_run_resumes_the_same_remote_job(openai_server, sta
         "status": "succeeded",
         "fineTunedModel": job["fine_tuned_model"],
         "trainedTokens": QUICK.trained_tokens,
+        "shutdownDate": openai_server.models[MODEL]["shutdown_date"],
     }
+    # the estimate was in status before the job was created; the bill replaces nothing, it sits beside it
+    assert status["cost"]["estimatedUsd"] == round(status["cost"]["trainingTokens"] * 3.00 / 1e6, 4)
+    assert status["cost"]["billedTokens"] == QUICK.trained_tokens
+    assert status["cost"]["billedUsd"] == round(QUICK.trained_tokens * 3.00 / 1e6, 4)
     assert status["progress"]["step"] == status["progress"]["totalSteps"] == 80
     assert status["progress"]["trainLoss"] == pytest.approx(2.0 * 0.93 ** (80 / 5) + 0.05, abs=1e-4)
     assert status["evaluation"]["examples"] == 3
@@ -256,7 +280,119 @@ def test_remote_failure_exits_permanently_with_the_remote_error(
         f"remote fine-tuning job {job['id']} failed: invalid_training_file (parameter training_file): "
         "The job failed due to an invalid training file. Line 3: missing 'messages'."
     )
-    assert status_api.status(NAMESPACE, NAME)["openai"] == {"jobId": job["id"], "status": "failed"}
+    assert status_api.status(NAMESPACE, NAME)["openai"] == {
+        "jobId": job["id"],
+        "status": "failed",
+        "shutdownDate": openai_server.models[MODEL]["shutdown_date"],
+    }
+
+
+# ---------------------------------------------------------------- OpenAI's shutdown
+
+
+def test_a_near_shutdown_warns_with_an_event_and_the_run_goes_on(
+    openai_server, status_api, tmp_path, monkeypatch
+):
+    openai_server.lifecycle = QUICK
+    shutdown = today() + timedelta(days=30)
+    openai_server.set_shutdown(MODEL, shutdown)
+    contract = write_contract(tmp_path, openai_server)
+
+    assert run_main(monkeypatch, tmp_path, contract, openai_server.api_key, status_api) == EXIT_OK
+
+    [event] = status_api.events
+    assert (event["reason"], event["type"]) == ("ModelShutdownNear", "Warning")
+    assert event["involvedObject"]["name"] == NAME
+    assert event["message"] == (
+        f"spec.openai.model {MODEL} shuts down on {shutdown.isoformat()}, in 30 days: the model this run "
+        "makes stops answering then; to keep it, train the same data on your own GPUs instead: the same "
+        "ToolTuneJob with backend: unsloth, baseModel: unsloth/Qwen2.5-7B-Instruct-bnb-4bit and no openai "
+        "block (see docs/migrating-from-openai.md)"
+    )
+    assert status_api.status(NAMESPACE, NAME)["openai"]["shutdownDate"] == shutdown.isoformat()
+    assert openai_server.jobs_created == 1
+
+
+@pytest.mark.parametrize("shutdown", [None, today() + timedelta(days=submitter.SHUTDOWN_WARNING_DAYS + 1)])
+def test_no_announced_or_a_distant_shutdown_raises_no_event(openai_server, tmp_path, shutdown):
+    openai_server.lifecycle = QUICK
+    openai_server.set_shutdown(MODEL, shutdown)
+    events = RecordingEvents()
+    run, reporter, _, _ = in_process(tmp_path, openai_server, events=events)
+
+    run.run()
+
+    assert events.recorded == []
+    assert reporter.final()["openai"].get("shutdownDate") == (shutdown.isoformat() if shutdown else None)
+
+
+@pytest.mark.parametrize("days_ago", [0, 1])
+def test_a_model_past_its_shutdown_stops_the_run_before_any_upload(openai_server, tmp_path, days_ago):
+    openai_server.set_shutdown(MODEL, today() - timedelta(days=days_ago))
+    run, _, _, _ = in_process(tmp_path, openai_server)
+
+    with pytest.raises(SubmitError) as failure:
+        run.run()
+
+    assert failure.value.exit_code == EXIT_INVALID
+    assert str(failure.value).startswith(
+        f"spec.openai.model {MODEL} shut down on {(today() - timedelta(days=days_ago)).isoformat()}"
+    )
+    assert "backend: unsloth, baseModel: unsloth/Qwen2.5-7B-Instruct-bnb-4bit" in str(failure.value)
+    assert openai_server.files_uploaded == openai_server.jobs_created == 0
+
+
+def test_a_service_refusing_new_jobs_ends_the_pod_with_exit_2_and_the_way_out(
+    openai_server, status_api, tmp_path, monkeypatch
+):
+    openai_server.refuse_jobs = True
+    contract = write_contract(tmp_path, openai_server, model="gpt-4.1-2025-04-14")
+
+    assert run_main(monkeypatch, tmp_path, contract, openai_server.api_key, status_api) == EXIT_INVALID
+
+    reason = (tmp_path / "termination-log").read_text()
+    assert reason == (
+        f"the fine-tuning service refused to create a job (403): {REFUSAL_MESSAGE}; OpenAI is winding down "
+        "self-serve fine-tuning and takes no new jobs from 2027-01-06 (earlier for organisations without "
+        "recent fine-tuned-model use); train the same data on your own GPUs instead: the same ToolTuneJob "
+        "with backend: unsloth, baseModel: unsloth/Qwen2.5-32B-Instruct-bnb-4bit and no openai block "
+        "(see docs/migrating-from-openai.md)"
+    )
+    assert openai_server.answered(403) == 1  # refused once: no retry can change it
+    assert openai_server.jobs_created == 0
+
+
+def test_a_model_the_service_does_not_fine_tune_is_named_with_the_way_out(openai_server, tmp_path):
+    run, _, _, _ = in_process(tmp_path, openai_server, model="gpt-5-nano")
+
+    with pytest.raises(SubmitError) as failure:
+        run.run()
+
+    assert failure.value.exit_code == EXIT_INVALID
+    assert str(failure.value) == (
+        "spec.openai.model gpt-5-nano cannot be fine-tuned there (400): Model gpt-5-nano is not available "
+        "for fine-tuning or does not exist.; pick a model the service fine-tunes, or train the same data "
+        "on your own GPUs instead: the same ToolTuneJob with backend: unsloth, baseModel: "
+        "unsloth/Qwen2.5-7B-Instruct-bnb-4bit and no openai block (see docs/migrating-from-openai.md)"
+    )
+    assert openai_server.answered(404) == 1  # the models endpoint did not know it either
+
+
+def test_a_compatible_service_without_a_models_endpoint_still_trains(openai_server, tmp_path):
+    """spec.openai.baseUrl may name any service that speaks the fine-tuning API, models endpoint or not."""
+    openai_server.lifecycle = QUICK
+    openai_server.serves_models = False
+    events = RecordingEvents()
+    run, reporter, _, _ = in_process(tmp_path, openai_server, events=events, model="llama-3.1-8b-instruct")
+
+    model = run.run()
+
+    assert model.startswith("ft:llama-3.1-8b-instruct:")
+    assert openai_server.requested("GET", "/v1/models/llama-3.1-8b-instruct") == 1
+    assert events.recorded == []
+    cost = reporter.final()["cost"]
+    assert "estimatedUsd" not in cost and "billedUsd" not in cost  # no price for it in the table
+    assert cost["billedTokens"] == QUICK.trained_tokens
 
 
 # ---------------------------------------------------------------- the run in-process (no sleeping)

@@ -18,7 +18,7 @@ from tooltune_operator.settings import Settings
 
 from tests.fakes.openai_api import FakeOpenAI, Lifecycle
 from tests.fakes.task_api import write_dataset
-from tests.harness.emulator import PODS, TTJ
+from tests.harness.emulator import EVENTS, PODS, TTJ
 from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -71,6 +71,10 @@ def status(k8s) -> dict[str, Any]:
     return (k8s.cluster.get(TTJ, NS, NAME) or {}).get("status") or {}
 
 
+def events_of(k8s) -> list[dict[str, Any]]:
+    return [e for e in k8s.cluster.list(EVENTS) if e.get("involvedObject", {}).get("name") == NAME]
+
+
 def test_remote_job_success_reaches_the_resource_status(cluster, openai_server, tmp_path):
     openai_server.lifecycle = Lifecycle(running_polls=3, steps_per_poll=20)
     create(cluster, tooltunejob(tmp_path, openai_server), openai_server.api_key)
@@ -86,10 +90,37 @@ def test_remote_job_success_reaches_the_resource_status(cluster, openai_server, 
     job = openai_server.job()
     assert final["openai"]["fineTunedModel"] == job["fine_tuned_model"]
     assert final["openai"]["trainedTokens"] == 48_210
+    assert final["openai"]["shutdownDate"] == openai_server.models["gpt-4o-mini-2024-07-18"]["shutdown_date"]
+    assert final["cost"]["pricePerMillionTokens"] == 3.0 and final["cost"]["trainingTokens"] > 0
+    assert (final["cost"]["billedTokens"], final["cost"]["billedUsd"]) == (48_210, 0.1446)
+    # the fake's models shut down in 44 days, as OpenAI's did on 2026-12-01: the run warns, then goes on
+    [warning] = [e for e in events_of(cluster) if e["reason"] == "ModelShutdownNear"]
+    assert warning["type"] == "Warning" and "backend: unsloth" in warning["message"]
     assert final["progress"]["step"] == final["progress"]["totalSteps"] == 60
     assert final["progress"]["trainLoss"] > 0
     assert openai_server.jobs_created == 1
     assert job["metadata"]["tooltune-uid"] == cluster.cluster.get(TTJ, NS, NAME)["metadata"]["uid"]
+
+
+def test_a_service_refusing_new_jobs_fails_the_resource_with_the_way_out(cluster, openai_server, tmp_path):
+    """OpenAI takes no new fine-tuning jobs from 2027-01-06: the pod exits 2, the reason names the way out."""
+    openai_server.refuse_jobs = True
+    create(cluster, tooltunejob(tmp_path, openai_server), openai_server.api_key)
+
+    final = wait_for(
+        lambda: status(cluster) if status(cluster).get("phase") in {"Succeeded", "Failed"} else None,
+        POD_START_SECONDS,
+        what="the ToolTuneJob to fail",
+        describe=lambda: status(cluster),
+    )
+
+    assert final["phase"] == "Failed", final
+    message = final.get("message", "") + final.get("failureReason", "")
+    assert "the fine-tuning service refused to create a job (403)" in message
+    assert "backend: unsloth, baseModel: unsloth/Qwen2.5-7B-Instruct-bnb-4bit" in message
+    assert final["cost"]["estimatedUsd"] > 0  # the estimate was in status before anything was paid for
+    assert openai_server.jobs_created == 0
+    assert len(cluster.cluster.list(PODS, NS, labels=f"job-name={NAME}-1")) == 1  # exit 2: no retry
 
 
 def test_deleting_the_resource_cancels_the_running_remote_job(cluster, openai_server, tmp_path):

@@ -319,3 +319,26 @@ def test_killed_training_resumes_at_the_same_step_with_the_same_losses(
 if __name__ == "__main__":
     output, workdir, endpoint, pause = sys.argv[1:5]
     tiny_training(Path(workdir), output, Storage(endpoint=endpoint), int(pause))
+
+
+# ---------------------------------------------------------------- tooltune compare on output URIs
+
+
+def test_compare_reads_runs_from_the_bucket(s3_bucket: str, s3_settings: Storage, tmp_path: Path) -> None:
+    from tooltune_api.models import PriceTable
+    from tooltune_trainer.compare import CompareError, read_run, run_row
+
+    store = open_store(s3_settings)
+    final = tmp_path / "final"
+    final.mkdir()
+    (final / "lineage.json").write_text('{"backend": "unsloth", "baseModel": "m", "metrics": {"steps": 12}}')
+    (final / "evaluation.json").write_text('{"metrics": {"toolNameAccuracy": 0.5}}')
+    store.upload_dir(final, f"s3://{s3_bucket}/runs/a/final/")
+
+    row = run_row(read_run(f"s3://{s3_bucket}/runs/a/", store), PriceTable())
+
+    assert (row["baseModel"], row["steps"], row["scores"]) == ("m", 12, {"toolNameAccuracy": 0.5})
+    with pytest.raises(CompareError, match=rf"^s3://{s3_bucket}/runs/none/: no finished run here"):
+        read_run(f"s3://{s3_bucket}/runs/none/", store)
+    with pytest.raises(CompareError, match=r"bucket no-such-bucket-tt does not exist"):
+        read_run("s3://no-such-bucket-tt/runs/a/", store)

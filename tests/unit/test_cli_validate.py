@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from tooltune_trainer.cli import app
+from tooltune_trainer.data import split_examples
+from tooltune_trainer.formatting import templated_length
 from typer.testing import CliRunner, Result
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,6 +134,40 @@ def test_an_unloadable_base_model_is_a_problem_not_a_crash(tmp_path: Path) -> No
     result = run("validate", str(EXAMPLE), "--base-model", str(tmp_path / "no-such-model"))
     assert result.exit_code == 1
     assert f"{EXAMPLE}: --base-model {tmp_path / 'no-such-model'}: cannot load its tokenizer" in result.output
+
+
+def test_training_tokens_are_the_split_s_templated_tokens_times_the_epochs(
+    tiny_model_dir: Path, tiny_tokenizer, tool_calling_jsonl: Path, tool_calling_examples, tmp_path: Path
+) -> None:
+    result = run(
+        "validate", str(tool_calling_jsonl), "--base-model", str(tiny_model_dir), "--epochs", "3", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    training = json.loads(result.stdout)["training"]
+
+    train, _ = split_examples(tool_calling_examples, 0.1, 42)  # the examples the trainer trains on
+    per_epoch = sum(templated_length(tiny_tokenizer, example) for example in train)
+    assert training == {
+        "examples": 36,
+        "validationSplit": 0.1,
+        "seed": 42,
+        "epochs": 3,
+        "tokensPerEpoch": per_epoch,
+        "tokens": 3 * per_epoch,
+    }
+    # the same examples as `tooltune split` writes to train.jsonl, counted as a whole file
+    assert run("split", str(tool_calling_jsonl), "--out-dir", str(tmp_path)).exit_code == 0
+    whole = run("validate", str(tmp_path / "train.jsonl"), "--base-model", str(tiny_model_dir),
+                "--validation-split", "0", "--epochs", "1", "--json")  # fmt: skip
+    report = json.loads(whole.stdout)
+    assert report["training"]["tokens"] == report["summary"]["tokens"]["total"] == per_epoch
+
+    text = normalised(run("validate", str(tool_calling_jsonl), "--base-model", str(tiny_model_dir)).output)
+    assert (
+        f"training tokens (templated × epochs) {per_epoch} × 3 epochs = {3 * per_epoch} "
+        "(36 examples after the 10% validation split, seed 42)"
+    ) in text
+    assert "training" not in json.loads(run("validate", str(tool_calling_jsonl), "--json").stdout)
 
 
 def test_no_traceback_from_a_real_process() -> None:

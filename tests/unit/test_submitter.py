@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
+import json
+from datetime import date
 from types import SimpleNamespace
 
 import httpx2
 import openai
 import pytest
 from tooltune_api import EXIT_INVALID
-from tooltune_api.models import Phase, SecretKeyRef, TrainerContract
+from tooltune_api.models import Phase, PriceTable, SecretKeyRef, TrainerContract
+from tooltune_api.pricing import OPENAI_TRAINING_PRICES, openai_training_price
 from tooltune_trainer import submitter
 from tooltune_trainer.submitter import (
     EXIT_RETRYABLE,
     ProgressSample,
+    billed_cost,
     create_params,
     explain_api_error,
+    explain_create_refusal,
     hyperparameters,
     latest_progress,
+    openai_example_tokens,
     progress_from_event,
     remote_failure,
     remote_phase,
+    replacement_base_model,
+    shutdown_date,
+    shutdown_notice,
     smoke_summary,
     smoke_tools,
     system_prompt,
+    training_cost,
 )
 
 from tests.fakes.task_api import openai_contract, task_api_examples
@@ -240,3 +250,147 @@ def test_smoke_answer_flags_arguments_that_are_not_json():
     call = SimpleNamespace(function=SimpleNamespace(name="create_task", arguments='{"title": '))
     answer = submitter.smoke_answer("p", SimpleNamespace(tool_calls=[call], content=None))
     assert answer["toolCalls"] == [{"name": "create_task", "arguments": '{"title": ', "validJson": False}]
+
+
+# ---------------------------------------------------------------- OpenAI's shutdown
+
+
+@pytest.mark.parametrize(
+    ("today", "expected"),
+    [
+        (date(2026, 10, 15), None),  # 91 days ahead: nothing to say yet
+        (date(2026, 10, 16), (False, "in 90 days")),
+        (date(2026, 12, 1), (False, "in 44 days")),
+        (date(2027, 1, 13), (False, "in 1 days")),
+        (date(2027, 1, 14), (True, "shut down on 2027-01-14")),
+        (date(2027, 3, 1), (True, "shut down on 2027-01-14")),
+    ],
+)
+def test_shutdown_notice_warns_within_90_days_and_refuses_from_the_day(today, expected):
+    notice = shutdown_notice("gpt-4o-mini-2024-07-18", date(2027, 1, 14), today)
+    if expected is None:
+        assert notice is None
+        return
+    past, message = notice
+    assert past is expected[0]
+    assert expected[1] in message
+    assert "backend: unsloth, baseModel: unsloth/Qwen2.5-7B-Instruct-bnb-4bit" in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("2027-01-14", date(2027, 1, 14)), (None, None), ("", None), ("next spring", None)],
+)
+def test_shutdown_date_is_read_from_the_model_object(raw, expected):
+    assert shutdown_date(SimpleNamespace(id="gpt-4o", shutdown_date=raw)) == expected
+
+
+@pytest.mark.parametrize(
+    ("model", "replacement"),
+    [
+        ("gpt-4o-mini-2024-07-18", "unsloth/Qwen2.5-7B-Instruct-bnb-4bit"),
+        ("gpt-4.1-mini-2025-04-14", "unsloth/Qwen2.5-7B-Instruct-bnb-4bit"),
+        ("gpt-4.1-nano-2025-04-14", "unsloth/Qwen2.5-7B-Instruct-bnb-4bit"),
+        ("gpt-4o-2024-08-06", "unsloth/Qwen2.5-32B-Instruct-bnb-4bit"),
+        ("gpt-4.1-2025-04-14", "unsloth/Qwen2.5-32B-Instruct-bnb-4bit"),
+        ("ft:gpt-4o-2024-08-06:acme::abc123", "unsloth/Qwen2.5-32B-Instruct-bnb-4bit"),
+        ("someone-elses-model", "unsloth/Qwen2.5-7B-Instruct-bnb-4bit"),
+    ],
+)
+def test_each_openai_model_has_an_open_weight_replacement(model, replacement):
+    assert replacement_base_model(model) == replacement
+
+
+def test_a_403_on_create_is_the_wind_down_with_the_way_out():
+    error = _status_error(openai.PermissionDeniedError, 403, {"message": "Not allowed.", "param": None})
+    refusal = explain_create_refusal(error, "gpt-4o-2024-08-06")
+    assert refusal is not None and refusal.exit_code == EXIT_INVALID
+    assert str(refusal).startswith("the fine-tuning service refused to create a job (403): Not allowed.;")
+    assert "no new jobs from 2027-01-06" in str(refusal)
+    assert "baseModel: unsloth/Qwen2.5-32B-Instruct-bnb-4bit" in str(refusal)
+
+
+@pytest.mark.parametrize(
+    ("error", "refused"),
+    [
+        (_status_error(openai.NotFoundError, 404, {"message": "gone", "code": "model_not_found"}), True),
+        (_status_error(openai.BadRequestError, 400, {"message": "no", "param": "model"}), True),
+        (
+            _status_error(openai.BadRequestError, 400, {"message": "bad file", "param": "training_file"}),
+            False,
+        ),
+        (_status_error(openai.RateLimitError, 429, {"message": "slow down"}), False),
+        (openai.APIConnectionError(request=httpx2.Request("POST", "http://127.0.0.1:1/v1")), False),
+    ],
+)
+def test_only_refusals_about_the_model_or_access_get_the_way_out(error, refused):
+    assert (explain_create_refusal(error, "gpt-4o-mini") is not None) is refused
+
+
+# ---------------------------------------------------------------- cost before you pay
+
+TOOL = {"type": "function", "function": {"name": "f"}}
+EXAMPLE = {
+    "messages": [
+        {"role": "user", "content": "Create a task"},  # 4 + 13 characters
+        {  # 9 + 11 + 13 characters
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "id": "c",
+                    "type": "function",
+                    "function": {"name": "create_task", "arguments": '{"title":"x"}'},
+                }
+            ],
+        },
+    ],
+    "tools": [TOOL],
+}
+
+
+def test_openai_token_estimate_counts_characters_per_four_plus_each_message():
+    assert len(json.dumps([TOOL], separators=(",", ":"))) == 45
+    # (17 + 33 + 45) / 4 rounds up to 24 tokens of text, plus 4 for each of the 2 messages
+    assert openai_example_tokens(EXAMPLE) == 24 + 8
+    assert openai_example_tokens({"messages": [{"role": "user", "content": "abcde"}]}) == 3 + 4  # ceil(9 / 4)
+
+
+def test_training_cost_prices_the_epochs_from_the_contract_table():
+    cost = training_cost([EXAMPLE] * 10, 3, "gpt-4o-mini-2024-07-18", PriceTable())
+    assert cost == {
+        "trainingTokens": 960,
+        "tokenCount": submitter.OPENAI_TOKEN_COUNT,
+        "pricePerMillionTokens": 3.0,
+        "priceSource": PriceTable().source,
+        "estimatedUsd": 0.0029,
+    }
+    ours = PriceTable(
+        openai_training_per_million_tokens={"gpt-4o-mini": 1000.0}, source="our contract, 2026-11"
+    )
+    cost = training_cost([EXAMPLE] * 10, 3, "gpt-4o-mini-2024-07-18", ours)
+    assert (cost["estimatedUsd"], cost["priceSource"]) == (0.96, "our contract, 2026-11")
+    assert "estimatedUsd" not in training_cost([EXAMPLE], 1, "llama-3.1-8b", PriceTable())
+
+
+def test_billed_cost_prices_the_trained_tokens():
+    assert billed_cost(48_210, "gpt-4.1-mini-2025-04-14", PriceTable()) == {
+        "billedTokens": 48_210,
+        "billedUsd": 0.241,
+    }
+    assert billed_cost(None, "gpt-4.1-mini-2025-04-14", PriceTable()) == {}
+
+
+@pytest.mark.parametrize(
+    ("model", "price"),
+    [
+        ("gpt-4o-mini-2024-07-18", 3.0),
+        ("gpt-4o-2024-08-06", 25.0),
+        ("gpt-4.1-nano-2025-04-14", 1.5),
+        ("gpt-4.1-mini-2025-04-14", 5.0),
+        ("gpt-4.1-2025-04-14", 25.0),
+        ("ft:gpt-4o-mini-2024-07-18:acme::abc", 3.0),
+        ("llama-3.1-8b", None),
+    ],
+)
+def test_the_longest_model_name_in_the_table_sets_the_price(model, price):
+    assert openai_training_price(model, OPENAI_TRAINING_PRICES) == price

@@ -17,7 +17,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 from tooltune_api import API_VERSION, KIND, TINY_MODEL
 from tooltune_api.diagnosis import ADVICE, DIVERGING, OVERFITTING, PLATEAU
-from tooltune_api.models import Diagnosis, JobRef, ToolTuneJobSpec, ToolTuneJobStatus, TrainerContract
+from tooltune_api.models import (
+    Diagnosis,
+    JobRef,
+    PriceTable,
+    ToolTuneJobSpec,
+    ToolTuneJobStatus,
+    TrainerContract,
+)
 from tooltune_operator.metrics import OperatorMetrics, job_phases
 from tooltune_trainer.plots import render_loss_curves
 from tooltune_trainer.telemetry import (
@@ -25,6 +32,7 @@ from tooltune_trainer.telemetry import (
     StatusReporter,
     TrainingMetrics,
     eta_seconds,
+    gpu_cost,
     percent,
     telemetry_callbacks,
 )
@@ -45,18 +53,25 @@ class FakeClock:
         self.now += seconds
 
 
-def make_contract(early_stopping: bool = False, metrics_port: int = 0) -> TrainerContract:
+def make_contract(
+    early_stopping: bool = False,
+    metrics_port: int = 0,
+    resources: dict[str, Any] | None = None,
+    prices: PriceTable | None = None,
+) -> TrainerContract:
     spec = ToolTuneJobSpec(
         base_model=TINY_MODEL,
         dataset={"train": "data/train.jsonl"},
         output={"uri": "/tmp/out"},
         evaluation={"earlyStopping": early_stopping},
+        resources=resources or {},
     )
     return TrainerContract(
         job=JobRef(namespace="ml", name="task-api-tools", uid="uid-1", attempt=2),
         spec=spec,
         metrics_port=metrics_port,
         progress_interval_seconds=INTERVAL,
+        prices=prices or PriceTable(),
     )
 
 
@@ -219,11 +234,11 @@ def test_eta_and_percent():
 class Run:
     """Drives the telemetry callbacks as the Trainer would, on a fake clock."""
 
-    def __init__(self, early_stopping: bool = False, max_steps: int = 100) -> None:
+    def __init__(self, early_stopping: bool = False, max_steps: int = 100, **contract_fields: Any) -> None:
         self.clock = FakeClock()
         self.patches = Recorder(self.clock)
         self.events = Recorder(self.clock)
-        contract = make_contract(early_stopping=early_stopping)
+        contract = make_contract(early_stopping=early_stopping, **contract_fields)
         self.reporter = StatusReporter(contract, patch=self.patches, clock=self.clock)
         self.metrics = TrainingMetrics(contract, registry=CollectorRegistry())
         recorder = EventRecorder(contract, create=self.events, clock=self.clock)
@@ -297,6 +312,42 @@ def test_trainer_logs_become_progress_with_percent_and_eta():
     assert sample(run.metrics, "tooltune_train_eta_seconds") == 176
     assert run.telemetry.train_losses == [(10, 0.8), (12, 0.7)]
     assert run.telemetry.eval_losses == [(11, 0.9)]
+
+
+def test_gpu_cost_is_wall_clock_hours_times_gpus_priced_per_gpu_hour():
+    # half an hour on 2 GPUs so far, 1.5 hours to go, at $2.50 per GPU-hour
+    assert gpu_cost(2, 2.5, elapsed_seconds=1800, eta=5400) == {
+        "gpus": 2,
+        "gpuHours": 1.0,
+        "estimatedGpuHours": 4.0,
+        "costPerGpuHour": 2.5,
+        "spentUsd": 2.5,
+        "estimatedUsd": 10.0,
+    }
+    assert gpu_cost(1, None, elapsed_seconds=3600, eta=None) == {"gpus": 1, "gpuHours": 1.0}  # no rate yet
+    assert gpu_cost(0, 2.5, elapsed_seconds=3600, eta=60) is None  # a CPU run has no GPU-hours
+
+
+@pytest.mark.parametrize(
+    ("resources", "prices", "rate"),
+    [
+        ({"gpus": 4, "costPerGpuHour": 3.0}, PriceTable(cost_per_gpu_hour=1.0), 3.0),  # the spec wins
+        ({"gpus": 4}, PriceTable(cost_per_gpu_hour=1.0), 1.0),  # else the operator's Helm value
+    ],
+)
+def test_the_gpu_cost_estimate_follows_the_measured_step_rate(resources, prices, rate):
+    run = Run(max_steps=100, resources=resources, prices=prices)
+    for _ in range(10):
+        run.step(seconds=2.0)  # 20 s for 10 steps: 180 s to go
+
+    run.reporter.flush()
+    cost = [body["status"]["cost"] for body in run.patches.bodies if "cost" in body["status"]][-1]
+    assert cost["gpus"] == 4
+    assert cost["gpuHours"] == round(20 / 3600 * 4, 4)
+    assert cost["estimatedGpuHours"] == round(200 / 3600 * 4, 4)
+    assert cost["estimatedUsd"] == round(200 / 3600 * 4 * rate, 4)
+    assert sample(run.metrics, "tooltune_estimated_cost_dollars") == cost["estimatedUsd"]
+    assert sample(run.metrics, "tooltune_estimated_gpu_hours") == cost["estimatedGpuHours"]
 
 
 def test_status_patches_during_a_run_respect_the_bound():

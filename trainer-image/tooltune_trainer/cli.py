@@ -40,6 +40,7 @@ def submit(
 
 DEFAULT_VALIDATION_SPLIT = 0.1  # the lab's 90/10 split, as dataset.validationSplit defaults to
 DEFAULT_SEED = 42  # as dataset.seed defaults to
+DEFAULT_EPOCHS = 3  # as hyperparameters.epochs defaults to
 
 
 @app.command()
@@ -57,21 +58,70 @@ def validate(
             "(a local path, or tooltune/tiny-llama).",
         ),
     ] = None,
+    epochs: Annotated[
+        int,
+        typer.Option(
+            "--epochs", min=1, help="Epochs of the run (hyperparameters.epochs), to count training tokens."
+        ),
+    ] = DEFAULT_EPOCHS,
+    validation_split: Annotated[
+        float,
+        typer.Option(
+            "--validation-split",
+            min=0,
+            max=0.99,
+            help="Share held out as dataset.validationSplit holds it out; 0 when the whole file trains "
+            "(dataset.validation set).",
+        ),
+    ] = DEFAULT_VALIDATION_SPLIT,
+    seed: Annotated[int, typer.Option("--seed", help="dataset.seed: which examples the split holds out.")] = (
+        DEFAULT_SEED
+    ),
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Check a dataset: every problem as FILE:LINE: reason, then a summary. Exit 1 when there are problems."""
+    """Check a dataset: every problem as FILE:LINE: reason, then a summary. Exit 1 when there are problems.
+
+    With --base-model it also counts the tokens training will process: the training split's examples
+    templated with the model's chat template, times the epochs."""
     if max_seq_length is not None and base_model is None:
         raise typer.BadParameter("needs --base-model to count tokens, e.g. --base-model tooltune/tiny-llama",
                                  param_hint="--max-seq-length")  # fmt: skip
-    report = _validate_file(file, max_seq_length, base_model)
+    lengths: dict[int, int] = {}
+    report = _validate_file(file, max_seq_length, base_model, lengths)
+    training = training_tokens(report, lengths, epochs, validation_split, seed) if lengths else None
     if as_json:
-        typer.echo(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
+        data = report.as_dict() | ({"training": training} if training else {})
+        typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
     else:
         _print_findings(file, report)
         if report.summary.lines:
-            _print_summary(report)
+            _print_summary(report, training)
         _print_verdict(report)
     raise typer.Exit(0 if report.ok else 1)
+
+
+def training_tokens(
+    report: ValidationReport, lengths: dict[int, int], epochs: int, validation_split: float, seed: int
+) -> dict[str, Any] | None:
+    """The templated tokens of the examples training will see (the split the trainer makes, with the same
+    seed), per epoch and times the epochs; None when the file cannot be trained as it is."""
+    if not report.ok:
+        return None
+    train = report.examples
+    if validation_split > 0:
+        try:
+            train, _ = split_examples(report.examples, validation_split, seed)
+        except ValueError:
+            return None
+    per_epoch = sum(lengths[id(example)] for example in train)
+    return {
+        "examples": len(train),
+        "validationSplit": validation_split,
+        "seed": seed,
+        "epochs": epochs,
+        "tokensPerEpoch": per_epoch,
+        "tokens": per_epoch * epochs,
+    }
 
 
 @app.command()
@@ -107,7 +157,10 @@ def split(
     typer.echo(f"Validation examples: {len(val)} -> {out_dir / 'val.jsonl'}")
 
 
-def _validate_file(file: Path, max_seq_length: int | None, base_model: str | None) -> ValidationReport:
+def _validate_file(
+    file: Path, max_seq_length: int | None, base_model: str | None, lengths: dict[int, int] | None = None
+) -> ValidationReport:
+    """Validate file; with base_model, count each example's templated tokens (into lengths, by id)."""
     try:
         lines = list(read_jsonl(file))
     except OSError as error:
@@ -128,11 +181,13 @@ def _validate_file(file: Path, max_seq_length: int | None, base_model: str | Non
             Problem(None, f"--base-model {base_model}: cannot load its tokenizer: {first_line}")
         )
         return report
-    return validate_examples(
-        lines,
-        max_seq_length=max_seq_length,
-        count_tokens=lambda example: templated_length(tokenizer, example),
-    )
+    counted = lengths if lengths is not None else {}
+
+    def count_tokens(example: dict[str, Any]) -> int:
+        counted[id(example)] = templated_length(tokenizer, example)
+        return counted[id(example)]
+
+    return validate_examples(lines, max_seq_length=max_seq_length, count_tokens=count_tokens)
 
 
 def _print_findings(file: Path, report: ValidationReport, warnings: bool = True) -> None:
@@ -145,7 +200,7 @@ def _print_findings(file: Path, report: ValidationReport, warnings: bool = True)
         typer.echo(f"{where}: warning: {warning.reason}")
 
 
-def _print_summary(report: ValidationReport) -> None:
+def _print_summary(report: ValidationReport, training: dict[str, Any] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -166,6 +221,13 @@ def _print_summary(report: ValidationReport) -> None:
     if summary.tokens:
         table.add_row("tokens (templated)", f"{sum(summary.tokens)} total, {max(summary.tokens)} max, "
                       f"{sum(summary.tokens) / len(summary.tokens):.0f} mean")  # fmt: skip
+    if training:
+        held_out = f"after the {training['validationSplit']:.0%} validation split, seed {training['seed']}"
+        table.add_row(
+            "training tokens (templated × epochs)",
+            f"{training['tokensPerEpoch']} × {training['epochs']} epochs = {training['tokens']} "
+            f"({training['examples']} examples {held_out if training['validationSplit'] else 'in all'})",
+        )
     kinds = Counter(finding.kind for finding in summary.pii)
     table.add_row("likely PII", ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "none")
     Console(highlight=False, markup=False).print(table)
@@ -185,6 +247,68 @@ def _print_verdict(report: ValidationReport) -> None:
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+# ---------------------------------------------------------------- finished runs side by side
+
+
+@app.command()
+def compare(
+    runs: Annotated[
+        list[str], typer.Argument(help="Finished runs: output directories (or their final/) or output URIs.")
+    ],
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint", help="S3 endpoint of s3:// runs (keys from AWS_ACCESS_KEY_ID and friends)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+) -> None:
+    """Finished runs side by side: backend, base model, steps, time, tokens, cost, each score, gate result."""
+    from tooltune_api.models import PriceTable, Storage
+
+    from tooltune_trainer.compare import CompareError, read_run, run_row
+    from tooltune_trainer.storage import open_store
+
+    store = open_store(Storage(endpoint=endpoint))
+    rows, unreadable = [], 0
+    for run in runs:
+        try:
+            rows.append(run_row(read_run(run, store), PriceTable()))
+        except CompareError as error:
+            typer.echo(str(error), err=True)
+            unreadable += 1
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    elif rows:
+        _print_comparison(rows)
+    raise typer.Exit(1 if unreadable else 0)
+
+
+def _print_comparison(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tooltune_trainer.compare import score_columns
+
+    scores = score_columns(rows)
+    table = Table(title="Runs", title_justify="left")
+    for name in ("run", "backend", "base model", "steps", "time", "tokens", "cost", *scores, "gate"):
+        table.add_column(name, justify="left" if name in {"run", "backend", "base model"} else "right")
+    for row in rows:
+        table.add_row(
+            row["run"],
+            row["backend"] or "—",
+            row["baseModel"] or "—",
+            "—" if row["steps"] is None else f"{row['steps']:.0f}",
+            "—" if row["seconds"] is None else f"{row['seconds']:.0f} s",
+            "—" if row["tokens"] is None else f"{row['tokens']:,.0f}",
+            "—" if row["costUsd"] is None else f"${row['costUsd']:.2f}",
+            *(_fmt(row["scores"].get(name)) for name in scores),
+            row.get("gate", "—"),
+        )
+    Console(highlight=False, markup=False).print(table)
 
 
 # ---------------------------------------------------------------- training: tooltune run / tooltune train

@@ -4,11 +4,16 @@ Read top to bottom, ``Submitter.run`` is the lab's Option A:
 
 1. fetch the training (and validation) JSONL and validate it with the same validator as the trainer,
    split 90/10 when no validation file is given; invalid data stops here, before any upload;
-2. look for the remote job this resource's attempt already created (``metadata`` carries namespace,
+2. estimate the training tokens and their price (``status.cost``) before anything is paid for;
+3. look for the remote job this resource's attempt already created (``metadata`` carries namespace,
    name, uid and attempt), so a restarted pod never starts a second paid job;
-3. otherwise upload both files (purpose ``fine-tune``) and create the job;
-4. poll the job, its events and checkpoints; metrics events become status progress and ``/metrics``;
-5. on success, ask the fine-tuned model the smoke prompts with the dataset's tools (tool_choice auto,
+4. otherwise read the base model's ``shutdown_date`` from the models endpoint (an Event warns when it is
+   near; past it the run stops), upload both files (purpose ``fine-tune``) and create the job; a service
+   that refuses to create fine-tuning jobs (OpenAI stops taking them on 2027-01-06) ends the run with the
+   way out: the same spec with ``backend: unsloth`` and an open-weight base model;
+5. poll the job, its events and checkpoints; metrics events become status progress and ``/metrics``;
+   the billed tokens (``trained_tokens``) and their price go to ``status.cost``;
+6. on success, ask the fine-tuned model the smoke prompts with the dataset's tools (tool_choice auto,
    temperature 0) and store the answers in ``<output>/final/smoke.json``.
 
 Exit codes as the trainer's: 0 done, 2 permanent (invalid data, rejected key or request, remote job
@@ -21,11 +26,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,11 +54,13 @@ from tooltune_api.models import (
     Diagnosis,
     JobRef,
     Phase,
+    PriceTable,
     SecretKeyRef,
     ToolTuneJobSpec,
     TrainerContract,
     describe_validation_error,
 )
+from tooltune_api.pricing import dollars, openai_training_price
 
 from tooltune_trainer.data import read_jsonl, split_examples, validate_examples, write_jsonl
 from tooltune_trainer.storage import StorageError, Store, join, open_store
@@ -102,6 +111,19 @@ class Reporter(Protocol):
 class Metrics(Protocol):
     def observe(self, **values: float | None) -> None: ...
     def set_diagnosis(self, pattern: str) -> None: ...
+
+
+class Events(Protocol):
+    def record(self, reason: str, message: str, event_type: str = "Normal") -> None: ...
+    def flush(self) -> None: ...
+
+
+class NoEvents:
+    def record(self, reason: str, message: str, event_type: str = "Normal") -> None:
+        log.info("event %s: %s", reason, message)
+
+    def flush(self) -> None:
+        pass
 
 
 # ---------------------------------------------------------------- pure mappings
@@ -262,6 +284,151 @@ def explain_api_error(error: openai.OpenAIError, secret: SecretKeyRef, doing: st
     return SubmitError(f"the fine-tuning API failed while {doing}: {type(error).__name__}", EXIT_RETRYABLE)
 
 
+# ---------------------------------------------------------------- OpenAI's shutdown
+
+# OpenAI names a shutdown months ahead; a fine-tune made within this many days of its base model's shutdown
+# stops answering weeks after it was paid for, so the run says so with a Warning Event.
+SHUTDOWN_WARNING_DAYS = 90
+MIGRATION_DOC = "docs/migrating-from-openai.md"
+# Open-weight base models for backend: unsloth in place of an OpenAI model, by name prefix (longest wins).
+# Qwen 2.5 Instruct writes <tool_call> blocks, which tooltune evaluates and serves as they are; with QLoRA
+# the 7B trains on one 24 GB GPU, the 32B on one 48 GB GPU.
+SMALL_REPLACEMENT = "unsloth/Qwen2.5-7B-Instruct-bnb-4bit"
+LARGE_REPLACEMENT = "unsloth/Qwen2.5-32B-Instruct-bnb-4bit"
+REPLACEMENT_BASE_MODELS = {
+    "gpt-3.5-turbo": SMALL_REPLACEMENT,
+    "gpt-4o-mini": SMALL_REPLACEMENT,
+    "gpt-4.1-nano": SMALL_REPLACEMENT,
+    "gpt-4.1-mini": SMALL_REPLACEMENT,
+    "gpt-4o": LARGE_REPLACEMENT,
+    "gpt-4.1": LARGE_REPLACEMENT,
+}
+
+
+def replacement_base_model(model: str) -> str:
+    """The open-weight base model to train instead of an OpenAI model (a fine-tune counts as its base)."""
+    name = model.removeprefix("ft:")
+    matches = [prefix for prefix in REPLACEMENT_BASE_MODELS if name.startswith(prefix)]
+    return REPLACEMENT_BASE_MODELS[max(matches, key=len)] if matches else SMALL_REPLACEMENT
+
+
+def way_out(model: str) -> str:
+    return (
+        f"train the same data on your own GPUs instead: the same ToolTuneJob with backend: unsloth, "
+        f"baseModel: {replacement_base_model(model)} and no openai block (see {MIGRATION_DOC})"
+    )
+
+
+def shutdown_date(model: Any) -> date | None:
+    """The model's shutdown_date from the models endpoint; None when none is announced or it is unreadable."""
+    raw = getattr(model, "shutdown_date", None)
+    if not raw:
+        return None
+    try:
+        return date.fromisoformat(str(raw)[:10])
+    except ValueError:
+        log.warning("model %s: shutdown_date %r is not a date; ignoring it", getattr(model, "id", "?"), raw)
+        return None
+
+
+def shutdown_notice(model: str, shutdown: date, today: date) -> tuple[bool, str] | None:
+    """(past, message) when model's shutdown is past or within SHUTDOWN_WARNING_DAYS of today, else None."""
+    days = (shutdown - today).days
+    if days <= 0:
+        return True, (
+            f"spec.openai.model {model} shut down on {shutdown.isoformat()} (the models endpoint says so): "
+            f"it can no longer be fine-tuned, nor can a fine-tune of it answer; {way_out(model)}"
+        )
+    if days <= SHUTDOWN_WARNING_DAYS:
+        return False, (
+            f"spec.openai.model {model} shuts down on {shutdown.isoformat()}, in {days} days: the model this "
+            f"run makes stops answering then; to keep it, {way_out(model)}"
+        )
+    return None
+
+
+def explain_create_refusal(error: openai.OpenAIError, model: str) -> SubmitError | None:
+    """A refusal to create the job that no retry or fix of the request can change, with the way out:
+    403 (OpenAI no longer lets this organisation create fine-tuning jobs: all of them from 2027-01-06),
+    or 400/404 naming the model (it cannot be fine-tuned there, e.g. after its shutdown)."""
+    if not isinstance(error, openai.APIStatusError):
+        return None
+    body = error.body if isinstance(error.body, dict) else {}
+    cause = body.get("message") or error.message
+    if error.status_code == 403:
+        return SubmitError(
+            f"the fine-tuning service refused to create a job (403): {cause}; OpenAI is winding down "
+            "self-serve fine-tuning and takes no new jobs from 2027-01-06 (earlier for organisations "
+            f"without recent fine-tuned-model use); {way_out(model)}"
+        )
+    if error.status_code in {400, 404} and (
+        body.get("param") == "model" or body.get("code") == "model_not_found"
+    ):
+        return SubmitError(
+            f"spec.openai.model {model} cannot be fine-tuned there ({error.status_code}): {cause}; "
+            f"pick a model the service fine-tunes, or {way_out(model)}"
+        )
+    return None
+
+
+# ---------------------------------------------------------------- cost before you pay
+
+# No OpenAI tokenizer ships offline, so OpenAI's token count is estimated with its own rule of thumb (a
+# token is about 4 characters of English text), plus the role and the markers around each message.
+CHARS_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 4
+OPENAI_TOKEN_COUNT = "estimated: ~4 characters per token, +4 per message (no OpenAI tokenizer offline)"
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    parts = (
+        [content]
+        if isinstance(content, str)
+        else [p.get("text", "") for p in content or [] if isinstance(p, dict)]
+    )
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        parts += [str(function.get("name", "")), str(function.get("arguments", ""))]
+    return "".join([str(message.get("role", "")), *parts])
+
+
+def openai_example_tokens(example: dict[str, Any]) -> int:
+    """Estimated tokens OpenAI counts for one training example: its messages and its tool schemas."""
+    messages = example["messages"]
+    chars = sum(len(_message_text(m)) for m in messages)
+    if example.get("tools"):
+        chars += len(json.dumps(example["tools"], separators=(",", ":")))
+    return math.ceil(chars / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(messages)
+
+
+def training_cost(
+    examples: Iterable[dict[str, Any]], epochs: int, model: str, prices: PriceTable
+) -> dict[str, Any]:
+    """status.cost before the job: the training file's estimated tokens times the epochs, and their price."""
+    tokens = sum(openai_example_tokens(example) for example in examples) * epochs
+    cost: dict[str, Any] = {"trainingTokens": tokens, "tokenCount": OPENAI_TOKEN_COUNT}
+    price = openai_training_price(model, prices.openai_training_per_million_tokens)
+    if price is not None:
+        cost |= {
+            "pricePerMillionTokens": price,
+            "priceSource": prices.source,
+            "estimatedUsd": dollars(tokens, price),
+        }
+    return cost
+
+
+def billed_cost(trained_tokens: int | None, model: str, prices: PriceTable) -> dict[str, Any]:
+    """status.cost once the provider has billed: trained_tokens and what they cost at the table's price."""
+    if trained_tokens is None:
+        return {}
+    price = openai_training_price(model, prices.openai_training_per_million_tokens)
+    billed: dict[str, Any] = {"billedTokens": trained_tokens}
+    if price is not None:
+        billed["billedUsd"] = dollars(trained_tokens, price)
+    return billed
+
+
 def smoke_tools(examples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every tool the dataset offers, once per function name, in order of first appearance."""
     tools: dict[str, dict[str, Any]] = {}
@@ -318,6 +485,8 @@ class Submitter:
         workdir: Path,
         store: Store | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        events: Events | None = None,
+        today: Callable[[], date] = lambda: datetime.now(UTC).date(),
     ):
         if contract.spec.backend != Backend.OPENAI or contract.spec.openai is None:
             raise SubmitError("spec.backend is not openai: the submitter only drives the OpenAI backend")
@@ -330,14 +499,23 @@ class Submitter:
         self.workdir = workdir
         self.store = store or open_store(contract.spec.storage)
         self.sleep = sleep
+        self.events: Events = events or NoEvents()
+        self.today = today
         self._events_seen: set[str] = set()
         self._samples: dict[int, ProgressSample] = {}  # by step, across polls
 
     def run(self) -> str:
         """Drive the remote job to the end; returns the fine-tuned model's name or raises SubmitError."""
         train, validation = self.prepare_data()
+        cost = training_cost(
+            train, self.spec.hyperparameters.epochs, self.settings.model, self.contract.prices
+        )
+        log.info("training tokens before the job: %s", cost)
+        self.reporter.update(cost=cost)
+        self.metrics.observe(estimated_cost_usd=cost.get("estimatedUsd"))
         job = self.find_job()
         if job is None:
+            self.check_model()
             job = self.create_job(train, validation)
         else:
             log.info("found remote job %s (%s) created by an earlier run of this attempt", job.id, job.status)
@@ -403,6 +581,33 @@ class Submitter:
                 return job
         return None
 
+    def check_model(self) -> None:
+        """Read the base model's shutdown_date: a Warning Event when it is near, the end of the run when it is
+        past. A service without a models endpoint, or without the model in it, is asked no further."""
+        model = self.settings.model
+        try:
+            found = self.client.models.retrieve(model)
+        except openai.AuthenticationError as error:
+            raise explain_api_error(error, self.settings.api_key_secret, "reading the model") from None
+        except openai.OpenAIError as error:
+            reason = type(error).__name__
+            log.warning(
+                "could not read model %s from the models endpoint (%s): no shutdown date", model, reason
+            )
+            return
+        shutdown = shutdown_date(found)
+        if shutdown is None:
+            return
+        self.reporter.update(openai={"shutdownDate": shutdown.isoformat()})
+        notice = shutdown_notice(model, shutdown, self.today())
+        if notice is None:
+            return
+        past, message = notice
+        if past:
+            raise SubmitError(message)
+        log.warning("%s", message)
+        self.events.record("ModelShutdownNear", message, "Warning")
+
     def _upload(self, name: str, examples: list[dict[str, Any]]) -> str:
         path = self.workdir / "data" / f"{name}.jsonl"
         write_jsonl(path, examples)
@@ -417,9 +622,15 @@ class Submitter:
         params = create_params(
             self.contract, self._upload("train", train), self._upload("validation", validation)
         )
-        job = self._call(
-            "creating the fine-tuning job", lambda: self.client.fine_tuning.jobs.create(**params)
-        )
+        try:
+            job = self.client.fine_tuning.jobs.create(**params)
+        except openai.OpenAIError as error:
+            refusal = explain_create_refusal(error, self.settings.model)
+            if refusal is not None:
+                raise refusal from None
+            raise explain_api_error(
+                error, self.settings.api_key_secret, "creating the fine-tuning job"
+            ) from None
         log.info("created remote job %s on %s (%s)", job.id, params["model"], job.status)
         return job
 
@@ -436,6 +647,9 @@ class Submitter:
                 self._events_seen.add(event.id)
                 log.info("remote %s: %s", event.level, event.message)
         fields: dict[str, Any] = {"openai": self._openai_status(job)}
+        billed = billed_cost(job.trained_tokens, self.settings.model, self.contract.prices)
+        if billed:
+            fields["cost"] = billed
         self._samples.update((sample.step, sample) for sample in progress_samples(events))
         if self._samples:
             latest = self._samples[max(self._samples)]
@@ -584,14 +798,16 @@ def main(config: Path | None = None) -> int:
         write_termination_log(str(error))
         return error.exit_code
 
-    from tooltune_trainer.telemetry import StatusReporter, TrainingMetrics
+    from tooltune_trainer.telemetry import EventRecorder, StatusReporter, TrainingMetrics
 
     reporter = StatusReporter(contract)
     metrics = TrainingMetrics(contract)
+    events = EventRecorder(contract)
     metrics.serve()
     workdir = Path(os.environ.get(WORKDIR_ENV) or tempfile.mkdtemp(prefix="tooltune-submit-"))
     try:
-        Submitter(contract, make_client(contract, api_key), reporter, metrics, workdir).run()
+        client = make_client(contract, api_key)
+        Submitter(contract, client, reporter, metrics, workdir, events=events).run()
     except SubmitError as error:
         reason = str(error).replace(api_key, "***")
         log.error("%s", reason)
@@ -599,5 +815,6 @@ def main(config: Path | None = None) -> int:
         return error.exit_code
     finally:
         reporter.flush()
+        events.flush()
         metrics.close()
     return EXIT_OK

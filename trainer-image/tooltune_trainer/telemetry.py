@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Status fields the trainer writes; the operator owns the rest (phase, conditions, attempts, times...).
-TRAINER_STATUS_FIELDS = frozenset({"progress", "diagnosis", "checkpoints", "evaluation", "output", "openai"})
+TRAINER_STATUS_FIELDS = frozenset(
+    {"progress", "diagnosis", "checkpoints", "evaluation", "output", "openai", "cost"}
+)
 EVENT_COMPONENT = "tooltune-trainer"
 # (connect, read) seconds for a status patch or an Event: a slow API server must not stall training for long
 API_TIMEOUT_SECONDS = (5, 10)
@@ -63,7 +65,7 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
 class StatusReporter:
     """Patches fields of the ToolTuneJob's status (merge patch on the status subresource) at most once
     per contract.progress_interval_seconds (default 10 s), plus a final flush. Fields the trainer owns:
-    progress, diagnosis, checkpoints, evaluation, output, openai (camelCase, as in ToolTuneJobStatus).
+    progress, diagnosis, checkpoints, evaluation, output, openai, cost (camelCase, as in ToolTuneJobStatus).
     The operator owns phase, conditions, attempts, jobName, times, failureReason.
 
     ``patch`` receives the merge-patch body ``{"status": {...}}``. Without one, the Kubernetes client
@@ -272,6 +274,14 @@ GAUGES: dict[str, tuple[str, str]] = {
     ),
     "valid_json_rate": ("tooltune_eval_valid_json_rate", "Share of calls whose arguments are valid JSON."),
     "no_call_rate": ("tooltune_eval_no_call_rate", "Share of prompts answered without a tool call."),
+    "estimated_gpu_hours": (
+        "tooltune_estimated_gpu_hours",
+        "GPU-hours of the whole attempt: used so far plus the step rate's ETA, times the GPUs.",
+    ),
+    "estimated_cost_usd": (
+        "tooltune_estimated_cost_dollars",
+        "Estimated cost of the run in US dollars (GPU-hours or training tokens at their price).",
+    ),
 }
 LAST_PROGRESS_METRIC = "tooltune_train_last_progress_timestamp_seconds"
 DIAGNOSIS_METRIC = "tooltune_train_diagnosis"
@@ -357,6 +367,25 @@ LOG_KEYS = {
 }
 
 
+def gpu_cost(
+    gpus: int, price: float | None, elapsed_seconds: float, eta: int | None
+) -> dict[str, Any] | None:
+    """status.cost of a GPU run: GPU-hours used so far (wall-clock hours × gpus) and, once the step rate gives
+    an ETA, those of the whole attempt; priced when a cost per GPU-hour is known. None without GPUs."""
+    if gpus <= 0:
+        return None
+    used = elapsed_seconds / 3600 * gpus
+    cost: dict[str, Any] = {"gpus": gpus, "gpuHours": round(used, 4)}
+    estimated = None if eta is None else used + eta / 3600 * gpus
+    if estimated is not None:
+        cost["estimatedGpuHours"] = round(estimated, 4)
+    if price is not None:
+        cost |= {"costPerGpuHour": price, "spentUsd": round(used * price, 4)}
+        if estimated is not None:
+            cost["estimatedUsd"] = round(estimated * price, 4)
+    return cost
+
+
 def eta_seconds(step: int, total_steps: int, start_step: int, elapsed: float) -> int | None:
     """Seconds to the last step at the rate seen since training (or resuming) began."""
     done = step - start_step
@@ -378,11 +407,15 @@ class TelemetryCallback:
         metrics: TrainingMetrics,
         events: EventRecorder,
         clock: Clock = time.monotonic,
+        gpus: int = 0,
+        gpu_hour_price: float | None = None,
     ):
         self.reporter = reporter
         self.metrics = metrics
         self.events = events
         self._clock = clock
+        self.gpus = gpus
+        self.gpu_hour_price = gpu_hour_price
         self.train_losses: list[tuple[int, float]] = []
         self.eval_losses: list[tuple[int, float]] = []
         self.diagnosis: Diagnosis | None = None
@@ -451,7 +484,15 @@ class TelemetryCallback:
         eta = None
         if self._start is not None:
             start_time, start_step = self._start
-            eta = eta_seconds(step, total, start_step, self._clock() - start_time)
+            elapsed = self._clock() - start_time
+            eta = eta_seconds(step, total, start_step, elapsed)
+            cost = gpu_cost(self.gpus, self.gpu_hour_price, elapsed, eta)
+            if cost is not None:
+                self.reporter.update(cost=cost)
+                self.metrics.observe(
+                    estimated_gpu_hours=cost.get("estimatedGpuHours"),
+                    estimated_cost_usd=cost.get("estimatedUsd"),
+                )
         gpu_memory = gpu_memory_bytes()
         self.metrics.observe(
             step=step, total_steps=total or None, eta_seconds=eta, gpu_memory_bytes=gpu_memory, **self._latest
@@ -515,6 +556,15 @@ def telemetry_callbacks(
     """[TelemetryCallback, EarlyStopCallback] for the Trainer, in this order (early stop reads the
     diagnosis the first one made). Events go to the Kubernetes API unless ``events`` is given."""
     events = events if events is not None else EventRecorder(contract, clock=clock)
-    telemetry = trainer_callback(TelemetryCallback)(reporter, metrics, events, clock=clock)
+    resources = contract.spec.resources
+    price = resources.cost_per_gpu_hour
+    telemetry = trainer_callback(TelemetryCallback)(
+        reporter,
+        metrics,
+        events,
+        clock=clock,
+        gpus=resources.gpus,
+        gpu_hour_price=contract.prices.cost_per_gpu_hour if price is None else price,
+    )
     early_stop = trainer_callback(EarlyStopCallback)(telemetry, contract.spec.evaluation.early_stopping)
     return [telemetry, early_stop]
