@@ -91,8 +91,9 @@ def contract(
 
 
 def contract_configmap(
-    body: dict[str, Any], spec: ToolTuneJobSpec, attempt: int, settings: Settings
+    body: dict[str, Any], spec: ToolTuneJobSpec, attempt: int, settings: Settings, owner: dict[str, Any]
 ) -> dict[str, Any]:
+    """The attempt's contract, owned by the attempt's Job (so both go when the Job's TTL expires)."""
     name = body["metadata"]["name"]
     document = contract(body, spec, attempt, settings).dump()
     return {
@@ -102,7 +103,7 @@ def contract_configmap(
             "name": child_name(name, attempt, "-contract"),
             "namespace": body["metadata"]["namespace"],
             "labels": labels(name, attempt, component(spec)),
-            "ownerReferences": [owner_reference(body)],
+            "ownerReferences": [job_owner_reference(owner)],
         },
         "data": {CONTRACT_KEY: json.dumps(document, indent=2, sort_keys=True)},
     }
@@ -254,22 +255,14 @@ def training_job(
     }
 
 
-def owned_by(child: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
-    """The ownerReferences patch that hands a child (the contract ConfigMap) over to another owner
-    (its Job), so that it is garbage-collected with the Job once the Job's TTL expires."""
-    meta = owner["metadata"]
+def job_owner_reference(job: dict[str, Any]) -> dict[str, Any]:
+    meta = job["metadata"]
     return {
-        "metadata": {
-            "ownerReferences": [
-                {
-                    "apiVersion": owner["apiVersion"],
-                    "kind": owner["kind"],
-                    "name": meta["name"],
-                    "uid": meta["uid"],
-                    "blockOwnerDeletion": True,
-                }
-            ]
-        }
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "blockOwnerDeletion": True,
     }
 
 

@@ -28,15 +28,14 @@ new attempt (handlers reset the phase to Pending), after Succeeded it is ignored
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tooltune_api import ANNOTATION_GENERATION, LABEL_ATTEMPT, LABEL_JOB
 from tooltune_api.models import Condition, Phase, ToolTuneJobStatus
 
 from tooltune_operator import conditions as c
+from tooltune_operator.views import job_condition, job_generation, termination
 
 TERMINAL = {Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED}
 EXIT_CODE_REASONS: dict[int, str] = {
@@ -59,68 +58,23 @@ class Observed:
     now: str = ""
 
 
-def job_view(job: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a Job that the phase machine and the handlers read, detached from the watched body.
-
-    The operator indexes every Job and Pod it owns; whole bodies (spec templates, managedFields) cost
-    tens of KB each, these views a few hundred bytes."""
-    meta, status = job.get("metadata") or {}, job.get("status") or {}
-    generation = (meta.get("annotations") or {}).get(ANNOTATION_GENERATION)
-    return {
-        "metadata": {
-            "name": meta.get("name"),
-            "labels": _picked(meta.get("labels"), (LABEL_JOB, LABEL_ATTEMPT)),
-            "annotations": {ANNOTATION_GENERATION: generation} if generation else {},
-        },
-        "spec": {"suspend": bool((job.get("spec") or {}).get("suspend"))},
-        "status": copy.deepcopy(_picked(status, ("conditions", "failed", "startTime"))),
-    }
+def retry_wanted(ended_badly: bool, generation: int, built_from: int | None, suspend: bool) -> bool:
+    """The one rule for starting a new attempt: the last one failed (or was cancelled) and the spec was
+    changed after its Job was built, and the job is not suspended. A fix after a failure tries again;
+    a finished or running attempt keeps the spec it started with."""
+    return ended_badly and generation > (built_from or 0) and not suspend
 
 
-def pod_view(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a Pod that the phase machine reads (see job_view)."""
-    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-    scheduling = [cond for cond in status.get("conditions") or [] if cond.get("type") == "PodScheduled"]
-    return {
-        "metadata": {
-            "name": meta.get("name"),
-            "labels": _picked(meta.get("labels"), (LABEL_JOB, LABEL_ATTEMPT)),
-        },
-        "status": {
-            "phase": status.get("phase"),
-            "startTime": status.get("startTime"),
-            "containerStatuses": [
-                {"state": copy.deepcopy(container.get("state") or {})}
-                for container in status.get("containerStatuses") or []
-            ],
-            "conditions": copy.deepcopy(scheduling),
-        },
-    }
-
-
-def _picked(mapping: Mapping[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any]:
-    return {key: mapping[key] for key in keys if key in (mapping or {})}  # type: ignore[index]
-
-
-def job_condition(job: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
-    for condition in ((job or {}).get("status") or {}).get("conditions") or []:
-        if condition.get("type") == kind and condition.get("status") == "True":
-            return dict(condition)
-    return None
-
-
-def job_generation(job: dict[str, Any] | None) -> int | None:
-    """The ToolTuneJob generation a Job was built from (its annotation)."""
-    value = ((job or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_GENERATION)
-    return int(value) if value else None
-
-
-def termination(pod: dict[str, Any]) -> dict[str, Any] | None:
-    for container in (pod.get("status") or {}).get("containerStatuses") or []:
-        terminated = (container.get("state") or {}).get("terminated")
-        if terminated:
-            return dict(terminated)
-    return None
+def needs_resync(status: Mapping[str, Any], meta: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
+    """Whether the periodic resync watches a ToolTuneJob: while unfinished, or while retry_wanted says a
+    new attempt is due (and its start may have been lost)."""
+    phase = status.get("phase")
+    if phase not in TERMINAL:
+        return True
+    ended_badly = phase in {Phase.FAILED, Phase.CANCELLED}
+    return retry_wanted(
+        ended_badly, meta.get("generation", 1), status.get("specGeneration"), bool(spec.get("suspend"))
+    )
 
 
 def failure_reason(pods: list[dict[str, Any]]) -> str | None:

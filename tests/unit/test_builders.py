@@ -55,9 +55,20 @@ OPENAI_JOB = {
     "openai": {"model": "gpt-4o-mini-2024-07-18", "apiKeySecret": {"name": "openai"}, "suffix": "task-api"},
 }
 
+
+def created(obj: dict[str, Any]) -> dict[str, Any]:
+    """obj as the API answers its create: with a uid."""
+    return {**obj, "metadata": {**obj["metadata"], "uid": "9d3c1e2a-aaaa-bbbb-cccc-ddddeeeeffff"}}
+
+
 CASES = {
     "gpu-job": (GPU_JOB, lambda r, s: builders.training_job(r, s, 1, SETTINGS)),
-    "gpu-configmap": (GPU_JOB, lambda r, s: builders.contract_configmap(r, s, 1, SETTINGS)),
+    "gpu-configmap": (
+        GPU_JOB,
+        lambda r, s: builders.contract_configmap(
+            r, s, 1, SETTINGS, owner=created(builders.training_job(r, s, 1, SETTINGS))
+        ),
+    ),
     "openai-job": (OPENAI_JOB, lambda r, s: builders.training_job(r, s, 2, SETTINGS)),
 }
 
@@ -121,7 +132,8 @@ def test_cpu_only_job_asks_for_no_gpu_and_no_shared_memory_volume() -> None:
 
 def test_contract_round_trips_through_the_configmap() -> None:
     body = resource(GPU_JOB)
-    configmap = builders.contract_configmap(body, parse_spec(GPU_JOB), 3, SETTINGS)
+    job = created(builders.training_job(body, parse_spec(GPU_JOB), 3, SETTINGS))
+    configmap = builders.contract_configmap(body, parse_spec(GPU_JOB), 3, SETTINGS, owner=job)
     contract = TrainerContract.model_validate(json.loads(configmap["data"]["contract.json"]))
     assert (contract.job.name, contract.job.namespace, contract.job.attempt) == ("task-api-tools", "ml", 3)
     assert contract.spec == parse_spec(GPU_JOB)

@@ -11,14 +11,8 @@ import pytest
 from tooltune_api import ANNOTATION_GENERATION, LABEL_ATTEMPT, LABEL_JOB
 from tooltune_api.models import ToolTuneJobStatus
 from tooltune_operator import conditions as c
-from tooltune_operator.status import (
-    Observed,
-    compute_status,
-    job_generation,
-    job_view,
-    pod_view,
-    status_patch,
-)
+from tooltune_operator.status import Observed, compute_status, status_patch
+from tooltune_operator.views import job_generation, job_view, pod_view
 
 NOW = "2026-11-25T10:00:00Z"
 
