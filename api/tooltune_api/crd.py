@@ -27,10 +27,29 @@ SPEC_RULES = [
         "fieldPath": ".openai",
     },
 ]
+DATASET_SCHEMES_MESSAGE = "unsupported scheme; use s3://, https://, http://, configmap://, file:// or a path"
 DATASET_RULES = [
     {
         "rule": "!(has(self.validation) && has(self.validationSplit))",
         "message": "set dataset.validation or dataset.validationSplit, not both",
+    },
+    {
+        "rule": "!self.train.contains('://') || self.train.matches('^(s3|https?|configmap|file)://')",
+        "message": DATASET_SCHEMES_MESSAGE,
+        "fieldPath": ".train",
+    },
+    {
+        "rule": "!has(self.validation) || !self.validation.contains('://') "
+        "|| self.validation.matches('^(s3|https?|configmap|file)://')",
+        "message": DATASET_SCHEMES_MESSAGE,
+        "fieldPath": ".validation",
+    },
+]
+OUTPUT_RULES = [
+    {
+        "rule": "!self.uri.contains('://') || self.uri.matches('^(s3|file)://')",
+        "message": "unsupported scheme: tooltune writes models to s3:// or file:// or a local path",
+        "fieldPath": ".uri",
     },
 ]
 
@@ -105,6 +124,7 @@ def open_api_schema() -> dict[str, Any]:
     spec = model_schema(ToolTuneJobSpec)
     spec["x-kubernetes-validations"] = SPEC_RULES
     spec["properties"]["dataset"]["x-kubernetes-validations"] = DATASET_RULES
+    spec["properties"]["output"]["x-kubernetes-validations"] = OUTPUT_RULES
     return {
         "type": "object",
         "required": ["spec"],

@@ -25,6 +25,7 @@ from tooltune_api import (
     LABEL_JOB,
     LABEL_MANAGED_BY,
     PLURAL,
+    POD_WORKDIR,
     TERMINATION_LOG_PATH,
     WORKDIR_ENV,
 )
@@ -36,7 +37,7 @@ CONTAINER = "trainer"
 CONTRACT_KEY = "contract.json"
 CONTRACT_DIR = CONTRACT_PATH.rsplit("/", 1)[0]
 DATA_DIR = "/etc/tooltune/data"  # configmap://<name>/<key> datasets are mounted at DATA_DIR/<name>/<key>
-WORKDIR = "/work"
+WORKDIR = POD_WORKDIR
 MAX_NAME = 63  # Job names end up in a label value
 # SIGTERM → SIGKILL: the trainer checkpoints the step it is on and uploads it in this time (spot nodes give
 # 30 s to 2 min; a node drain waits for it).

@@ -144,8 +144,22 @@ def test_bad_jobs_are_refused_naming_the_field(job, field, words):
             "spec.dataset",
             "not both",
         ),
+        (with_spec(MINIMAL, "output.uri", "ftp://models/out/"), "spec.output.uri", "unsupported scheme"),
+        (with_spec(MINIMAL, "dataset.train", "gs://d/t.jsonl"), "spec.dataset.train", "unsupported scheme"),
+        (
+            with_spec(MINIMAL, "dataset.validation", "ftp://d/v.jsonl"),
+            "spec.dataset.validation",
+            "unsupported scheme",
+        ),
     ],
-    ids=["openai-backend-without-settings", "openai-settings-on-unsloth", "two-validation-sources"],
+    ids=[
+        "openai-backend-without-settings",
+        "openai-settings-on-unsloth",
+        "two-validation-sources",
+        "output-scheme",
+        "train-scheme",
+        "validation-scheme",
+    ],
 )
 def test_cel_rules_refuse_inconsistent_specs(job, field, words):
     problems = crd_schema.validate(job)
