@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 from tooltune_api import (
     ANNOTATION_GENERATION,
+    ANNOTATION_JOB_NAME,
     API_VERSION,
     CONTRACT_ENV,
     CONTRACT_PATH,
@@ -46,11 +47,20 @@ TERMINATION_GRACE_SECONDS = 120
 
 def child_name(name: str, attempt: int, suffix: str = "") -> str:
     """``<name>-<attempt><suffix>``, shortened with a stable hash when it would exceed 63 characters."""
-    tail = f"-{attempt}{suffix}"
+    return fitted(name, f"-{attempt}{suffix}")
+
+
+def job_label(name: str) -> str:
+    """The ToolTuneJob's name as the value of LABEL_JOB: itself, or shortened with a stable hash when it is
+    longer than a label value may be (ANNOTATION_JOB_NAME keeps the whole name)."""
+    return fitted(name)
+
+
+def fitted(name: str, tail: str = "") -> str:
     if len(name) + len(tail) <= MAX_NAME:
         return name + tail
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[: MAX_NAME - len(tail) - 9]}-{digest}{tail}"
+    return f"{name[: MAX_NAME - len(tail) - 9].rstrip('-.')}-{digest}{tail}"
 
 
 def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
@@ -66,7 +76,7 @@ def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
 
 def labels(name: str, attempt: int, component: str) -> dict[str, str]:
     return {
-        LABEL_JOB: name,
+        LABEL_JOB: job_label(name),
         LABEL_ATTEMPT: str(attempt),
         LABEL_COMPONENT: component,
         LABEL_MANAGED_BY: "tooltune",
@@ -104,6 +114,7 @@ def contract_configmap(
             "name": child_name(name, attempt, "-contract"),
             "namespace": body["metadata"]["namespace"],
             "labels": labels(name, attempt, component(spec)),
+            "annotations": {ANNOTATION_JOB_NAME: name},
             "ownerReferences": [job_owner_reference(owner)],
         },
         "data": {CONTRACT_KEY: json.dumps(document, indent=2, sort_keys=True)},
@@ -236,7 +247,10 @@ def training_job(
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]
         },
-        "template": {"metadata": {"labels": dict(job_labels)}, "spec": pod_spec},
+        "template": {
+            "metadata": {"labels": dict(job_labels), "annotations": {ANNOTATION_JOB_NAME: name}},
+            "spec": pod_spec,
+        },
     }
     if spec.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
@@ -249,7 +263,10 @@ def training_job(
             "name": child_name(name, attempt),
             "namespace": namespace,
             "labels": job_labels,
-            "annotations": {ANNOTATION_GENERATION: str(body["metadata"].get("generation", 1))},
+            "annotations": {
+                ANNOTATION_GENERATION: str(body["metadata"].get("generation", 1)),
+                ANNOTATION_JOB_NAME: name,
+            },
             "ownerReferences": [owner_reference(body)],
         },
         "spec": job_spec,

@@ -19,6 +19,7 @@ from tooltune_api import GROUP, LABEL_JOB, LABEL_MANAGED_BY, PLURAL, VERSION
 
 from tooltune_operator import reconcile as reconciler
 from tooltune_operator import startup
+from tooltune_operator.builders import job_label
 from tooltune_operator.metrics import METRICS
 from tooltune_operator.status import needs_resync
 from tooltune_operator.views import job_view, owner_view, pod_view
@@ -26,7 +27,7 @@ from tooltune_operator.views import job_view, owner_view, pod_view
 registry = kopf.OperatorRegistry()
 TOOLTUNEJOBS = (GROUP, VERSION, PLURAL)
 MANAGED = {LABEL_MANAGED_BY: "tooltune"}
-Key = tuple[str, str]  # (namespace, ToolTuneJob name)
+Key = tuple[str, str]  # (namespace, the ToolTuneJob's LABEL_JOB value: builders.job_label of its name)
 
 
 @kopf.on.startup(registry=registry)
@@ -40,7 +41,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
 
 @kopf.index(*TOOLTUNEJOBS, registry=registry)
 async def tooltunejobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
-    return {(namespace, name): owner_view(body)}
+    return {(namespace, job_label(name)): owner_view(body)}
 
 
 @kopf.index("batch", "v1", "jobs", labels=MANAGED, registry=registry)
@@ -90,7 +91,7 @@ async def resync(
 async def on_tooltunejob_event(
     type: str, body: kopf.Body, memo: kopf.Memo, trainer_jobs: kopf.Index, trainer_pods: kopf.Index, **_: Any
 ) -> None:
-    key = (body.metadata["namespace"], body.metadata["name"])
+    key = (body.metadata["namespace"], job_label(body.metadata["name"]))
     await memo.status_writer.owner_event(type, owner_view(body), trainer_jobs.get(key), trainer_pods.get(key))
 
 

@@ -46,7 +46,7 @@ def converge(
     not yet show the Job's last change, e.g. its suspend). On create and resume (restart) an existing
     unfinished Job's ConfigMap is made sure of too: a crash or an API error may have come between them."""
     kube: Kube = memo.kube
-    key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
+    key = (raw["metadata"]["namespace"], builders.job_label(raw["metadata"]["name"]))
     spec = checked_spec(raw)
     attempt = (raw["status"] or {}).get("attempts") or 1
     if spec is not None:

@@ -182,7 +182,7 @@ def compute_status(seen: Observed) -> ToolTuneJobStatus:
     previous = seen.previous
     job_status = (seen.job or {}).get("status") or {}
     running = phase in {Phase.VALIDATING, Phase.RUNNING}
-    start = previous.start_time or (seen.now if running or phase in TERMINAL else None)
+    start = previous.start_time or (seen.now if running else None)  # a refused spec never started
     terminal = phase in TERMINAL
     failed = phase in {Phase.FAILED, Phase.CANCELLED}
     return ToolTuneJobStatus(
@@ -190,7 +190,7 @@ def compute_status(seen: Observed) -> ToolTuneJobStatus:
         conditions=build_conditions(phase, reason, message, seen),
         observed_generation=seen.generation,
         attempts=previous.attempts if seen.spec_problems else seen.attempt,
-        retries=job_status.get("failed", previous.retries or 0) if seen.job else previous.retries,
+        retries=retries(seen.job) if seen.job else previous.retries,
         job_name=(seen.job or {}).get("metadata", {}).get("name") or previous.job_name,
         spec_generation=job_generation(seen.job) or previous.spec_generation,
         start_time=job_status.get("startTime") or start,
@@ -198,6 +198,12 @@ def compute_status(seen: Observed) -> ToolTuneJobStatus:
         failure_reason=message if failed else None,
         message=message,
     )
+
+
+def retries(job: dict[str, Any]) -> int:
+    """Pods the Job started again after a failure: each failure but the one that failed the Job."""
+    failed = int((job.get("status") or {}).get("failed") or 0)
+    return max(0, failed - 1) if job_condition(job, "Failed") else failed
 
 
 OWNED_FIELDS = (

@@ -15,6 +15,7 @@ real clients rely on:
   ``metadata.name``/``metadata.namespace`` field selectors; WATCH that resumes after ``?resourceVersion=``
   (events are kept for the emulator's lifetime), honours ``timeoutSeconds`` and ``sendInitialEvents``;
 - the meta.k8s.io Table format for ``kubectl get`` (printer columns from the CRD file);
+- what a real API server refuses in names, labels and Job updates (tests/harness/validation.py);
 - Secrets' ``stringData`` folded into base64 ``data``; Job validation of restartPolicy; the CRD's structural
   defaults and pruning of unknown fields for ToolTuneJobs (tests/harness/crd_schema.py);
 - Namespace objects (kmock reads /api/v1/namespaces/<name> as a namespace); deleting a namespace deletes
@@ -60,7 +61,7 @@ import kmock
 import yaml
 from kmock._internal import rendering
 
-from tests.harness import crd_schema, tables
+from tests.harness import crd_schema, tables, validation
 
 T = TypeVar("T")
 
@@ -427,8 +428,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                     "Invalid",
                     f"{info.kind}: metadata.name: Required value: name or generateName is required",
                 )
-            meta["name"] = meta["generateName"] + "".join(
-                random.choices(string.ascii_lowercase + string.digits, k=NAME_SUFFIX_LENGTH)
+            meta["name"] = validation.generated_name(
+                meta["generateName"],
+                "".join(random.choices(string.ascii_lowercase + string.digits, k=NAME_SUFFIX_LENGTH)),
             )
         key = (resource, namespace, meta["name"])
         if key in self._store:
@@ -442,6 +444,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if resource == JOBS:
             select_job_pods(obj)
         meta.pop("deletionTimestamp", None)
+        self._validate(obj)
         self._admit(resource, obj)
         return self._commit(key, obj, "ADDED")
 
@@ -548,10 +551,17 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         meta["resourceVersion"] = current["metadata"]["resourceVersion"]
         if new == current:
             return clone(current)  # a no-op write keeps the resourceVersion, as the API server does
+        self._validate(new, current)
         self._admit(resource, new)
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             return self._remove(key, new)
         return self._commit(key, new, "MODIFIED")
+
+    @staticmethod
+    def _validate(obj: dict[str, Any], current: dict[str, Any] | None = None) -> None:
+        problems = validation.object_problems(obj, current)
+        if problems:
+            raise ApiError(422, "Invalid", validation.invalid_message(obj, problems))
 
     def _admit(self, resource: str, obj: dict[str, Any]) -> None:
         """Server-side rules clients rely on: Secret stringData, Job restartPolicy, CRD defaults, pruning."""

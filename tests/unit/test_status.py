@@ -199,9 +199,22 @@ def test_validated_condition_names_the_fields() -> None:
 
 def test_retries_and_times_come_from_the_job() -> None:
     status = compute_status(Observed(1, job=job(("Failed", "BackoffLimitExceeded"), failed=4), now=NOW))
-    assert status.retries == 4
+    assert status.retries == 3  # backoffLimit 3: the first pod and three retries failed
     assert status.start_time == "2026-11-25T09:00:00Z"
     assert status.completion_time == NOW
+
+
+def test_a_failure_that_was_never_retried_is_not_a_retry() -> None:
+    failed_at_once = job(("Failed", "PodFailurePolicy"), failed=1)
+    assert compute_status(Observed(1, job=failed_at_once, now=NOW)).retries == 0
+    assert compute_status(Observed(1, job=job(failed=2), pods=[pod("Running")], now=NOW)).retries == 2
+
+
+def test_a_spec_refused_at_validation_never_started() -> None:
+    status = compute_status(
+        Observed(1, spec_problems=["spec.output.uri: unsupported scheme ftp://"], now=NOW)
+    )
+    assert status.phase == "Failed" and status.start_time is None and status.completion_time == NOW
 
 
 def test_transition_times_only_move_when_a_condition_flips() -> None:
