@@ -11,6 +11,7 @@ SUSPENDED = "Suspended"  # spec.suspend is true: no pod runs
 SPEC_VALID = "SpecValid"
 VALIDATION_FAILED = "ValidationFailed"  # the spec is invalid: the message names the field
 JOB_CREATED = "JobCreated"  # the Job exists, no pod has started yet
+JOB_REFUSED = "JobRefused"  # the API server refused to create the Job or its ConfigMap: the message says why
 POD_PENDING = "PodPending"  # the pod waits for a node, an image or a Secret
 VALIDATING_DATA = "ValidatingData"  # the pod runs and has not reported a training step yet
 TRAINING = "Training"  # the trainer reports steps

@@ -16,9 +16,11 @@ after the job Failed or was Cancelled. After Succeeded a change is ignored with 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import kopf
+from kubernetes.client.rest import ApiException
 from tooltune_api.models import Backend, InvalidSpec, Phase, ToolTuneJobSpec, ToolTuneJobStatus, parse_spec
 
 from tooltune_operator import builders
@@ -29,6 +31,8 @@ from tooltune_operator.settings import Settings
 from tooltune_operator.status import TERMINAL, retry_wanted
 from tooltune_operator.status_writer import StatusWriter
 from tooltune_operator.views import job_condition, job_generation, of_attempt
+
+REFUSED_RETRY_SECONDS = 60.0
 
 
 def converge(
@@ -49,12 +53,31 @@ def converge(
     key = (raw["metadata"]["namespace"], builders.job_label(raw["metadata"]["name"]))
     spec = checked_spec(raw)
     attempt = (raw["status"] or {}).get("attempts") or 1
+    refused = None
     if spec is not None:
         attempt, job = current_attempt(kube, raw, spec, jobs.get(key) if indexed_job else None)
-        ensure_children(memo, raw, spec, attempt, job, restart)
+        try:
+            ensure_children(memo, raw, spec, attempt, job, restart)
+        except ApiException as error:
+            if not 400 <= error.status < 500:
+                raise
+            refused = api_message(error)
+            kopf.event(raw, type="Warning", reason=c.JOB_REFUSED, message=refused)
     writer: StatusWriter = memo.status_writer
-    writer.sync(writer.observe(raw, jobs.get(key), pods.get(key), attempt))
+    sighting = writer.observe(raw, jobs.get(key), pods.get(key), attempt)
+    sighting.seen.refused = refused
+    writer.sync(sighting)
+    if refused:  # an admin may fix what the API server refused (RBAC, a quota, a webhook): try again later
+        raise kopf.TemporaryError(refused, delay=REFUSED_RETRY_SECONDS)
     return int(attempt)
+
+
+def api_message(error: ApiException) -> str:
+    """The API server's own message in an error answer (it names the object and the field)."""
+    try:
+        return str(json.loads(error.body or "{}").get("message") or error.reason)
+    except ValueError:
+        return f"{error.status} {error.reason}"
 
 
 async def resync(memo: kopf.Memo, raw: dict[str, Any], jobs: Any, pods: Any) -> None:

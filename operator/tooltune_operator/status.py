@@ -17,6 +17,7 @@ Transitions, checked top to bottom (the first row that matches wins):
     Job Failed, activeDeadlineSeconds reached             Failed      DeadlineExceeded
     spec.suspend                                          Suspended   SuspendedByUser
     no Job (was running before)                           Failed      JobLost
+    no Job, the API server refused to create it           Pending     JobRefused
     no Job yet                                            Pending     JobCreated
     a pod runs and the trainer reports steps              Running     Training
     a pod runs, no step reported yet                      Validating  ValidatingData
@@ -56,6 +57,7 @@ class Observed:
     pods: list[dict[str, Any]] = field(default_factory=list)
     previous: ToolTuneJobStatus = field(default_factory=ToolTuneJobStatus)
     now: str = ""
+    refused: str | None = None  # why the API server refused to create the attempt's children
 
 
 def retry_wanted(ended_badly: bool, generation: int, built_from: int | None, suspend: bool) -> bool:
@@ -129,6 +131,8 @@ def decide_phase(seen: Observed) -> tuple[Phase, str, str]:
     if seen.job is None:
         if previous.phase in {Phase.RUNNING, Phase.VALIDATING}:
             return Phase.FAILED, c.JOB_LOST, f"Job {previous.job_name} disappeared before it finished"
+        if seen.refused:
+            return Phase.PENDING, c.JOB_REFUSED, f"the API server refused the Job: {seen.refused}"
         return Phase.PENDING, c.JOB_CREATED, "creating the training Job"
     if any((p.get("status") or {}).get("phase") == "Running" for p in seen.pods):
         if previous.progress and previous.progress.total_steps:

@@ -1,0 +1,82 @@
+"""The reconciler with an API that refuses: the ToolTuneJob says why, and kopf is asked to try again."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import kopf
+import pytest
+from kubernetes.client.rest import ApiException
+from prometheus_client import CollectorRegistry
+from tooltune_operator import reconcile
+from tooltune_operator.metrics import OperatorMetrics
+from tooltune_operator.settings import Settings
+from tooltune_operator.status_writer import StatusWriter
+
+REFUSAL = (
+    'Job.batch "demo-1" is invalid: spec.template.spec.priorityClassName: Invalid value: "gold": '
+    "no such class"
+)
+
+
+class RefusingKube:
+    """An API that has nothing, refuses every create with 422, and answers status patches."""
+
+    def __init__(self) -> None:
+        self.status_patches: list[dict[str, Any]] = []
+
+    def get(self, *_: Any) -> None:
+        return None
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body["kind"] in {"ServiceAccount", "Role", "RoleBinding"}:
+            return body
+        error = ApiException(status=422, reason="Unprocessable Entity")
+        error.body = json.dumps({"kind": "Status", "message": REFUSAL, "reason": "Invalid", "code": 422})
+        raise error
+
+    def patch(self, *args: Any) -> dict[str, Any]:
+        self.status_patches.append(copy.deepcopy(args[4]["status"]))
+        return {
+            "metadata": {"resourceVersion": str(len(self.status_patches) + 10)},
+            "status": args[4]["status"],
+        }
+
+
+def test_a_refused_job_shows_the_api_servers_reason_and_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(
+        kopf, "event", lambda _, *, type, reason, message: events.append((type, reason, message))
+    )
+    kube = RefusingKube()
+    memo = kopf.Memo(
+        kube=kube,
+        settings=Settings(),
+        status_writer=StatusWriter(kube, OperatorMetrics(CollectorRegistry())),  # type: ignore[arg-type]
+        rbac_namespaces=set(),
+    )
+    raw = {
+        "apiVersion": "tooltune.dev/v1alpha1",
+        "kind": "ToolTuneJob",
+        "metadata": {
+            "name": "demo",
+            "namespace": "ns",
+            "uid": "u-1",
+            "generation": 1,
+            "resourceVersion": "3",
+        },
+        "spec": {
+            "baseModel": "org/model",
+            "dataset": {"train": "s3://b/t.jsonl"},
+            "output": {"uri": "s3://b/o/"},
+        },
+        "status": {},
+    }
+    with pytest.raises(kopf.TemporaryError, match="priorityClassName"):
+        reconcile.converge(memo, raw, {}, {}, restart=True)
+    (status,) = kube.status_patches
+    assert status["phase"] == "Pending"
+    assert status["message"] == f"the API server refused the Job: {REFUSAL}"
+    assert events == [("Warning", "JobRefused", REFUSAL)]
