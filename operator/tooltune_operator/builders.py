@@ -102,9 +102,10 @@ def contract(
 
 
 def contract_configmap(
-    body: dict[str, Any], spec: ToolTuneJobSpec, attempt: int, settings: Settings, owner: dict[str, Any]
+    body: dict[str, Any], spec: ToolTuneJobSpec, attempt: int, settings: Settings
 ) -> dict[str, Any]:
-    """The attempt's contract, owned by the attempt's Job (so both go when the Job's TTL expires)."""
+    """The attempt's contract. Created before its Job (whose pod mounts it) and owned by the ToolTuneJob
+    until the Job exists; then handed to the Job (owned_by), so that both go when the Job's TTL expires."""
     name = body["metadata"]["name"]
     document = contract(body, spec, attempt, settings).dump()
     return {
@@ -115,7 +116,7 @@ def contract_configmap(
             "namespace": body["metadata"]["namespace"],
             "labels": labels(name, attempt, component(spec)),
             "annotations": {ANNOTATION_JOB_NAME: name},
-            "ownerReferences": [job_owner_reference(owner)],
+            "ownerReferences": [owner_reference(body)],
         },
         "data": {CONTRACT_KEY: json.dumps(document, indent=2, sort_keys=True)},
     }
@@ -273,15 +274,11 @@ def training_job(
     }
 
 
-def job_owner_reference(job: dict[str, Any]) -> dict[str, Any]:
+def owned_by(job: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch that hands the contract ConfigMap over to its Job."""
     meta = job["metadata"]
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "blockOwnerDeletion": True,
-    }
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"]}
+    return {"metadata": {"ownerReferences": [{**owner, "blockOwnerDeletion": True}]}}
 
 
 def trainer_rbac(namespace: str, settings: Settings) -> list[dict[str, Any]]:

@@ -128,25 +128,26 @@ def ensure_children(
     job: dict[str, Any] | None,
     restart: bool = False,
 ) -> None:
-    """Create the attempt's Job and contract ConfigMap unless they exist; apply spec.suspend to the Job.
-
-    The Job goes first and the ConfigMap is created owned by it, so that both go when the Job's TTL
-    expires and no crash can leave the ConfigMap to the ToolTuneJob; the pod waits for its ConfigMap."""
+    """Create the attempt's contract ConfigMap and Job unless they exist, and hand the ConfigMap to the Job;
+    apply spec.suspend to the Job. After a restart (create or resume: a crash or an API error may have come
+    between the create and the handover) the handover of an unfinished Job's ConfigMap is made again."""
     kube: Kube = memo.kube
     settings: Settings = memo.settings
     namespace = raw["metadata"]["namespace"]
+    contract = builders.child_name(raw["metadata"]["name"], attempt, "-contract")
     if job is None:
         previous = ToolTuneJobStatus.model_validate(raw["status"] or {})
         if previous.phase in TERMINAL and previous.attempts == attempt:
             return  # finished and cleaned up (ttlSecondsAfterFinished): nothing to recreate
         ensure_trainer_rbac(memo, namespace)
+        kube.create(builders.contract_configmap(raw, spec, attempt, settings))
         job = kube.create(builders.training_job(raw, spec, attempt, settings))
-        kube.create(builders.contract_configmap(raw, spec, attempt, settings, owner=job))
+        kube.patch("v1", "ConfigMap", namespace, contract, builders.owned_by(job))
         message = f"created Job {job['metadata']['name']} (attempt {attempt})"
         kopf.event(raw, type="Normal", reason=c.JOB_CREATED, message=message)
         return
-    if restart and not job_condition(job, "Complete") and not job_condition(job, "Failed"):
-        kube.create(builders.contract_configmap(raw, spec, attempt, settings, owner=job))
+    if restart and "uid" in job["metadata"] and not job_condition(job, "Complete"):
+        kube.patch("v1", "ConfigMap", namespace, contract, builders.owned_by(job))
     if bool(job["spec"].get("suspend")) != spec.suspend and not job_condition(job, "Complete"):
         apply_suspend(kube, raw, spec, job)
 

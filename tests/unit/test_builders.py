@@ -69,9 +69,7 @@ CASES = {
     "gpu-job": (GPU_JOB, lambda r, s: builders.training_job(r, s, 1, SETTINGS)),
     "gpu-configmap": (
         GPU_JOB,
-        lambda r, s: builders.contract_configmap(
-            r, s, 1, SETTINGS, owner=created(builders.training_job(r, s, 1, SETTINGS))
-        ),
+        lambda r, s: builders.contract_configmap(r, s, 1, SETTINGS),
     ),
     "openai-job": (OPENAI_JOB, lambda r, s: builders.training_job(r, s, 2, SETTINGS)),
 }
@@ -136,8 +134,7 @@ def test_cpu_only_job_asks_for_no_gpu_and_no_shared_memory_volume() -> None:
 
 def test_contract_round_trips_through_the_configmap() -> None:
     body = resource(GPU_JOB)
-    job = created(builders.training_job(body, parse_spec(GPU_JOB), 3, SETTINGS))
-    configmap = builders.contract_configmap(body, parse_spec(GPU_JOB), 3, SETTINGS, owner=job)
+    configmap = builders.contract_configmap(body, parse_spec(GPU_JOB), 3, SETTINGS)
     contract = TrainerContract.model_validate(json.loads(configmap["data"]["contract.json"]))
     assert (contract.job.name, contract.job.namespace, contract.job.attempt) == ("task-api-tools", "ml", 3)
     assert contract.spec == parse_spec(GPU_JOB)
@@ -213,7 +210,7 @@ def test_any_name_kubernetes_accepts_gives_children_a_real_api_server_accepts(na
     body = resource(GPU_JOB, name=name)
     spec = parse_spec(GPU_JOB)
     job = created(builders.training_job(body, spec, 12, SETTINGS))
-    configmap = builders.contract_configmap(body, spec, 12, SETTINGS, owner=job)
+    configmap = builders.contract_configmap(body, spec, 12, SETTINGS)
 
     select_job_pods(job)  # what the API server adds: the Job's name as a pod template label
     for child in (job, configmap, *builders.trainer_rbac("ml", SETTINGS)):
