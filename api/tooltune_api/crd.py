@@ -55,12 +55,14 @@ OUTPUT_RULES = [
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
     {"name": "Backend", "type": "string", "jsonPath": ".spec.backend"},
     {"name": "Model", "type": "string", "jsonPath": ".spec.baseModel"},
     {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.trainLoss"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-    # `kubectl get ttj -o wide` adds the rest of the progress and the loss diagnosis.
+    # `kubectl get ttj -o wide` adds what the reason means, the rest of the progress and the loss diagnosis.
+    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
     {"name": "Percent", "type": "number", "jsonPath": ".status.progress.percent", "priority": 1},
     {"name": "ETA(s)", "type": "integer", "jsonPath": ".status.progress.etaSeconds", "priority": 1},
     {"name": "Eval-Loss", "type": "number", "jsonPath": ".status.progress.evalLoss", "priority": 1},

@@ -323,6 +323,7 @@ class ToolTuneJobStatus(Model):
     start_time: str | None = None
     completion_time: str | None = None
     failure_reason: str | None = None
+    reason: str | None = Field(None, description="Why the job is in its phase, in one word.")
     message: str | None = None
     progress: Progress | None = None
     diagnosis: Diagnosis | None = None

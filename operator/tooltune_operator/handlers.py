@@ -4,6 +4,7 @@
 - indexes of ToolTuneJobs, their Jobs and Pods → the small views of ``views``;
 - create / resume / spec change / periodic resync of a ToolTuneJob → ``reconcile.converge``;
 - any event of a ToolTuneJob, or of a Job or Pod it owns → the status writer (``memo.status_writer``);
+- a pod that stays Pending → the status writer reads its Events (what the kubelet says nowhere else);
 - delete → ``reconcile.clean_up``.
 
 The handlers live in ``registry``, not in kopf's global default one: ``__main__`` runs it, and a test
@@ -104,6 +105,22 @@ async def on_child_event(
 ) -> None:  # fmt: skip
     key = (namespace, labels.get(LABEL_JOB, ""))
     await memo.status_writer.child_event(tooltunejobs.get(key), trainer_jobs.get(key), trainer_pods.get(key))
+
+
+@kopf.daemon("", "v1", "pods", labels=MANAGED, when=lambda status, **_: status.get("phase") == "Pending",
+             registry=registry)  # fmt: skip
+async def pending_pod(
+    stopped: kopf.DaemonStopped, namespace: str, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo,
+    tooltunejobs: kopf.Index, trainer_jobs: kopf.Index, trainer_pods: kopf.Index, **_: Any,
+) -> None:  # fmt: skip
+    """A pod still Pending after a few seconds: what its Events say reaches the ToolTuneJob's status."""
+    key, writer = (namespace, labels.get(LABEL_JOB, "")), memo.status_writer
+    try:
+        while not await stopped.wait(memo.settings.pod_events_seconds):
+            pod = {"metadata": dict(body.metadata)}
+            await writer.pod_pending(pod, tooltunejobs.get(key), trainer_jobs.get(key), trainer_pods.get(key))
+    finally:
+        writer.pod_started({"metadata": dict(body.metadata)})
 
 
 @kopf.on.delete(*TOOLTUNEJOBS, registry=registry)

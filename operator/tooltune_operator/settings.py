@@ -30,6 +30,9 @@ class Settings:
     # kopf never retries event handlers: a status patch or a create lost to an API error is repaired by a
     # resync of each unfinished job this often
     resync_seconds: float = 30.0
+    # a trainer pod Pending this long has its Events read (FailedMount, FailedScheduling, image pulls), and
+    # again as often while it stays Pending
+    pod_events_seconds: float = 5.0
     liveness_endpoint: str = "http://0.0.0.0:8081/healthz"  # kopf's probe; empty: none (local runs)
     debug: bool = False  # kopf's verbose logging
 
@@ -51,6 +54,7 @@ class Settings:
             ),
             dataset_max_bytes=positive(env, DATASET_MAX_BYTES_ENV, int, cls.dataset_max_bytes),
             resync_seconds=positive(env, "TOOLTUNE_RESYNC_SECONDS", float, cls.resync_seconds),
+            pod_events_seconds=positive(env, "TOOLTUNE_POD_EVENTS_SECONDS", float, cls.pod_events_seconds),
             liveness_endpoint=env.get("TOOLTUNE_LIVENESS_ENDPOINT", cls.liveness_endpoint),
             debug=env.get("TOOLTUNE_DEBUG") == "1",
         )

@@ -21,7 +21,13 @@ Transitions, checked top to bottom (the first row that matches wins):
     no Job yet                                            Pending     JobCreated
     a pod runs and the trainer reports steps              Running     Training
     a pod runs, no step reported yet                      Validating  ValidatingData
-    otherwise (pod waits for node, image, Secret)         Pending     PodPending
+    the pod cannot start: a Secret, ConfigMap or key missing  Pending  ConfigMissing
+    ... the image cannot be pulled                        Pending     ImagePullFailed
+    ... no node fits (GPUs, selector, taints)             Pending     Unschedulable
+    otherwise (the pod waits to start)                    Pending     PodPending
+
+The three blocked rows read the pod's status and the kubelet's and scheduler's Events (pod_problems);
+they set the Blocked condition, whose message says what to do.
 
 Terminal phases are Succeeded, Failed and Cancelled. A spec change after Failed or Cancelled starts a
 new attempt (handlers reset the phase to Pending), after Succeeded it is ignored with an Event.
@@ -36,9 +42,11 @@ from typing import Any
 from tooltune_api.models import Condition, Phase, ToolTuneJobStatus
 
 from tooltune_operator import conditions as c
+from tooltune_operator import pod_problems
 from tooltune_operator.views import job_condition, job_generation, termination
 
 TERMINAL = {Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED}
+BLOCKING = {c.CONFIG_MISSING, c.IMAGE_PULL_FAILED, c.UNSCHEDULABLE}
 EXIT_CODE_REASONS: dict[int, str] = {
     137: "killed (SIGKILL, often out of memory)",
     143: "terminated (SIGTERM)",
@@ -58,6 +66,7 @@ class Observed:
     previous: ToolTuneJobStatus = field(default_factory=ToolTuneJobStatus)
     now: str = ""
     refused: str | None = None  # why the API server refused to create the attempt's children
+    pod_events: list[dict[str, Any]] = field(default_factory=list)  # Warning Events of the attempt's pods
 
 
 def retry_wanted(ended_badly: bool, generation: int, built_from: int | None, suspend: bool) -> bool:
@@ -86,6 +95,11 @@ def failure_reason(pods: list[dict[str, Any]]) -> str | None:
         return None
     newest = max(failed, key=lambda p: (p.get("status") or {}).get("startTime") or "")
     state = termination(newest) or {}
+    if state.get("reason") == "OOMKilled":  # its log tail (FallbackToLogsOnError) says nothing of why
+        return (
+            f"the trainer ran out of memory (OOMKilled, exit code {state.get('exitCode')}): raise "
+            "resources.memory, or lower hyperparameters.batchSize or maxSeqLength"
+        )
     message = (state.get("message") or "").strip()
     if message:
         return message.splitlines()[-1][:512]
@@ -138,6 +152,9 @@ def decide_phase(seen: Observed) -> tuple[Phase, str, str]:
         if previous.progress and previous.progress.total_steps:
             return Phase.RUNNING, c.TRAINING, "training"
         return Phase.VALIDATING, c.VALIDATING_DATA, "fetching and validating data, loading the model"
+    blocked = pod_problems.blocker(seen.pods, seen.pod_events)
+    if blocked:
+        return Phase.PENDING, *blocked
     return Phase.PENDING, c.POD_PENDING, pod_waiting_reason(seen.pods) or "waiting for the pod to start"
 
 
@@ -156,6 +173,7 @@ def build_conditions(phase: Phase, reason: str, message: str, seen: Observed) ->
         (c.SUCCEEDED, phase == Phase.SUCCEEDED, reason),
         (c.FAILED, phase in {Phase.FAILED, Phase.CANCELLED}, reason),
         (c.SUSPENDED, phase == Phase.SUSPENDED, reason),
+        (c.BLOCKED, reason in BLOCKING, reason),
     ]
     old = {cond.type: cond for cond in seen.previous.conditions}
     result = []
@@ -200,6 +218,7 @@ def compute_status(seen: Observed) -> ToolTuneJobStatus:
         start_time=job_status.get("startTime") or start,
         completion_time=(previous.completion_time or seen.now) if terminal else None,
         failure_reason=message if failed else None,
+        reason=reason,
         message=message,
     )
 
@@ -221,6 +240,7 @@ OWNED_FIELDS = (
     "startTime",
     "completionTime",
     "failureReason",
+    "reason",
     "message",
 )
 

@@ -21,13 +21,15 @@ from datetime import datetime
 from typing import Any
 
 import kopf
-from tooltune_api import API_VERSION
+from tooltune_api import API_VERSION, LABEL_JOB
 from tooltune_api.models import Backend, InvalidSpec, Phase, ToolTuneJobStatus, now_iso, parse_spec
 
 from tooltune_operator import conditions as c
+from tooltune_operator.builders import job_label
 from tooltune_operator.kube import Kube
 from tooltune_operator.metrics import METRICS, OperatorMetrics
-from tooltune_operator.status import TERMINAL, Observed, compute_status, status_patch
+from tooltune_operator.pod_problems import event_view, incidents
+from tooltune_operator.status import BLOCKING, TERMINAL, Observed, compute_status, status_patch
 from tooltune_operator.views import of_attempt
 
 
@@ -50,6 +52,32 @@ class StatusWriter:
     reported: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
     # (namespace, name) → phase, read by the jobs metric at scrape time
     phases: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    # (namespace, LABEL_JOB) → pod name → the Warning Events of that pod while it is Pending
+    pod_events: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+    # (uid, what) of the pod problems already told to the user with an Event on the ToolTuneJob
+    warned: set[tuple[str, str]] = field(default_factory=set)
+
+    async def pod_pending(self, pod: dict[str, Any], owners: Any, jobs: Any, pods: Any) -> None:
+        """A pod has been Pending a while: read its Events (a real kubelet says some things nowhere else),
+        and sync its owner's status when they changed."""
+        meta = pod["metadata"]
+        events = await asyncio.to_thread(
+            self.kube.list, "v1", "Event", meta["namespace"], f"involvedObject.uid={meta['uid']}"
+        )
+        worth = [e for e in events if e.get("type") == "Warning" or e.get("reason") == "BackOff"]
+        views = [event_view(e) for e in sorted(worth, key=lambda e: e.get("lastTimestamp") or "")]
+        key = (meta["namespace"], (meta.get("labels") or {}).get(LABEL_JOB, ""))
+        if self.pod_events.get(key, {}).get(meta["name"]) != views:
+            self.pod_events.setdefault(key, {})[meta["name"]] = views
+            await self.child_event(owners, jobs, pods)
+
+    def pod_started(self, pod: dict[str, Any]) -> None:
+        """The pod is no longer Pending (or gone): its Events no longer say why it waits."""
+        meta = pod["metadata"]
+        key = (meta["namespace"], (meta.get("labels") or {}).get(LABEL_JOB, ""))
+        self.pod_events.get(key, {}).pop(meta["name"], None)
+        if not self.pod_events.get(key, True):
+            self.pod_events.pop(key, None)
 
     async def owner_event(self, type: str, raw: dict[str, Any], jobs: Any, pods: Any) -> None:
         """Any event of a ToolTuneJob: keep its phase for the metrics, sync its status."""
@@ -57,6 +85,7 @@ class StatusWriter:
         key = (meta["namespace"], meta["name"])
         if type == "DELETED":
             self.phases.pop(key, None)
+            self.pod_events.pop((meta["namespace"], job_label(meta["name"])), None)
             self.forget(meta.get("uid"))
         elif not meta.get("deletionTimestamp"):
             self.phases[key] = (raw["status"] or {}).get("phase")
@@ -79,13 +108,16 @@ class StatusWriter:
             problems = None
         except InvalidSpec as error:
             problems = error.problems
+        attempt_pods = of_attempt(pods, attempt)
+        events = self.pod_events.get((meta["namespace"], job_label(meta["name"])), {})
         seen = Observed(
+            pod_events=[event for pod in attempt_pods for event in events.get(pod["metadata"]["name"], [])],
             generation=meta.get("generation", 1),
             spec_problems=problems,
             suspend=bool((raw["spec"] or {}).get("suspend")),
             attempt=attempt,
             job=current[0] if current else None,
-            pods=of_attempt(pods, attempt),
+            pods=attempt_pods,
             previous=ToolTuneJobStatus.model_validate(status),
             now=now_iso(),
         )
@@ -104,6 +136,7 @@ class StatusWriter:
     def sync(self, sighting: Sighting) -> None:
         """Compute the operator-owned status and patch it when it changed, with an Event on phase changes."""
         new = compute_status(sighting.seen)
+        self._warn(sighting, new)
         patch = status_patch(sighting.status, new)
         if patch:
             self._apply(sighting, new, patch)
@@ -111,6 +144,7 @@ class StatusWriter:
     async def sync_soon(self, sighting: Sighting) -> None:
         """sync for the event handlers: only a change goes to a thread for its API calls."""
         new = compute_status(sighting.seen)
+        self._warn(sighting, new)
         patch = status_patch(sighting.status, new)
         if patch:
             await asyncio.to_thread(self._apply, sighting, new, patch)
@@ -119,7 +153,19 @@ class StatusWriter:
         """Drop what is kept of a ToolTuneJob once it is gone."""
         for reported in [key for key in self.reported if key[0] == uid]:
             self.reported.pop(reported, None)
+        self.warned -= {key for key in self.warned if key[0] == uid}
         self.patched.pop(uid or "", None)
+
+    def _warn(self, sighting: Sighting, new: ToolTuneJobStatus) -> None:
+        """A Warning Event on the ToolTuneJob, once each, for what blocks its pod or ended one: what
+        `kubectl describe ttj` shows within seconds of the kubelet or scheduler saying it."""
+        uid, seen = sighting.raw["metadata"].get("uid", ""), sighting.seen
+        told = [(str(new.reason), new.message or "")] if new.reason in BLOCKING else []
+        told += [(reason, message) for _, reason, message in incidents(seen.pods)]
+        for reason, message in told:
+            if (uid, f"{seen.attempt}/{reason}/{message}") not in self.warned:
+                self.warned.add((uid, f"{seen.attempt}/{reason}/{message}"))
+                kopf.event(sighting.raw, type="Warning", reason=reason, message=message)
 
     def _apply(self, sighting: Sighting, new: ToolTuneJobStatus, patch: dict[str, Any]) -> None:
         raw, seen = sighting.raw, sighting.seen

@@ -511,7 +511,7 @@ def test_kubectl_applies_lists_prints_columns_and_deletes(k8s, tmp_path):
         NS,
         PLURAL,
         "task-api-tools",
-        {"status": {"phase": "Running", "progress": {"step": 12, "trainLoss": 0.53}}},
+        {"status": {"phase": "Running", "reason": "Training", "progress": {"step": 12, "trainLoss": 0.53}}},
     )
 
     waited = k8s.kubectl(
@@ -520,9 +520,17 @@ def test_kubectl_applies_lists_prints_columns_and_deletes(k8s, tmp_path):
     assert "condition met" in waited.stdout and not waited.stderr
     output = k8s.kubectl("get", "ttj")
     header, row = output.stdout.splitlines()
-    assert header.split() == ["NAME", "PHASE", "BACKEND", "MODEL", "STEP", "LOSS", "AGE"]
-    assert row.split()[:6] == ["task-api-tools", "Running", "unsloth", "tooltune/tiny-llama", "12", "0.53"]
-    assert row.split()[6].endswith("s")
+    assert header.split() == ["NAME", "PHASE", "REASON", "BACKEND", "MODEL", "STEP", "LOSS", "AGE"]
+    assert row.split()[:7] == [
+        "task-api-tools",
+        "Running",
+        "Training",
+        "unsloth",
+        "tooltune/tiny-llama",
+        "12",
+        "0.53",
+    ]
+    assert row.split()[7].endswith("s")
     assert "Warning" not in output.stderr
 
     as_yaml = k8s.kubectl("get", "ttj", "task-api-tools", "-o", "yaml").stdout
@@ -554,9 +562,10 @@ def test_printer_columns_show_the_status_the_real_operator_writes(k8s, kopf_oper
     ttj = k8s.cluster.get(TTJ, NS, "demo")
     columns = tables.crd_printer_columns()[TTJ]
     expected = [tables.cell(ttj, column) for column in columns]
-    assert expected[0] == status["phase"] and expected[1:3] == ["unsloth", "tooltune/tiny-llama"]
+    assert expected[:2] == [status["phase"], status["reason"]]
+    assert expected[2:4] == ["unsloth", "tooltune/tiny-llama"]
     row = k8s.kubectl("get", "ttj").stdout.splitlines()[1]
-    assert row.split()[:4] == ["demo", status["phase"], "unsloth", "tooltune/tiny-llama"]
+    assert row.split()[:5] == ["demo", status["phase"], status["reason"], "unsloth", "tooltune/tiny-llama"]
     assert k8s.cluster.get(JOBS, NS, status["jobName"]) is not None
 
 

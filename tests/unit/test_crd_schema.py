@@ -204,6 +204,8 @@ def test_printer_columns_read_a_status_written_by_the_status_model():
     status = ToolTuneJobStatus.model_validate(
         {
             "phase": "Running",
+            "reason": "Training",
+            "message": "training",
             "progress": {
                 "step": 12,
                 "trainLoss": 0.53,
@@ -224,6 +226,8 @@ def test_printer_columns_read_a_status_written_by_the_status_model():
     values = {column["name"]: tables.evaluate_jsonpath(job, column["jsonPath"]) for column in columns}
     assert values == {
         "Phase": "Running",
+        "Reason": "Training",
+        "Message": "training",
         "Backend": "unsloth",
         "Model": "tooltune/tiny-llama",
         "Step": 12,

@@ -44,7 +44,7 @@ OPERATOR_NEEDS: dict[tuple[str, str], set[str]] = {
     ("", "pods"): {"get", "list", "watch"},
     ("", "configmaps"): {"get", "list", "watch", "create", "delete", "patch"},
     ("", "secrets"): {"get"},
-    ("", "events"): {"create", "patch"},
+    ("", "events"): {"create", "patch", "list"},  # list: the kubelet's Events of a pod that stays Pending
     ("events.k8s.io", "events"): {"create", "patch"},
     ("", "serviceaccounts"): {"get", "create", "patch"},
     ("rbac.authorization.k8s.io", "roles"): {"get", "create", "patch"},
