@@ -16,6 +16,7 @@ JOB_REFUSED = "JobRefused"  # the API server refused to create the Job or its Co
 POD_PENDING = "PodPending"  # the pod waits to start, for no reason the kubelet or scheduler has given yet
 CONFIG_MISSING = "ConfigMissing"  # a Secret, ConfigMap or key the pod needs does not exist: create it
 IMAGE_PULL_FAILED = "ImagePullFailed"  # the node cannot pull the image: its name or the pull secret is wrong
+OUTPUT_IN_USE = "OutputInUse"  # an older unfinished job writes to the same output.uri: this one waits for it
 UNSCHEDULABLE = "Unschedulable"  # no node has the GPUs, labels or tolerations the pod asks for
 OOM_KILLED = "OOMKilled"  # a pod ran out of memory (the Job retries it): an Event on the ToolTuneJob
 POD_EVICTED = "Evicted"  # the node evicted a pod (the Job retries it, uncounted): an Event

@@ -59,32 +59,33 @@ async def trainer_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_
 @kopf.on.resume(*TOOLTUNEJOBS, registry=registry)
 @METRICS.reconciled("reconcile")
 def reconcile(
-    body: kopf.Body, memo: kopf.Memo, trainer_jobs: kopf.Index, trainer_pods: kopf.Index, **_: Any
-) -> None:
-    reconciler.converge(memo, owner_view(body), trainer_jobs, trainer_pods, restart=True)
+    body: kopf.Body, memo: kopf.Memo, tooltunejobs: kopf.Index, trainer_jobs: kopf.Index,
+    trainer_pods: kopf.Index, **_: Any,
+) -> None:  # fmt: skip
+    reconciler.converge(memo, owner_view(body), trainer_jobs, trainer_pods, restart=True, owners=tooltunejobs)
 
 
 @kopf.on.update(*TOOLTUNEJOBS, field="spec", registry=registry)
 @METRICS.reconciled("spec_changed")
 def spec_changed(
-    body: kopf.Body, old: Any, new: Any, memo: kopf.Memo, trainer_jobs: kopf.Index, trainer_pods: kopf.Index,
-    **_: Any,
+    body: kopf.Body, old: Any, new: Any, memo: kopf.Memo, tooltunejobs: kopf.Index, trainer_jobs: kopf.Index,
+    trainer_pods: kopf.Index, **_: Any,
 ) -> None:  # fmt: skip
     raw = owner_view(body)
-    attempt = reconciler.converge(memo, raw, trainer_jobs, trainer_pods)
+    attempt = reconciler.converge(memo, raw, trainer_jobs, trainer_pods, owners=tooltunejobs)
     reconciler.note_spec_change(raw, old, new, attempt)
 
 
 @kopf.daemon(*TOOLTUNEJOBS, when=lambda status, meta, spec, **_: needs_resync(status, meta, spec),
              registry=registry)  # fmt: skip
 async def resync(
-    stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, trainer_jobs: kopf.Index,
-    trainer_pods: kopf.Index, **_: Any,
+    stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, tooltunejobs: kopf.Index,
+    trainer_jobs: kopf.Index, trainer_pods: kopf.Index, **_: Any,
 ) -> None:  # fmt: skip
     """Level-triggered safety net: a create or a status patch lost to an API error (kopf never retries
     event handlers), or a spec fix whose update was missed, is repaired here, not at the next event."""
     while not await stopped.wait(memo.settings.resync_seconds):
-        await reconciler.resync(memo, owner_view(body), trainer_jobs, trainer_pods)
+        await reconciler.resync(memo, owner_view(body), trainer_jobs, trainer_pods, tooltunejobs)
 
 
 @kopf.on.event(*TOOLTUNEJOBS, registry=registry)

@@ -42,22 +42,26 @@ def converge(
     pods: Any,
     indexed_job: bool = False,
     restart: bool = False,
+    owners: Any = None,
 ) -> int:
     """Make the current attempt's children exist, then sync the status; returns the attempt.
 
     With indexed_job the attempt's Job is read from the index when it is there (the resync: a stale index
     delays a correction by one period); otherwise from the API (an event comes once, and the index may
     not yet show the Job's last change, e.g. its suspend). On create and resume (restart) an existing
-    unfinished Job's ConfigMap is made sure of too: a crash or an API error may have come between them."""
+    unfinished Job's ConfigMap is made sure of too: a crash or an API error may have come between them.
+    owners (the index of every ToolTuneJob) tells whether another one writes to the same output."""
     kube: Kube = memo.kube
     key = (raw["metadata"]["namespace"], builders.job_label(raw["metadata"]["name"]))
     spec = checked_spec(raw)
     attempt = (raw["status"] or {}).get("attempts") or 1
-    refused = None
+    refused = holder = None
     if spec is not None:
         attempt, job = current_attempt(kube, raw, spec, jobs.get(key) if indexed_job else None)
+        holder = output_holder(raw, spec, owners) if job is None else None
         try:
-            ensure_children(memo, raw, spec, attempt, job, restart)
+            if holder is None:
+                ensure_children(memo, raw, spec, attempt, job, restart)
         except ApiException as error:
             if not 400 <= error.status < 500:
                 raise
@@ -66,10 +70,43 @@ def converge(
     writer: StatusWriter = memo.status_writer
     sighting = writer.observe(raw, jobs.get(key), pods.get(key), attempt)
     sighting.seen.refused = refused
+    if holder is not None:
+        sighting.seen.output_holder = "{namespace}/{name}".format(**holder["metadata"])
     writer.sync(sighting)
     if refused:  # an admin may fix what the API server refused (RBAC, a quota, a webhook): try again later
         raise kopf.TemporaryError(refused, delay=REFUSED_RETRY_SECONDS)
     return int(attempt)
+
+
+def output_holder(raw: dict[str, Any], spec: ToolTuneJobSpec, owners: Any) -> dict[str, Any] | None:
+    """The older unfinished ToolTuneJob whose output.uri is this one's or nests with it: two writers of one
+    output would share (and prune) each other's checkpoints, and a resume could take the other's."""
+    mine = shared_output(spec.output.uri)
+    if mine is None:
+        return None
+    meta = raw["metadata"]
+    rank = (meta.get("creationTimestamp") or "", meta["namespace"], meta["name"])
+    for key in owners or {}:
+        for other in owners[key]:
+            theirs = shared_output(((other.get("spec") or {}).get("output") or {}).get("uri") or "")
+            their = other["metadata"]
+            if (
+                theirs is None
+                or their.get("uid") == meta.get("uid")
+                or their.get("deletionTimestamp")
+                or (other.get("status") or {}).get("phase") in TERMINAL
+                or not (mine == theirs or mine.startswith(theirs + "/") or theirs.startswith(mine + "/"))
+            ):
+                continue
+            if (their.get("creationTimestamp") or "", their["namespace"], their["name"]) < rank:
+                return other
+    return None
+
+
+def shared_output(uri: str) -> str | None:
+    """An output URI every pod shares (s3://), normalised; None for a path, which each pod has its own of."""
+    scheme, separator, rest = uri.partition("://")
+    return f"s3://{rest.strip('/')}" if separator and scheme.lower() == "s3" else None
 
 
 def api_message(error: ApiException) -> str:
@@ -80,10 +117,10 @@ def api_message(error: ApiException) -> str:
         return f"{error.status} {error.reason}"
 
 
-async def resync(memo: kopf.Memo, raw: dict[str, Any], jobs: Any, pods: Any) -> None:
+async def resync(memo: kopf.Memo, raw: dict[str, Any], jobs: Any, pods: Any, owners: Any) -> None:
     """One round of the periodic resync (in a thread: the API client blocks)."""
     if not raw["metadata"].get("deletionTimestamp"):
-        await asyncio.to_thread(converge, memo, raw, jobs, pods, indexed_job=True)
+        await asyncio.to_thread(converge, memo, raw, jobs, pods, indexed_job=True, owners=owners)
 
 
 def current_attempt(

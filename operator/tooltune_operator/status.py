@@ -18,6 +18,7 @@ Transitions, checked top to bottom (the first row that matches wins):
     spec.suspend                                          Suspended   SuspendedByUser
     no Job (was running before)                           Failed      JobLost
     no Job, the API server refused to create it           Pending     JobRefused
+    no Job, an older unfinished job writes to its output  Pending     OutputInUse
     no Job yet                                            Pending     JobCreated
     a pod runs and the trainer reports steps              Running     Training
     a pod runs, no step reported yet                      Validating  ValidatingData
@@ -46,7 +47,7 @@ from tooltune_operator import pod_problems
 from tooltune_operator.views import job_condition, job_generation, termination
 
 TERMINAL = {Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED}
-BLOCKING = {c.CONFIG_MISSING, c.IMAGE_PULL_FAILED, c.UNSCHEDULABLE}
+BLOCKING = {c.CONFIG_MISSING, c.IMAGE_PULL_FAILED, c.UNSCHEDULABLE, c.OUTPUT_IN_USE}
 EXIT_CODE_REASONS: dict[int, str] = {
     137: "killed (SIGKILL, often out of memory)",
     143: "terminated (SIGTERM)",
@@ -66,6 +67,7 @@ class Observed:
     previous: ToolTuneJobStatus = field(default_factory=ToolTuneJobStatus)
     now: str = ""
     refused: str | None = None  # why the API server refused to create the attempt's children
+    output_holder: str | None = None  # namespace/name of an older unfinished job writing to the same output
     pod_events: list[dict[str, Any]] = field(default_factory=list)  # Warning Events of the attempt's pods
 
 
@@ -147,6 +149,12 @@ def decide_phase(seen: Observed) -> tuple[Phase, str, str]:
             return Phase.FAILED, c.JOB_LOST, f"Job {previous.job_name} disappeared before it finished"
         if seen.refused:
             return Phase.PENDING, c.JOB_REFUSED, f"the API server refused the Job: {seen.refused}"
+        if seen.output_holder:
+            holder = seen.output_holder
+            return Phase.PENDING, c.OUTPUT_IN_USE, (
+                f"spec.output.uri is also written by ToolTuneJob {holder}, which has not finished: this job "
+                "starts when it does (or give this job another output.uri)"
+            )  # fmt: skip
         return Phase.PENDING, c.JOB_CREATED, "creating the training Job"
     if any((p.get("status") or {}).get("phase") == "Running" for p in seen.pods):
         if previous.progress and previous.progress.total_steps:

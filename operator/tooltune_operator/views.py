@@ -14,7 +14,15 @@ from typing import Any
 from tooltune_api import ANNOTATION_GENERATION, LABEL_ATTEMPT, LABEL_JOB
 
 # What the status writer and kopf.event read of a ToolTuneJob's metadata.
-OWNER_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion", "deletionTimestamp")
+OWNER_METADATA = (
+    "name",
+    "namespace",
+    "uid",
+    "generation",
+    "resourceVersion",
+    "creationTimestamp",
+    "deletionTimestamp",
+)
 
 
 def owner_view(body: Mapping[str, Any]) -> dict[str, Any]:

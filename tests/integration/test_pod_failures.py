@@ -1,4 +1,5 @@
-"""Pod failures the kubelet and the scheduler see, as the user sees them on the ToolTuneJob within seconds.
+"""Pod failures the kubelet and the scheduler see, as the user sees them on the ToolTuneJob within seconds;
+and a job that must wait because another one writes to its output.
 
 The test kubelet reports each failure as a real one does (tests/harness/kubelet.py): a missing ConfigMap
 volume only as a FailedMount Event with an empty ContainerCreating message, a missing Secret as
@@ -20,7 +21,7 @@ from tooltune_operator.kube import Kube
 from tooltune_operator.settings import Settings
 
 from tests.fixtures.cluster import K8s, scripted_spec
-from tests.harness.emulator import EVENTS, PODS, SECRETS, TTJ
+from tests.harness.emulator import EVENTS, JOBS, PODS, SECRETS, TTJ
 from tests.harness.kopf_runner import KopfRunner
 from tests.harness.kubelet import Kubelet, Node
 from tests.harness.waiting import wait_for
@@ -55,6 +56,7 @@ def operator(k8s: K8s, node: Kubelet, kopf_operator: Callable[..., KopfRunner]) 
         metrics_port=0,
         progress_interval_seconds=0,
         pod_events_seconds=0.5,
+        resync_seconds=1,
     )
     return kopf_operator("tooltune_operator.handlers", memo=kopf.Memo(kube=Kube(k8s.api), settings=settings))
 
@@ -198,3 +200,27 @@ def test_a_node_pressure_eviction_is_an_event_and_the_job_carries_on(
     )
     running = lambda: status(k8s, "evicted").get("phase") in {"Running", "Validating"}  # noqa: E731
     wait_for(running, SEEN_WITHIN, what="the job running again", describe=lambda: status(k8s, "evicted"))
+
+
+def test_a_second_writer_of_one_output_waits_for_the_first_and_is_told_which(
+    k8s: K8s, operator: KopfRunner, node: Kubelet
+) -> None:
+    k8s.create_tooltunejob(
+        "first", scripted_spec("run", backoffLimit=0, output={"uri": "s3://models/shared/"})
+    )
+    wait_for(lambda: status(k8s, "first").get("phase") == "Running", SEEN_WITHIN, what="the first Running")
+    k8s.create_tooltunejob("second", scripted_spec(output={"uri": "s3://models/shared/run-2"}))  # nested
+    current = wait_for(blocked(k8s, "second", "OutputInUse"), SEEN_WITHIN, what="OutputInUse",
+                       describe=lambda: status(k8s, "second"))  # fmt: skip
+    assert "ToolTuneJob default/first, which has not finished" in current["message"]
+    event = wait_for(warning(k8s, "second", "OutputInUse"), SEEN_WITHIN, what="an OutputInUse Event")
+    assert "default/first" in event["message"]
+    assert pods_of(k8s, "second") == [] and k8s.cluster.get(JOBS, NS, "second-1") is None
+    first = pod_of(k8s, "first")
+    assert first is not None
+    node.oom_kill(first["metadata"]["name"])  # the first job fails for good (backoffLimit 0)
+    wait_for(lambda: status(k8s, "first").get("phase") == "Failed", SEEN_WITHIN, what="the first Failed")
+    succeeded = lambda: status(k8s, "second").get("phase") == "Succeeded"  # noqa: E731
+    wait_for(
+        succeeded, 20, what="the second job, once the output is free", describe=lambda: status(k8s, "second")
+    )

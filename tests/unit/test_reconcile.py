@@ -149,3 +149,35 @@ def test_a_crash_before_the_handover_is_repaired_when_the_operator_comes_back(
     owners = kube.objects[("ConfigMap", "demo-1-contract")]["metadata"]["ownerReferences"]
     assert [(o["kind"], o["name"]) for o in owners] == [("Job", "demo-1")]
     assert [kind for kind, _ in kube.objects].count("Job") == 1
+
+
+def owner(name: str, uri: str, created: str, phase: str | None = None) -> dict[str, Any]:
+    body = tooltunejob()
+    body["metadata"].update(name=name, uid=f"uid-{name}", creationTimestamp=created)
+    body["spec"]["output"] = {"uri": uri}
+    body["status"] = {"phase": phase} if phase else {}
+    return body
+
+
+@pytest.mark.parametrize(
+    ("theirs", "phase", "holds"),
+    [
+        ("s3://b/out/", None, True),  # the same output, trailing slash or not
+        ("s3://b/out/run-2", "Running", True),  # nested inside
+        ("s3://b/", "Pending", True),  # containing it
+        ("s3://b/out2/", "Running", False),  # a sibling that shares a prefix of characters only
+        ("s3://other/out/", "Running", False),
+        ("s3://b/out", "Succeeded", False),  # finished: the output is free
+        ("runs/out", "Running", False),  # a path: each pod has its own
+    ],
+)
+def test_an_older_unfinished_job_holds_an_output_that_overlaps(
+    theirs: str, phase: str | None, holds: bool
+) -> None:
+    spec = reconcile.parse_spec({**tooltunejob()["spec"], "output": {"uri": "s3://b/out"}})
+    me = owner("me", "s3://b/out", "2026-11-25T10:00:01Z")
+    older = owner("older", theirs, "2026-11-25T10:00:00Z", phase)
+    younger = owner("younger", "s3://b/out", "2026-11-25T10:00:02Z")
+    index = {("ns", "older"): [older], ("ns", "younger"): [younger], ("ns", "me"): [me]}
+    holder = reconcile.output_holder(me, spec, index)
+    assert (holder is not None and holder["metadata"]["name"] == "older") == holds
