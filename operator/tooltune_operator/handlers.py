@@ -1,5 +1,6 @@
 """kopf's registry of the operator's handlers, and nothing else: each body hands over to a module.
 
+- login → the kubernetes client's configuration (a registry of one's own has none by default);
 - startup → ``startup.configure``: kopf's settings and the per-operator state in ``memo``;
 - indexes of ToolTuneJobs, their Jobs and Pods → the small views of ``views``;
 - create / resume / spec change / periodic resync of a ToolTuneJob → ``reconcile.converge``;
@@ -29,6 +30,12 @@ registry = kopf.OperatorRegistry()
 TOOLTUNEJOBS = (GROUP, VERSION, PLURAL)
 MANAGED = {LABEL_MANAGED_BY: "tooltune"}
 Key = tuple[str, str]  # (namespace, the ToolTuneJob's LABEL_JOB value: builders.job_label of its name)
+
+
+@kopf.on.login(registry=registry)
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod its service account, elsewhere the kubeconfig, as the kubernetes client finds them."""
+    return kopf.login_via_client(**kwargs)
 
 
 @kopf.on.startup(registry=registry)

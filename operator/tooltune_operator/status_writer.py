@@ -16,6 +16,7 @@ starts clean), and which remembers per job:
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -56,6 +57,8 @@ class StatusWriter:
     pod_events: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
     # (uid, what) of the pod problems already told to the user with an Event on the ToolTuneJob
     warned: set[tuple[str, str]] = field(default_factory=set)
+    # uid → the lock its status patches take: the reconciler's threads and the event handlers race
+    _locks: dict[str, threading.Lock] = field(default_factory=dict)
 
     async def pod_pending(self, pod: dict[str, Any], owners: Any, jobs: Any, pods: Any) -> None:
         """A pod has been Pending a while: read its Events (a real kubelet says some things nowhere else),
@@ -89,7 +92,8 @@ class StatusWriter:
             self.forget(meta.get("uid"))
         elif not meta.get("deletionTimestamp"):
             self.phases[key] = (raw["status"] or {}).get("phase")
-            await self.sync_soon(self.observe(raw, jobs, pods))
+            if raw["status"]:  # a new job's first status is the reconciler's, written once it has acted
+                await self.sync_soon(self.observe(raw, jobs, pods))
 
     async def child_event(self, owners: Any, jobs: Any, pods: Any) -> None:
         """Any event of a Job or Pod: sync the status of the ToolTuneJob that owns it."""
@@ -155,6 +159,7 @@ class StatusWriter:
             self.reported.pop(reported, None)
         self.warned -= {key for key in self.warned if key[0] == uid}
         self.patched.pop(uid or "", None)
+        self._locks.pop(uid or "", None)
 
     def _warn(self, sighting: Sighting, new: ToolTuneJobStatus) -> None:
         """A Warning Event on the ToolTuneJob, once each, for what blocks its pod or ended one: what
@@ -168,6 +173,14 @@ class StatusWriter:
                 kopf.event(sighting.raw, type="Warning", reason=reason, message=message)
 
     def _apply(self, sighting: Sighting, new: ToolTuneJobStatus, patch: dict[str, Any]) -> None:
+        raw = sighting.raw
+        with self._locks.setdefault(raw["metadata"].get("uid", ""), threading.Lock()):
+            # another caller may have patched this job since the sighting: patch only what is still to do
+            patch = status_patch(self.latest_status(raw), new)
+            if patch:
+                self._patch(sighting, new, patch)
+
+    def _patch(self, sighting: Sighting, new: ToolTuneJobStatus, patch: dict[str, Any]) -> None:
         raw, seen = sighting.raw, sighting.seen
         meta = raw["metadata"]
         key = (meta.get("uid", ""), seen.attempt)

@@ -93,11 +93,31 @@ def test_a_newer_body_is_read_as_it_is() -> None:
 
 def test_forget_drops_what_is_kept_per_job() -> None:
     body = tooltunejob()
+    body["status"] = {"phase": "Pending", "attempts": 1}
     writer, _ = writer_of(body)
     asyncio.run(writer.owner_event("MODIFIED", body, [job()], [pod("Pending")]))
     assert writer.patched and writer.reported and writer.phases
     asyncio.run(writer.owner_event("DELETED", body, None, None))
     assert not writer.patched and not writer.reported and not writer.phases
+
+
+def test_a_new_jobs_first_status_is_left_to_the_reconciler() -> None:
+    body = tooltunejob()  # no status yet: kopf's create handler has not run
+    writer, kube = writer_of(body)
+    asyncio.run(writer.owner_event("ADDED", body, None, None))
+    assert kube.patches == [] and writer.phases == {("ns", "demo"): None}
+
+
+def test_two_callers_racing_on_one_sighting_patch_once() -> None:
+    body = tooltunejob()
+    writer, kube = writer_of(body)
+    first, second = (
+        writer.observe(body, [job()], [pod("Pending")]),
+        writer.observe(body, [job()], [pod("Pending")]),
+    )
+    writer.sync(first)  # the reconciler's thread
+    writer.sync(second)  # an event handler that computed from the same body before the first patch returned
+    assert len(kube.patches) == 1
 
 
 def test_each_writer_keeps_its_own_state() -> None:
