@@ -30,7 +30,7 @@ from tooltune_operator.metrics import METRICS
 from tooltune_operator.settings import Settings
 from tooltune_operator.status import TERMINAL, retry_wanted
 from tooltune_operator.status_writer import StatusWriter
-from tooltune_operator.views import job_condition, job_generation, of_attempt
+from tooltune_operator.views import job_condition, job_generation, job_view, of_attempt
 
 REFUSED_RETRY_SECONDS = 60.0
 
@@ -55,20 +55,23 @@ def converge(
     key = (raw["metadata"]["namespace"], builders.job_label(raw["metadata"]["name"]))
     spec = checked_spec(raw)
     attempt = (raw["status"] or {}).get("attempts") or 1
-    refused = holder = None
+    refused = holder = job = None
     if spec is not None:
         attempt, job = current_attempt(kube, raw, spec, jobs.get(key) if indexed_job else None)
         holder = output_holder(raw, spec, owners) if job is None else None
         try:
             if holder is None:
-                ensure_children(memo, raw, spec, attempt, job, restart)
+                job = ensure_children(memo, raw, spec, attempt, job, restart)
         except ApiException as error:
             if not 400 <= error.status < 500:
                 raise
             refused = api_message(error)
             kopf.event(raw, type="Warning", reason=c.JOB_REFUSED, message=refused)
     writer: StatusWriter = memo.status_writer
-    sighting = writer.observe(raw, jobs.get(key), pods.get(key), attempt)
+    known = list(jobs.get(key) or [])
+    if spec is not None and job is not None and not of_attempt(known, attempt):
+        known.append(job_view(job))  # created a moment ago: the index has not seen it yet
+    sighting = writer.observe(raw, known, pods.get(key), attempt)
     sighting.seen.refused = refused
     if holder is not None:
         sighting.seen.output_holder = "{namespace}/{name}".format(**holder["metadata"])
@@ -129,6 +132,8 @@ def current_attempt(
     """The attempt to run and its Job: the recorded attempt, or the next one when retry_wanted."""
     meta = raw["metadata"]
     attempt = (raw["status"] or {}).get("attempts") or 1
+    if not raw["status"]:  # never reconciled: nothing to retry, and creating is idempotent (409 → fetch)
+        return attempt, None
     job = attempt_job(kube, meta, attempt, indexed)
     failed = job is not None and job_condition(job, "Failed") is not None
     if retry_wanted(failed, meta.get("generation", 1), job_generation(job), spec.suspend):
@@ -164,7 +169,7 @@ def ensure_children(
     attempt: int,
     job: dict[str, Any] | None,
     restart: bool = False,
-) -> None:
+) -> dict[str, Any] | None:
     """Create the attempt's contract ConfigMap and Job unless they exist, and hand the ConfigMap to the Job;
     apply spec.suspend to the Job. After a restart (create or resume: a crash or an API error may have come
     between the create and the handover) the handover of an unfinished Job's ConfigMap is made again."""
@@ -175,18 +180,19 @@ def ensure_children(
     if job is None:
         previous = ToolTuneJobStatus.model_validate(raw["status"] or {})
         if previous.phase in TERMINAL and previous.attempts == attempt:
-            return  # finished and cleaned up (ttlSecondsAfterFinished): nothing to recreate
+            return None  # finished and cleaned up (ttlSecondsAfterFinished): nothing to recreate
         ensure_trainer_rbac(memo, namespace)
         kube.create(builders.contract_configmap(raw, spec, attempt, settings))
         job = kube.create(builders.training_job(raw, spec, attempt, settings))
         kube.patch("v1", "ConfigMap", namespace, contract, builders.owned_by(job))
         message = f"created Job {job['metadata']['name']} (attempt {attempt})"
         kopf.event(raw, type="Normal", reason=c.JOB_CREATED, message=message)
-        return
+        return job
     if restart and "uid" in job["metadata"] and not job_condition(job, "Complete"):
         kube.patch("v1", "ConfigMap", namespace, contract, builders.owned_by(job))
     if bool(job["spec"].get("suspend")) != spec.suspend and not job_condition(job, "Complete"):
         apply_suspend(kube, raw, spec, job)
+    return job
 
 
 def apply_suspend(kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec, job: dict[str, Any]) -> None:
