@@ -29,6 +29,9 @@ from tooltune_operator.views import job_view, owner_view, pod_view
 registry = kopf.OperatorRegistry()
 TOOLTUNEJOBS = (GROUP, VERSION, PLURAL)
 MANAGED = {LABEL_MANAGED_BY: "tooltune"}
+# A daemon in the middle of an API call when it is told to stop (job finished, operator exiting) is cancelled
+# after this long, instead of kopf polling it every minute.
+DAEMON_EXIT_SECONDS = 5.0
 Key = tuple[str, str]  # (namespace, the ToolTuneJob's LABEL_JOB value: builders.job_label of its name)
 
 
@@ -84,7 +87,7 @@ def spec_changed(
 
 
 @kopf.daemon(*TOOLTUNEJOBS, when=lambda status, meta, spec, **_: needs_resync(status, meta, spec),
-             registry=registry)  # fmt: skip
+             cancellation_timeout=DAEMON_EXIT_SECONDS, registry=registry)  # fmt: skip
 async def resync(
     stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, tooltunejobs: kopf.Index,
     trainer_jobs: kopf.Index, trainer_pods: kopf.Index, **_: Any,
@@ -116,7 +119,7 @@ async def on_child_event(
 
 
 @kopf.daemon("", "v1", "pods", labels=MANAGED, when=lambda status, **_: status.get("phase") == "Pending",
-             registry=registry)  # fmt: skip
+             cancellation_timeout=DAEMON_EXIT_SECONDS, registry=registry)  # fmt: skip
 async def pending_pod(
     stopped: kopf.DaemonStopped, namespace: str, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo,
     tooltunejobs: kopf.Index, trainer_jobs: kopf.Index, trainer_pods: kopf.Index, **_: Any,
