@@ -108,9 +108,8 @@ async def on_tooltunejob_event(
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)
-@kopf.on.event("", "v1", "pods", labels=MANAGED, registry=registry)
 @METRICS.reconciled("status")
-async def on_child_event(
+async def on_job_event(
     namespace: str, labels: kopf.Labels, memo: kopf.Memo, tooltunejobs: kopf.Index, trainer_jobs: kopf.Index,
     trainer_pods: kopf.Index, **_: Any,
 ) -> None:  # fmt: skip
@@ -118,20 +117,23 @@ async def on_child_event(
     await memo.status_writer.child_event(tooltunejobs.get(key), trainer_jobs.get(key), trainer_pods.get(key))
 
 
-@kopf.daemon("", "v1", "pods", labels=MANAGED, when=lambda status, **_: status.get("phase") == "Pending",
-             cancellation_timeout=DAEMON_EXIT_SECONDS, registry=registry)  # fmt: skip
-async def pending_pod(
-    stopped: kopf.DaemonStopped, namespace: str, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo,
+@kopf.on.event("", "v1", "pods", labels=MANAGED, registry=registry)
+@METRICS.reconciled("status")
+async def on_pod_event(
+    type: str, body: kopf.Body, namespace: str, labels: kopf.Labels, memo: kopf.Memo,
     tooltunejobs: kopf.Index, trainer_jobs: kopf.Index, trainer_pods: kopf.Index, **_: Any,
 ) -> None:  # fmt: skip
-    """A pod still Pending after a few seconds: what its Events say reaches the ToolTuneJob's status."""
+    """Also: a pod that stays Pending has its Events read (what the kubelet says nowhere else)."""
     key, writer = (namespace, labels.get(LABEL_JOB, "")), memo.status_writer
-    try:
-        while not await stopped.wait(memo.settings.pod_events_seconds):
-            pod = {"metadata": dict(body.metadata)}
-            await writer.pod_pending(pod, tooltunejobs.get(key), trainer_jobs.get(key), trainer_pods.get(key))
-    finally:
-        writer.pod_started({"metadata": dict(body.metadata)})
+    writer.watch_pending(
+        type, body, memo.settings.pod_events_seconds, tooltunejobs, trainer_jobs, trainer_pods
+    )
+    await writer.child_event(tooltunejobs.get(key), trainer_jobs.get(key), trainer_pods.get(key))
+
+
+@kopf.on.cleanup(registry=registry)
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    await memo.status_writer.stop()
 
 
 @kopf.on.delete(*TOOLTUNEJOBS, registry=registry)

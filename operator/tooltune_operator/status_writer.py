@@ -16,6 +16,7 @@ starts clean), and which remembers per job:
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +33,8 @@ from tooltune_operator.metrics import METRICS, OperatorMetrics
 from tooltune_operator.pod_problems import event_view, incidents
 from tooltune_operator.status import BLOCKING, TERMINAL, Observed, compute_status, status_patch
 from tooltune_operator.views import of_attempt
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,24 +62,58 @@ class StatusWriter:
     warned: set[tuple[str, str]] = field(default_factory=set)
     # uid → the lock its status patches take: the reconciler's threads and the event handlers race
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
+    # pod uid → the task reading the Events of that Pending pod
+    _pending: dict[str, asyncio.Future[None]] = field(default_factory=dict)
 
-    async def pod_pending(self, pod: dict[str, Any], owners: Any, jobs: Any, pods: Any) -> None:
-        """A pod has been Pending a while: read its Events (a real kubelet says some things nowhere else),
-        and sync its owner's status when they changed."""
+    def watch_pending(self, type: str, pod: Any, every: float, owners: Any, jobs: Any, pods: Any) -> None:
+        """While a pod is Pending, read its Events every `every` seconds (a kopf daemon would put a
+        finalizer on every trainer pod); stop when it starts or goes."""
         meta = pod["metadata"]
-        events = await asyncio.to_thread(
-            self.kube.list, "v1", "Event", meta["namespace"], f"involvedObject.uid={meta['uid']}"
-        )
-        worth = [e for e in events if e.get("type") == "Warning" or e.get("reason") == "BackOff"]
-        views = [event_view(e) for e in sorted(worth, key=lambda e: e.get("lastTimestamp") or "")]
-        key = (meta["namespace"], (meta.get("labels") or {}).get(LABEL_JOB, ""))
-        if self.pod_events.get(key, {}).get(meta["name"]) != views:
-            self.pod_events.setdefault(key, {})[meta["name"]] = views
-            await self.child_event(owners, jobs, pods)
+        uid, phase = meta.get("uid", ""), (pod.get("status") or {}).get("phase")
+        watching = self._pending.get(uid)
+        if type != "DELETED" and phase in (None, "Pending") and not meta.get("deletionTimestamp"):
+            if watching is None:
+                plain = {
+                    "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid")}
+                    | {"labels": dict(meta.get("labels") or {})}
+                }
+                self._pending[uid] = asyncio.ensure_future(
+                    self._read_events(plain, every, owners, jobs, pods)
+                )
+        elif watching is not None:
+            watching.cancel()
+            self._pending.pop(uid, None)
+            self._pod_started(meta)
 
-    def pod_started(self, pod: dict[str, Any]) -> None:
+    async def stop(self) -> None:
+        """Stop reading pod Events (the operator is exiting)."""
+        for task in self._pending.values():
+            task.cancel()
+        await asyncio.gather(*self._pending.values(), return_exceptions=True)
+        self._pending.clear()
+
+    async def _read_events(
+        self, pod: dict[str, Any], every: float, owners: Any, jobs: Any, pods: Any
+    ) -> None:
+        meta = pod["metadata"]
+        key = (meta["namespace"], meta["labels"].get(LABEL_JOB, ""))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                events = await asyncio.to_thread(
+                    self.kube.list, "v1", "Event", meta["namespace"], f"involvedObject.uid={meta['uid']}"
+                )
+            except Exception as error:  # the next round tries again
+                log.warning("cannot read the Events of pod %s: %s", meta["name"], error)
+                continue
+            worth = [e for e in events if e.get("type") == "Warning" or e.get("reason") == "BackOff"]
+            views = [event_view(e) for e in sorted(worth, key=lambda e: e.get("lastTimestamp") or "")]
+            if self.pod_events.get(key, {}).get(meta["name"]) != views:
+                self.pod_events.setdefault(key, {})[meta["name"]] = views
+                await self.child_event(owners.get(key), jobs.get(key), pods.get(key))
+
+    def _pod_started(self, meta: Any) -> None:
         """The pod is no longer Pending (or gone): its Events no longer say why it waits."""
-        meta = pod["metadata"]
         key = (meta["namespace"], (meta.get("labels") or {}).get(LABEL_JOB, ""))
         self.pod_events.get(key, {}).pop(meta["name"], None)
         if not self.pod_events.get(key, True):

@@ -21,11 +21,13 @@ real clients rely on:
 - Namespace objects (kmock reads /api/v1/namespaces/<name> as a namespace); deleting a namespace deletes
   its objects; ``kubectl logs`` from the test kubelet's log files.
 
+- RBAC for requests made as a ServiceAccount, from the stored Roles and bindings (tests/harness/rbac.py).
+
 Not emulated: admission (the CRD's openAPIV3Schema is checked by tests/unit/test_crd_schema.py),
 server-side apply, ``dryRun`` (refused with 400), protobuf bodies (kubectl's imperative
 ``create <kind>`` sends them: use ``apply -f``), OpenAPI documents (so ``kubectl apply --validate=false``),
-RBAC, ``limit``/``continue`` paging, namespaces' existence on create, graceful pod deletion (pods go at
-once; the kubelet then stops the process).
+``limit``/``continue`` paging, namespaces' existence on create, graceful pod deletion (pods go at once;
+the kubelet then stops the process).
 What is served is declared in `RESOURCES` (a CustomResourceDefinition posted to the emulator is stored,
 not served). kmock's ``emulator.objects`` stays empty: read the store with `get_object`/`list_objects`.
 Everything runs on the emulator's event loop; other threads go through `RunningCluster` (``call``, ``get``,
@@ -61,7 +63,7 @@ import kmock
 import yaml
 from kmock._internal import rendering
 
-from tests.harness import crd_schema, tables, validation
+from tests.harness import crd_schema, rbac, tables, validation
 
 T = TypeVar("T")
 
@@ -722,6 +724,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             request = await rendering.Request._parse(raw_request, id=next(self._request_ids))
         resource = self._served(request)
         self.request_counts[request_kind(request, resource)] += 1
+        refusal = self._authorize(request, resource, body)
+        if refusal is not None:
+            return self._respond(refusal.code, refusal.status())
         if resource is not None and len(self._payloads) == self._own_reactions:
             response = await self._serve_directly(resource, request)
             if response is not None:
@@ -779,6 +784,34 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         except ApiError as error:
             return self._respond(error.code, error.status())
         return None if outcome is None else self._respond(*outcome)
+
+    def _authorize(self, request: rendering.Request, resource: str | None, body: bytes) -> ApiError | None:
+        """RBAC for requests made as a ServiceAccount (tests/harness/rbac.py); None when allowed."""
+        account = rbac.serviceaccount(request.headers)
+        if account is None or resource is None:
+            return None  # an administrator; discovery is open to every authenticated user
+        group = api_version_of(resource).rpartition("/")[0]
+        plural = resource.rsplit("/", 1)[-1] + (f"/{request.subresource}" if request.subresource else "")
+        verb = rbac.verb_of(str(request.method.value), request.name, self._is_watch(request))
+        namespace = request.namespace if self._namespaced(resource) else None
+        rules = rbac.rules_for(self.peek_objects, account, namespace)
+        if not rbac.grants(rules, verb, group, plural, request.name):
+            return ApiError(
+                403, "Forbidden", rbac.forbidden(account, verb, group, plural, namespace, request.name)
+            )
+        if verb in {"create", "update"} and resource.startswith(rbac.RBAC):
+            try:
+                obj = {**json.loads(body or b"{}")}
+            except ValueError:
+                return None
+            obj.setdefault("metadata", {}).setdefault("namespace", namespace)
+            why = rbac.escalation(self.peek_objects, account, obj)
+            if why is not None:
+                what = obj.get("kind", "object")
+                return ApiError(
+                    403, "Forbidden", f'{what} "{obj["metadata"].get("name")}" is forbidden: {why}'
+                )
+        return None
 
     def _served(self, request: rendering.Request) -> str | None:
         if request.resource is None or request.resource.plural is None or request.resource.version is None:

@@ -39,7 +39,7 @@ def fast_settings(settings: kopf.OperatorSettings) -> None:
     settings.posting.level = 20
 
 
-def build_registry(source: OperatorSource, server: str) -> kopf.OperatorRegistry:
+def build_registry(source: OperatorSource, server: str, token: str | None = None) -> kopf.OperatorRegistry:
     """A registry holding the operator's handlers and a login handler for the emulator at `server`."""
     registry = kopf.OperatorRegistry()
     if isinstance(source, str):
@@ -56,7 +56,7 @@ def build_registry(source: OperatorSource, server: str) -> kopf.OperatorRegistry
 
     @kopf.on.login(registry=registry)
     def login_to_emulator(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=server, insecure=True, default_namespace="default")
+        return kopf.ConnectionInfo(server=server, insecure=True, default_namespace="default", token=token)
 
     @kopf.on.startup(registry=registry)
     def tune_for_tests(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -92,8 +92,9 @@ class KopfRunner:
         server: str,
         memo: Any = None,
         watch_count: Callable[[], int] | None = None,
+        token: str | None = None,
     ):
-        self.registry = build_registry(source, server)
+        self.registry = build_registry(source, server, token)
         self.memo = memo if memo is not None else kopf.Memo()
         self.watch_count = watch_count
         self._thread: threading.Thread | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -617,3 +618,39 @@ def test_merge_patch_follows_rfc_7386_and_drops_strategic_directives():
     target = {"a": {"b": 1, "c": 2}, "list": [1, 2], "gone": 1}
     patch = {"a": {"c": None, "d": 3}, "list": [3], "gone": None, "$setElementOrder/x": []}
     assert merge_patch(target, patch) == {"a": {"b": 1, "d": 3}, "list": [3]}
+
+
+# ---------------------------------------------------------------- RBAC
+
+
+def test_a_serviceaccount_gets_only_what_its_bindings_grant(k8s, tmp_path):
+    from tests.fixtures.cluster import operator_identity
+    from tests.harness import rbac
+
+    api, _ = operator_identity(k8s, tmp_path)  # the manifests' ClusterRole, bound to the operator
+    core = kubernetes.client.CoreV1Api(api)
+    core.list_namespaced_event(NS)  # granted: the kubelet's Events of a pending pod
+
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        core.list_namespaced_secret(NS)
+    assert refused.value.status == 403
+    assert json.loads(refused.value.body)["message"] == (
+        'secrets is forbidden: User "system:serviceaccount:tooltune-system:tooltune-operator" cannot list '
+        'resource "secrets" in API group "" in the namespace "default"'
+    )
+    # The API server's escalation check: no Role may grant more than its creator holds.
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "too-much", "namespace": NS},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]}],
+    }
+    with pytest.raises(kubernetes.client.ApiException) as escalated:
+        kubernetes.client.RbacAuthorizationV1Api(api).create_namespaced_role(NS, role)
+    assert escalated.value.status == 403 and "not currently held" in escalated.value.body
+    kubeconfig = rbac.serviceaccount_kubeconfig(tmp_path / "nobody", k8s.url, NS, "nobody")
+    client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    nobody = kubernetes.client.CoreV1Api(client)
+    with pytest.raises(kubernetes.client.ApiException) as unbound:
+        nobody.list_namespaced_pod(NS)
+    assert unbound.value.status == 403

@@ -18,7 +18,7 @@ from tooltune_operator import builders
 from tooltune_operator.kube import Kube
 from tooltune_operator.settings import Settings
 
-from tests.fixtures.cluster import K8s, scripted_spec
+from tests.fixtures.cluster import K8s, operator_identity, scripted_spec
 from tests.harness.emulator import CONFIGMAPS, EVENTS, JOBS, PODS, TTJ
 from tests.harness.kopf_runner import KopfRunner
 from tests.harness.kubelet import Kubelet
@@ -43,13 +43,15 @@ def cluster(k8s: K8s, tmp_path: Path) -> Iterator[K8s]:
 
 
 @pytest.fixture
-def operator(cluster: K8s, kopf_operator: Callable[..., KopfRunner]) -> KopfRunner:
+def operator(cluster: K8s, kopf_operator: Callable[..., KopfRunner], tmp_path: Path) -> KopfRunner:
+    """The operator, acting as its ServiceAccount under exactly the RBAC the plain manifests grant it."""
+    api, token = operator_identity(cluster, tmp_path)
     memo = kopf.Memo()
-    memo.kube = Kube(cluster.api)
+    memo.kube = Kube(api)
     memo.settings = Settings(
         trainer_image="tooltune/trainer:test", metrics_port=0, progress_interval_seconds=0
     )
-    return kopf_operator("tooltune_operator.handlers", memo=memo)
+    return kopf_operator("tooltune_operator.handlers", memo=memo, token=token)
 
 
 def ttj(k8s: K8s, name: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import pytest
 from tooltune_operator.kube import Kube
 from tooltune_operator.settings import Settings
 
-from tests.fixtures.cluster import K8s, scripted_spec
+from tests.fixtures.cluster import K8s, operator_identity, scripted_spec
 from tests.harness.emulator import EVENTS, JOBS, PODS, SECRETS, TTJ
 from tests.harness.kopf_runner import KopfRunner
 from tests.harness.kubelet import Kubelet, Node
@@ -50,7 +50,11 @@ def node(k8s: K8s, tmp_path: Path) -> Iterator[Kubelet]:
 
 
 @pytest.fixture
-def operator(k8s: K8s, node: Kubelet, kopf_operator: Callable[..., KopfRunner]) -> KopfRunner:
+def operator(
+    k8s: K8s, node: Kubelet, kopf_operator: Callable[..., KopfRunner], tmp_path: Path
+) -> KopfRunner:
+    """The operator under exactly the RBAC the manifests grant it (reading pod Events included)."""
+    api, token = operator_identity(k8s, tmp_path)
     settings = Settings(
         trainer_image="tooltune/trainer:test",
         metrics_port=0,
@@ -58,7 +62,8 @@ def operator(k8s: K8s, node: Kubelet, kopf_operator: Callable[..., KopfRunner]) 
         pod_events_seconds=0.5,
         resync_seconds=1,
     )
-    return kopf_operator("tooltune_operator.handlers", memo=kopf.Memo(kube=Kube(k8s.api), settings=settings))
+    memo = kopf.Memo(kube=Kube(api), settings=settings)
+    return kopf_operator("tooltune_operator.handlers", memo=memo, token=token)
 
 
 def status(k8s: K8s, name: str) -> dict[str, Any]:
