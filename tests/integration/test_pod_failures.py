@@ -50,9 +50,7 @@ def node(k8s: K8s, tmp_path: Path) -> Iterator[Kubelet]:
 
 
 @pytest.fixture
-def operator(
-    k8s: K8s, node: Kubelet, kopf_operator: Callable[..., KopfRunner], tmp_path: Path
-) -> KopfRunner:
+def operator(k8s: K8s, node: Kubelet, kopf_operator: Callable[..., KopfRunner], tmp_path: Path) -> KopfRunner:
     """The operator under exactly the RBAC the manifests grant it (reading pod Events included)."""
     api, token = operator_identity(k8s, tmp_path)
     settings = Settings(
