@@ -24,6 +24,7 @@ CONTRACT_PATH = "/etc/tooltune/contract.json"
 TERMINATION_LOG_ENV = "TOOLTUNE_TERMINATION_LOG"
 TERMINATION_LOG_PATH = "/dev/termination-log"
 WORKDIR_ENV = "TOOLTUNE_WORKDIR"  # local scratch space for data, model and checkpoints
+POD_WORKDIR = "/work"  # the pod's working directory (an emptyDir): the only place a relative path can name
 
 # Labels on every child object.
 LABEL_JOB = f"{GROUP}/job"
@@ -31,3 +32,4 @@ LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 ANNOTATION_GENERATION = f"{GROUP}/generation"  # on a Job: the ToolTuneJob generation it was built from
+ANNOTATION_JOB_NAME = f"{GROUP}/job-name"  # the ToolTuneJob's whole name, when a label had to shorten it

@@ -27,21 +27,42 @@ SPEC_RULES = [
         "fieldPath": ".openai",
     },
 ]
+DATASET_SCHEMES_MESSAGE = "unsupported scheme; use s3://, https://, http://, configmap://, file:// or a path"
 DATASET_RULES = [
     {
         "rule": "!(has(self.validation) && has(self.validationSplit))",
         "message": "set dataset.validation or dataset.validationSplit, not both",
     },
+    {
+        "rule": "!self.train.contains('://') || self.train.matches('^(s3|https?|configmap|file)://')",
+        "message": DATASET_SCHEMES_MESSAGE,
+        "fieldPath": ".train",
+    },
+    {
+        "rule": "!has(self.validation) || !self.validation.contains('://') "
+        "|| self.validation.matches('^(s3|https?|configmap|file)://')",
+        "message": DATASET_SCHEMES_MESSAGE,
+        "fieldPath": ".validation",
+    },
+]
+OUTPUT_RULES = [
+    {
+        "rule": "!self.uri.contains('://') || self.uri.matches('^(s3|file)://')",
+        "message": "unsupported scheme: tooltune writes models to s3:// or file:// or a local path",
+        "fieldPath": ".uri",
+    },
 ]
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
     {"name": "Backend", "type": "string", "jsonPath": ".spec.backend"},
     {"name": "Model", "type": "string", "jsonPath": ".spec.baseModel"},
     {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.trainLoss"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-    # `kubectl get ttj -o wide` adds the rest of the progress and the loss diagnosis.
+    # `kubectl get ttj -o wide` adds what the reason means, the rest of the progress and the loss diagnosis.
+    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
     {"name": "Percent", "type": "number", "jsonPath": ".status.progress.percent", "priority": 1},
     {"name": "ETA(s)", "type": "integer", "jsonPath": ".status.progress.etaSeconds", "priority": 1},
     {"name": "Eval-Loss", "type": "number", "jsonPath": ".status.progress.evalLoss", "priority": 1},
@@ -105,6 +126,7 @@ def open_api_schema() -> dict[str, Any]:
     spec = model_schema(ToolTuneJobSpec)
     spec["x-kubernetes-validations"] = SPEC_RULES
     spec["properties"]["dataset"]["x-kubernetes-validations"] = DATASET_RULES
+    spec["properties"]["output"]["x-kubernetes-validations"] = OUTPUT_RULES
     return {
         "type": "object",
         "required": ["spec"],

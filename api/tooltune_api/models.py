@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
-from tooltune_api import API_VERSION, KIND
+from tooltune_api import API_VERSION, KIND, POD_WORKDIR
 from tooltune_api.pricing import OPENAI_PRICES_SOURCE, OPENAI_TRAINING_PRICES
 
 
@@ -74,6 +75,20 @@ LAB_SMOKE_PROMPTS = [
 
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")]
 
+# What the trainer's storage can read datasets from and write models to (a URI without a scheme is a
+# local path). The CRD's CEL rules (tooltune_api.crd) say the same at admission.
+DATASET_SCHEMES = ("s3", "https", "http", "configmap", "file")
+OUTPUT_SCHEMES = ("s3", "file")
+
+
+def checked_scheme(uri: str, schemes: tuple[str, ...]) -> str:
+    """uri, when it is a local path or its scheme is one of schemes; else a ValueError saying which."""
+    scheme, separator, _ = uri.partition("://")
+    if separator and scheme.lower() not in schemes:
+        allowed = ", ".join(f"{s}://" for s in schemes)
+        raise ValueError(f"unsupported scheme {scheme}:// (got {uri!r}); use {allowed} or a local path")
+    return uri
+
 
 class Dataset(Model):
     train: str = Field(
@@ -93,6 +108,11 @@ class Dataset(Model):
         "for validation when no validation file is given (default 0.1).",
     )
     seed: int = Field(42, ge=0, description="Seed of the split and of training, for reproducible runs.")
+
+    @field_validator("train", "validation")
+    @classmethod
+    def _readable(cls, uri: str | None) -> str | None:
+        return uri if uri is None else checked_scheme(uri, DATASET_SCHEMES)
 
     @field_validator("validation_split")
     @classmethod
@@ -161,6 +181,11 @@ class Output(Model):
     )
     merged_weights: bool = Field(False, description="Also save the base model merged with the adapter.")
     gguf: bool = Field(False, description="Also export GGUF (needs llama.cpp in the image).")
+
+    @field_validator("uri")
+    @classmethod
+    def _writable(cls, uri: str) -> str:
+        return checked_scheme(uri, OUTPUT_SCHEMES)
 
 
 class Storage(Model):
@@ -357,6 +382,7 @@ class ToolTuneJobStatus(Model):
     start_time: str | None = None
     completion_time: str | None = None
     failure_reason: str | None = None
+    reason: str | None = Field(None, description="Why the job is in its phase, in one word.")
     message: str | None = None
     progress: Progress | None = None
     diagnosis: Diagnosis | None = None
@@ -443,11 +469,31 @@ def describe_validation_error(error: ValidationError, prefix: str = "spec") -> l
 
 
 def parse_spec(spec: dict[str, Any]) -> ToolTuneJobSpec:
-    """Parse a spec; raises InvalidSpec whose lines name each bad field."""
+    """Parse a spec a cluster is to run; raises InvalidSpec whose lines name each bad field."""
     try:
-        return ToolTuneJobSpec.model_validate(spec)
+        parsed = ToolTuneJobSpec.model_validate(spec)
     except ValidationError as error:
         raise InvalidSpec(describe_validation_error(error)) from None
+    problems = cluster_problems(parsed)
+    if problems:
+        raise InvalidSpec(problems)
+    return parsed
+
+
+def cluster_problems(spec: ToolTuneJobSpec) -> list[str]:
+    """What a spec valid for `tooltune run` cannot do in a pod: the pod sees its image and its own working
+    directory, not the files of the machine the spec was written on."""
+    model = spec.base_model
+    if spec.backend == Backend.OPENAI:
+        return []
+    path = PurePosixPath(model.removeprefix("file://"))
+    inside = not path.is_absolute() or path.is_relative_to(POD_WORKDIR)
+    if ".." in path.parts or not inside or model.startswith("~"):
+        return [
+            f"spec.baseModel: {model} is outside the pod's working directory {POD_WORKDIR}; use a hub id "
+            f"(org/name) or a path under {POD_WORKDIR}"
+        ]
+    return []
 
 
 class InvalidSpec(ValueError):

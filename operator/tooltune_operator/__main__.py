@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import os
-
 import kopf
 
-from tooltune_operator import handlers  # noqa: F401  (registers the handlers)
+from tooltune_operator.handlers import registry
+from tooltune_operator.settings import Settings
 
 
 def main() -> None:
-    namespace = os.environ.get("TOOLTUNE_NAMESPACE", "")
-    kopf.configure(verbose=os.environ.get("TOOLTUNE_DEBUG") == "1")
+    settings = Settings.from_env()
+    kopf.configure(verbose=settings.debug)
     kopf.run(
+        registry=registry,
+        memo=kopf.Memo(settings=settings),
         standalone=True,  # one operator per cluster; no peering objects needed
-        clusterwide=not namespace,
-        namespaces=[namespace] if namespace else [],
-        # kopf's own probe endpoint; an empty TOOLTUNE_LIVENESS_ENDPOINT turns it off (local runs, benchmarks)
-        liveness_endpoint=os.environ.get("TOOLTUNE_LIVENESS_ENDPOINT", "http://0.0.0.0:8081/healthz") or None,
+        clusterwide=not settings.namespace,
+        namespaces=[settings.namespace] if settings.namespace else [],
+        liveness_endpoint=settings.liveness_endpoint or None,
     )
 
 

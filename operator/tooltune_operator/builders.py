@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 from tooltune_api import (
     ANNOTATION_GENERATION,
+    ANNOTATION_JOB_NAME,
     API_VERSION,
     CONTRACT_ENV,
     CONTRACT_PATH,
@@ -25,6 +26,7 @@ from tooltune_api import (
     LABEL_JOB,
     LABEL_MANAGED_BY,
     PLURAL,
+    POD_WORKDIR,
     TERMINATION_LOG_PATH,
     WORKDIR_ENV,
 )
@@ -36,7 +38,7 @@ CONTAINER = "trainer"
 CONTRACT_KEY = "contract.json"
 CONTRACT_DIR = CONTRACT_PATH.rsplit("/", 1)[0]
 DATA_DIR = "/etc/tooltune/data"  # configmap://<name>/<key> datasets are mounted at DATA_DIR/<name>/<key>
-WORKDIR = "/work"
+WORKDIR = POD_WORKDIR
 MAX_NAME = 63  # Job names end up in a label value
 # SIGTERM → SIGKILL: the trainer checkpoints the step it is on and uploads it in this time (spot nodes give
 # 30 s to 2 min; a node drain waits for it).
@@ -45,11 +47,20 @@ TERMINATION_GRACE_SECONDS = 120
 
 def child_name(name: str, attempt: int, suffix: str = "") -> str:
     """``<name>-<attempt><suffix>``, shortened with a stable hash when it would exceed 63 characters."""
-    tail = f"-{attempt}{suffix}"
+    return fitted(name, f"-{attempt}{suffix}")
+
+
+def job_label(name: str) -> str:
+    """The ToolTuneJob's name as the value of LABEL_JOB: itself, or shortened with a stable hash when it is
+    longer than a label value may be (ANNOTATION_JOB_NAME keeps the whole name)."""
+    return fitted(name)
+
+
+def fitted(name: str, tail: str = "") -> str:
     if len(name) + len(tail) <= MAX_NAME:
         return name + tail
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[: MAX_NAME - len(tail) - 9]}-{digest}{tail}"
+    return f"{name[: MAX_NAME - len(tail) - 9].rstrip('-.')}-{digest}{tail}"
 
 
 def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +76,7 @@ def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
 
 def labels(name: str, attempt: int, component: str) -> dict[str, str]:
     return {
-        LABEL_JOB: name,
+        LABEL_JOB: job_label(name),
         LABEL_ATTEMPT: str(attempt),
         LABEL_COMPONENT: component,
         LABEL_MANAGED_BY: "tooltune",
@@ -94,6 +105,8 @@ def contract(
 def contract_configmap(
     body: dict[str, Any], spec: ToolTuneJobSpec, attempt: int, settings: Settings
 ) -> dict[str, Any]:
+    """The attempt's contract. Created before its Job (whose pod mounts it) and owned by the ToolTuneJob
+    until the Job exists; then handed to the Job (owned_by), so that both go when the Job's TTL expires."""
     name = body["metadata"]["name"]
     document = contract(body, spec, attempt, settings).dump()
     return {
@@ -103,6 +116,7 @@ def contract_configmap(
             "name": child_name(name, attempt, "-contract"),
             "namespace": body["metadata"]["namespace"],
             "labels": labels(name, attempt, component(spec)),
+            "annotations": {ANNOTATION_JOB_NAME: name},
             "ownerReferences": [owner_reference(body)],
         },
         "data": {CONTRACT_KEY: json.dumps(document, indent=2, sort_keys=True)},
@@ -235,7 +249,10 @@ def training_job(
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]
         },
-        "template": {"metadata": {"labels": dict(job_labels)}, "spec": pod_spec},
+        "template": {
+            "metadata": {"labels": dict(job_labels), "annotations": {ANNOTATION_JOB_NAME: name}},
+            "spec": pod_spec,
+        },
     }
     if spec.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
@@ -248,30 +265,21 @@ def training_job(
             "name": child_name(name, attempt),
             "namespace": namespace,
             "labels": job_labels,
-            "annotations": {ANNOTATION_GENERATION: str(body["metadata"].get("generation", 1))},
+            "annotations": {
+                ANNOTATION_GENERATION: str(body["metadata"].get("generation", 1)),
+                ANNOTATION_JOB_NAME: name,
+            },
             "ownerReferences": [owner_reference(body)],
         },
         "spec": job_spec,
     }
 
 
-def owned_by(child: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
-    """The ownerReferences patch that hands a child (the contract ConfigMap) over to another owner
-    (its Job), so that it is garbage-collected with the Job once the Job's TTL expires."""
-    meta = owner["metadata"]
-    return {
-        "metadata": {
-            "ownerReferences": [
-                {
-                    "apiVersion": owner["apiVersion"],
-                    "kind": owner["kind"],
-                    "name": meta["name"],
-                    "uid": meta["uid"],
-                    "blockOwnerDeletion": True,
-                }
-            ]
-        }
-    }
+def owned_by(job: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch that hands the contract ConfigMap over to its Job."""
+    meta = job["metadata"]
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"]}
+    return {"metadata": {"ownerReferences": [{**owner, "blockOwnerDeletion": True}]}}
 
 
 def trainer_rbac(namespace: str, settings: Settings) -> list[dict[str, Any]]:

@@ -6,12 +6,20 @@ RUNNING = "Running"  # a trainer or submitter pod is working on the job
 SUCCEEDED = "Succeeded"  # the model (or the remote fine-tune) is done
 FAILED = "Failed"  # the job stopped for good; the reason says why
 SUSPENDED = "Suspended"  # spec.suspend is true: no pod runs
+BLOCKED = "Blocked"  # the pod cannot start: the reason says why (a Secret, an image, no node) and what to do
 
 # Reasons.
 SPEC_VALID = "SpecValid"
 VALIDATION_FAILED = "ValidationFailed"  # the spec is invalid: the message names the field
 JOB_CREATED = "JobCreated"  # the Job exists, no pod has started yet
-POD_PENDING = "PodPending"  # the pod waits for a node, an image or a Secret
+JOB_REFUSED = "JobRefused"  # the API server refused to create the Job or its ConfigMap: the message says why
+POD_PENDING = "PodPending"  # the pod waits to start, for no reason the kubelet or scheduler has given yet
+CONFIG_MISSING = "ConfigMissing"  # a Secret, ConfigMap or key the pod needs does not exist: create it
+IMAGE_PULL_FAILED = "ImagePullFailed"  # the node cannot pull the image: its name or the pull secret is wrong
+OUTPUT_IN_USE = "OutputInUse"  # an older unfinished job writes to the same output.uri: this one waits for it
+UNSCHEDULABLE = "Unschedulable"  # no node has the GPUs, labels or tolerations the pod asks for
+OOM_KILLED = "OOMKilled"  # a pod ran out of memory (the Job retries it): an Event on the ToolTuneJob
+POD_EVICTED = "Evicted"  # the node evicted a pod (the Job retries it, uncounted): an Event
 VALIDATING_DATA = "ValidatingData"  # the pod runs and has not reported a training step yet
 TRAINING = "Training"  # the trainer reports steps
 COMPLETED = "Completed"

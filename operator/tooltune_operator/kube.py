@@ -91,6 +91,13 @@ class Kube:
                 return None
             raise
 
+    def list(
+        self, api_version: str, kind: str, namespace: str, field_selector: str = ""
+    ) -> list[dict[str, Any]]:
+        query = [("fieldSelector", field_selector)] if field_selector else []
+        answer = self._call("GET", path(api_version, kind, namespace), query=query) or {}
+        return list(answer.get("items") or [])
+
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create body, or return the object of that name that already exists."""
         meta = body["metadata"]

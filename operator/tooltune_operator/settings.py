@@ -1,4 +1,4 @@
-"""Operator settings, read once from the environment at startup."""
+"""Operator settings, read once from the environment at startup: every knob of the operator is here."""
 
 from __future__ import annotations
 
@@ -35,6 +35,14 @@ class Settings:
     storage_read_timeout_seconds: float = 60.0  # a trainer's wait for the next bytes from S3 or https
     dataset_max_bytes: int = 4 * 1024**3  # the largest dataset a trainer downloads
     prices: PriceTable = field(default_factory=PriceTable)  # what cost estimates use, handed to every pod
+    # kopf never retries event handlers: a status patch or a create lost to an API error is repaired by a
+    # resync of each unfinished job this often
+    resync_seconds: float = 30.0
+    # a trainer pod Pending this long has its Events read (FailedMount, FailedScheduling, image pulls), and
+    # again as often while it stays Pending
+    pod_events_seconds: float = 5.0
+    liveness_endpoint: str = "http://0.0.0.0:8081/healthz"  # kopf's probe; empty: none (local runs)
+    debug: bool = False  # kopf's verbose logging
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -54,6 +62,10 @@ class Settings:
             ),
             dataset_max_bytes=positive(env, DATASET_MAX_BYTES_ENV, int, cls.dataset_max_bytes),
             prices=price_table(env),
+            resync_seconds=positive(env, "TOOLTUNE_RESYNC_SECONDS", float, cls.resync_seconds),
+            pod_events_seconds=positive(env, "TOOLTUNE_POD_EVENTS_SECONDS", float, cls.pod_events_seconds),
+            liveness_endpoint=env.get("TOOLTUNE_LIVENESS_ENDPOINT", cls.liveness_endpoint),
+            debug=env.get("TOOLTUNE_DEBUG") == "1",
         )
 
     def trainer_storage_env(self) -> dict[str, str]:

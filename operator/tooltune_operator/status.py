@@ -17,10 +17,18 @@ Transitions, checked top to bottom (the first row that matches wins):
     Job Failed, activeDeadlineSeconds reached             Failed      DeadlineExceeded
     spec.suspend                                          Suspended   SuspendedByUser
     no Job (was running before)                           Failed      JobLost
+    no Job, the API server refused to create it           Pending     JobRefused
+    no Job, an older unfinished job writes to its output  Pending     OutputInUse
     no Job yet                                            Pending     JobCreated
     a pod runs and the trainer reports steps              Running     Training
     a pod runs, no step reported yet                      Validating  ValidatingData
-    otherwise (pod waits for node, image, Secret)         Pending     PodPending
+    the pod cannot start: a Secret, ConfigMap or key missing  Pending  ConfigMissing
+    ... the image cannot be pulled                        Pending     ImagePullFailed
+    ... no node fits (GPUs, selector, taints)             Pending     Unschedulable
+    otherwise (the pod waits to start)                    Pending     PodPending
+
+The three blocked rows read the pod's status and the kubelet's and scheduler's Events (pod_problems);
+they set the Blocked condition, whose message says what to do.
 
 Terminal phases are Succeeded, Failed and Cancelled. A spec change after Failed or Cancelled starts a
 new attempt (handlers reset the phase to Pending), after Succeeded it is ignored with an Event.
@@ -28,17 +36,18 @@ new attempt (handlers reset the phase to Pending), after Succeeded it is ignored
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tooltune_api import ANNOTATION_GENERATION, LABEL_ATTEMPT, LABEL_JOB
 from tooltune_api.models import Condition, Phase, ToolTuneJobStatus
 
 from tooltune_operator import conditions as c
+from tooltune_operator import pod_problems
+from tooltune_operator.views import job_condition, job_generation, termination
 
 TERMINAL = {Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED}
+BLOCKING = {c.CONFIG_MISSING, c.IMAGE_PULL_FAILED, c.UNSCHEDULABLE, c.OUTPUT_IN_USE}
 EXIT_CODE_REASONS: dict[int, str] = {
     137: "killed (SIGKILL, often out of memory)",
     143: "terminated (SIGTERM)",
@@ -57,70 +66,28 @@ class Observed:
     pods: list[dict[str, Any]] = field(default_factory=list)
     previous: ToolTuneJobStatus = field(default_factory=ToolTuneJobStatus)
     now: str = ""
+    refused: str | None = None  # why the API server refused to create the attempt's children
+    output_holder: str | None = None  # namespace/name of an older unfinished job writing to the same output
+    pod_events: list[dict[str, Any]] = field(default_factory=list)  # Warning Events of the attempt's pods
 
 
-def job_view(job: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a Job that the phase machine and the handlers read, detached from the watched body.
-
-    The operator indexes every Job and Pod it owns; whole bodies (spec templates, managedFields) cost
-    tens of KB each, these views a few hundred bytes."""
-    meta, status = job.get("metadata") or {}, job.get("status") or {}
-    generation = (meta.get("annotations") or {}).get(ANNOTATION_GENERATION)
-    return {
-        "metadata": {
-            "name": meta.get("name"),
-            "labels": _picked(meta.get("labels"), (LABEL_JOB, LABEL_ATTEMPT)),
-            "annotations": {ANNOTATION_GENERATION: generation} if generation else {},
-        },
-        "spec": {"suspend": bool((job.get("spec") or {}).get("suspend"))},
-        "status": copy.deepcopy(_picked(status, ("conditions", "failed", "startTime"))),
-    }
+def retry_wanted(ended_badly: bool, generation: int, built_from: int | None, suspend: bool) -> bool:
+    """The one rule for starting a new attempt: the last one failed (or was cancelled) and the spec was
+    changed after its Job was built, and the job is not suspended. A fix after a failure tries again;
+    a finished or running attempt keeps the spec it started with."""
+    return ended_badly and generation > (built_from or 0) and not suspend
 
 
-def pod_view(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a Pod that the phase machine reads (see job_view)."""
-    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-    scheduling = [cond for cond in status.get("conditions") or [] if cond.get("type") == "PodScheduled"]
-    return {
-        "metadata": {
-            "name": meta.get("name"),
-            "labels": _picked(meta.get("labels"), (LABEL_JOB, LABEL_ATTEMPT)),
-        },
-        "status": {
-            "phase": status.get("phase"),
-            "startTime": status.get("startTime"),
-            "containerStatuses": [
-                {"state": copy.deepcopy(container.get("state") or {})}
-                for container in status.get("containerStatuses") or []
-            ],
-            "conditions": copy.deepcopy(scheduling),
-        },
-    }
-
-
-def _picked(mapping: Mapping[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any]:
-    return {key: mapping[key] for key in keys if key in (mapping or {})}  # type: ignore[index]
-
-
-def job_condition(job: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
-    for condition in ((job or {}).get("status") or {}).get("conditions") or []:
-        if condition.get("type") == kind and condition.get("status") == "True":
-            return dict(condition)
-    return None
-
-
-def job_generation(job: dict[str, Any] | None) -> int | None:
-    """The ToolTuneJob generation a Job was built from (its annotation)."""
-    value = ((job or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_GENERATION)
-    return int(value) if value else None
-
-
-def termination(pod: dict[str, Any]) -> dict[str, Any] | None:
-    for container in (pod.get("status") or {}).get("containerStatuses") or []:
-        terminated = (container.get("state") or {}).get("terminated")
-        if terminated:
-            return dict(terminated)
-    return None
+def needs_resync(status: Mapping[str, Any], meta: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
+    """Whether the periodic resync watches a ToolTuneJob: while unfinished, or while retry_wanted says a
+    new attempt is due (and its start may have been lost)."""
+    phase = status.get("phase")
+    if phase not in TERMINAL:
+        return True
+    ended_badly = phase in {Phase.FAILED, Phase.CANCELLED}
+    return retry_wanted(
+        ended_badly, meta.get("generation", 1), status.get("specGeneration"), bool(spec.get("suspend"))
+    )
 
 
 def failure_reason(pods: list[dict[str, Any]]) -> str | None:
@@ -130,6 +97,11 @@ def failure_reason(pods: list[dict[str, Any]]) -> str | None:
         return None
     newest = max(failed, key=lambda p: (p.get("status") or {}).get("startTime") or "")
     state = termination(newest) or {}
+    if state.get("reason") == "OOMKilled":  # its log tail (FallbackToLogsOnError) says nothing of why
+        return (
+            f"the trainer ran out of memory (OOMKilled, exit code {state.get('exitCode')}): raise "
+            "resources.memory, or lower hyperparameters.batchSize or maxSeqLength"
+        )
     message = (state.get("message") or "").strip()
     if message:
         return message.splitlines()[-1][:512]
@@ -175,11 +147,22 @@ def decide_phase(seen: Observed) -> tuple[Phase, str, str]:
     if seen.job is None:
         if previous.phase in {Phase.RUNNING, Phase.VALIDATING}:
             return Phase.FAILED, c.JOB_LOST, f"Job {previous.job_name} disappeared before it finished"
+        if seen.refused:
+            return Phase.PENDING, c.JOB_REFUSED, f"the API server refused the Job: {seen.refused}"
+        if seen.output_holder:
+            holder = seen.output_holder
+            return Phase.PENDING, c.OUTPUT_IN_USE, (
+                f"spec.output.uri is also written by ToolTuneJob {holder}, which has not finished: this job "
+                "starts when it does (or give this job another output.uri)"
+            )  # fmt: skip
         return Phase.PENDING, c.JOB_CREATED, "creating the training Job"
     if any((p.get("status") or {}).get("phase") == "Running" for p in seen.pods):
         if previous.progress and previous.progress.total_steps:
             return Phase.RUNNING, c.TRAINING, "training"
         return Phase.VALIDATING, c.VALIDATING_DATA, "fetching and validating data, loading the model"
+    blocked = pod_problems.blocker(seen.pods, seen.pod_events)
+    if blocked:
+        return Phase.PENDING, *blocked
     return Phase.PENDING, c.POD_PENDING, pod_waiting_reason(seen.pods) or "waiting for the pod to start"
 
 
@@ -198,6 +181,7 @@ def build_conditions(phase: Phase, reason: str, message: str, seen: Observed) ->
         (c.SUCCEEDED, phase == Phase.SUCCEEDED, reason),
         (c.FAILED, phase in {Phase.FAILED, Phase.CANCELLED}, reason),
         (c.SUSPENDED, phase == Phase.SUSPENDED, reason),
+        (c.BLOCKED, reason in BLOCKING, reason),
     ]
     old = {cond.type: cond for cond in seen.previous.conditions}
     result = []
@@ -228,7 +212,7 @@ def compute_status(seen: Observed) -> ToolTuneJobStatus:
     previous = seen.previous
     job_status = (seen.job or {}).get("status") or {}
     running = phase in {Phase.VALIDATING, Phase.RUNNING}
-    start = previous.start_time or (seen.now if running or phase in TERMINAL else None)
+    start = previous.start_time or (seen.now if running else None)  # a refused spec never started
     terminal = phase in TERMINAL
     failed = phase in {Phase.FAILED, Phase.CANCELLED}
     return ToolTuneJobStatus(
@@ -236,14 +220,21 @@ def compute_status(seen: Observed) -> ToolTuneJobStatus:
         conditions=build_conditions(phase, reason, message, seen),
         observed_generation=seen.generation,
         attempts=previous.attempts if seen.spec_problems else seen.attempt,
-        retries=job_status.get("failed", previous.retries or 0) if seen.job else previous.retries,
+        retries=retries(seen.job) if seen.job else previous.retries,
         job_name=(seen.job or {}).get("metadata", {}).get("name") or previous.job_name,
         spec_generation=job_generation(seen.job) or previous.spec_generation,
         start_time=job_status.get("startTime") or start,
         completion_time=(previous.completion_time or seen.now) if terminal else None,
         failure_reason=message if failed else None,
+        reason=reason,
         message=message,
     )
+
+
+def retries(job: dict[str, Any]) -> int:
+    """Pods the Job started again after a failure: each failure but the one that failed the Job."""
+    failed = int((job.get("status") or {}).get("failed") or 0)
+    return max(0, failed - 1) if job_condition(job, "Failed") else failed
 
 
 OWNED_FIELDS = (
@@ -257,6 +248,7 @@ OWNED_FIELDS = (
     "startTime",
     "completionTime",
     "failureReason",
+    "reason",
     "message",
 )
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,22 @@ CEL_RULES: dict[str, Callable[[dict[str, Any]], bool]] = {
     "!(has(self.validation) && has(self.validationSplit))": lambda dataset: (
         not ("validation" in dataset and "validationSplit" in dataset)
     ),
+    "!self.train.contains('://') || self.train.matches('^(s3|https?|configmap|file)://')": lambda dataset: (
+        _scheme_in(dataset["train"], r"(s3|https?|configmap|file)")
+    ),
+    "!has(self.validation) || !self.validation.contains('://') "
+    "|| self.validation.matches('^(s3|https?|configmap|file)://')": lambda dataset: (
+        "validation" not in dataset or _scheme_in(dataset["validation"], r"(s3|https?|configmap|file)")
+    ),
+    "!self.uri.contains('://') || self.uri.matches('^(s3|file)://')": lambda output: _scheme_in(
+        output["uri"], r"(s3|file)"
+    ),
 }
+
+
+def _scheme_in(uri: str, schemes: str) -> bool:
+    """CEL's `!u.contains('://') || u.matches('^<schemes>://')` (matches is RE2, search semantics)."""
+    return "://" not in uri or re.search(f"^{schemes}://", uri) is not None
 
 
 def load_crd(path: Path = CRD_PATH) -> dict[str, Any]:

@@ -15,16 +15,19 @@ real clients rely on:
   ``metadata.name``/``metadata.namespace`` field selectors; WATCH that resumes after ``?resourceVersion=``
   (events are kept for the emulator's lifetime), honours ``timeoutSeconds`` and ``sendInitialEvents``;
 - the meta.k8s.io Table format for ``kubectl get`` (printer columns from the CRD file);
+- what a real API server refuses in names, labels and Job updates (tests/harness/validation.py);
 - Secrets' ``stringData`` folded into base64 ``data``; Job validation of restartPolicy; the CRD's structural
   defaults and pruning of unknown fields for ToolTuneJobs (tests/harness/crd_schema.py);
 - Namespace objects (kmock reads /api/v1/namespaces/<name> as a namespace); deleting a namespace deletes
   its objects; ``kubectl logs`` from the test kubelet's log files.
 
+- RBAC for requests made as a ServiceAccount, from the stored Roles and bindings (tests/harness/rbac.py).
+
 Not emulated: admission (the CRD's openAPIV3Schema is checked by tests/unit/test_crd_schema.py),
 server-side apply, ``dryRun`` (refused with 400), protobuf bodies (kubectl's imperative
 ``create <kind>`` sends them: use ``apply -f``), OpenAPI documents (so ``kubectl apply --validate=false``),
-RBAC, ``limit``/``continue`` paging, namespaces' existence on create, graceful pod deletion (pods go at
-once; the kubelet then stops the process).
+``limit``/``continue`` paging, namespaces' existence on create, graceful pod deletion (pods go at once;
+the kubelet then stops the process).
 What is served is declared in `RESOURCES` (a CustomResourceDefinition posted to the emulator is stored,
 not served). kmock's ``emulator.objects`` stays empty: read the store with `get_object`/`list_objects`.
 Everything runs on the emulator's event loop; other threads go through `RunningCluster` (``call``, ``get``,
@@ -60,7 +63,7 @@ import kmock
 import yaml
 from kmock._internal import rendering
 
-from tests.harness import crd_schema, tables
+from tests.harness import crd_schema, rbac, tables, validation
 
 T = TypeVar("T")
 
@@ -427,8 +430,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                     "Invalid",
                     f"{info.kind}: metadata.name: Required value: name or generateName is required",
                 )
-            meta["name"] = meta["generateName"] + "".join(
-                random.choices(string.ascii_lowercase + string.digits, k=NAME_SUFFIX_LENGTH)
+            meta["name"] = validation.generated_name(
+                meta["generateName"],
+                "".join(random.choices(string.ascii_lowercase + string.digits, k=NAME_SUFFIX_LENGTH)),
             )
         key = (resource, namespace, meta["name"])
         if key in self._store:
@@ -442,6 +446,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if resource == JOBS:
             select_job_pods(obj)
         meta.pop("deletionTimestamp", None)
+        self._validate(obj)
         self._admit(resource, obj)
         return self._commit(key, obj, "ADDED")
 
@@ -548,10 +553,17 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         meta["resourceVersion"] = current["metadata"]["resourceVersion"]
         if new == current:
             return clone(current)  # a no-op write keeps the resourceVersion, as the API server does
+        self._validate(new, current)
         self._admit(resource, new)
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             return self._remove(key, new)
         return self._commit(key, new, "MODIFIED")
+
+    @staticmethod
+    def _validate(obj: dict[str, Any], current: dict[str, Any] | None = None) -> None:
+        problems = validation.object_problems(obj, current)
+        if problems:
+            raise ApiError(422, "Invalid", validation.invalid_message(obj, problems))
 
     def _admit(self, resource: str, obj: dict[str, Any]) -> None:
         """Server-side rules clients rely on: Secret stringData, Job restartPolicy, CRD defaults, pruning."""
@@ -712,6 +724,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             request = await rendering.Request._parse(raw_request, id=next(self._request_ids))
         resource = self._served(request)
         self.request_counts[request_kind(request, resource)] += 1
+        refusal = self._authorize(request, resource, body)
+        if refusal is not None:
+            return self._respond(refusal.code, refusal.status())
         if resource is not None and len(self._payloads) == self._own_reactions:
             response = await self._serve_directly(resource, request)
             if response is not None:
@@ -769,6 +784,34 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         except ApiError as error:
             return self._respond(error.code, error.status())
         return None if outcome is None else self._respond(*outcome)
+
+    def _authorize(self, request: rendering.Request, resource: str | None, body: bytes) -> ApiError | None:
+        """RBAC for requests made as a ServiceAccount (tests/harness/rbac.py); None when allowed."""
+        account = rbac.serviceaccount(request.headers)
+        if account is None or resource is None:
+            return None  # an administrator; discovery is open to every authenticated user
+        group = api_version_of(resource).rpartition("/")[0]
+        plural = resource.rsplit("/", 1)[-1] + (f"/{request.subresource}" if request.subresource else "")
+        verb = rbac.verb_of(str(request.method.value), request.name, self._is_watch(request))
+        namespace = request.namespace if self._namespaced(resource) else None
+        rules = rbac.rules_for(self.peek_objects, account, namespace)
+        if not rbac.grants(rules, verb, group, plural, request.name):
+            return ApiError(
+                403, "Forbidden", rbac.forbidden(account, verb, group, plural, namespace, request.name)
+            )
+        if verb in {"create", "update"} and resource.startswith(rbac.RBAC):
+            try:
+                obj = {**json.loads(body or b"{}")}
+            except ValueError:
+                return None
+            obj.setdefault("metadata", {}).setdefault("namespace", namespace)
+            why = rbac.escalation(self.peek_objects, account, obj)
+            if why is not None:
+                what = obj.get("kind", "object")
+                return ApiError(
+                    403, "Forbidden", f'{what} "{obj["metadata"].get("name")}" is forbidden: {why}'
+                )
+        return None
 
     def _served(self, request: rendering.Request) -> str | None:
         if request.resource is None or request.resource.plural is None or request.resource.version is None:

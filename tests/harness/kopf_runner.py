@@ -1,15 +1,16 @@
 """Run a real kopf operator against the emulator, in its own thread and event loop, stoppable and restartable.
 
-The operator's handlers are registered into a fresh `kopf.OperatorRegistry` made the default while the
-operator module is imported (or re-imported) or while a setup function runs, so the global registry is
-never shared between tests. A login handler pointing kopf at the emulator is added to that registry.
+Each runner gets a fresh `kopf.OperatorRegistry` holding the operator's handlers and a login handler
+pointing kopf at the emulator. The operator module is imported once and never reloaded: its handlers
+sit in its own `registry` (per-operator state lives in kopf's memo, not in the module), and they are
+copied into the runner's registry. A setup function instead registers its handlers while the runner's
+registry is kopf's default.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -38,31 +39,43 @@ def fast_settings(settings: kopf.OperatorSettings) -> None:
     settings.posting.level = 20
 
 
-def build_registry(source: OperatorSource, server: str) -> kopf.OperatorRegistry:
+def build_registry(source: OperatorSource, server: str, token: str | None = None) -> kopf.OperatorRegistry:
     """A registry holding the operator's handlers and a login handler for the emulator at `server`."""
     registry = kopf.OperatorRegistry()
-    previous = kopf.get_default_registry()
-    kopf.set_default_registry(registry)
-    try:
-        if isinstance(source, str):
-            module = sys.modules.get(source)
-            module = importlib.reload(module) if module is not None else importlib.import_module(source)
-        elif isinstance(source, ModuleType):
-            importlib.reload(source)
-        else:
+    if isinstance(source, str):
+        source = importlib.import_module(source)
+    if isinstance(source, ModuleType):
+        copy_handlers(source.registry, registry)
+    else:
+        previous = kopf.get_default_registry()
+        kopf.set_default_registry(registry)
+        try:
             source()
-    finally:
-        kopf.set_default_registry(previous)
+        finally:
+            kopf.set_default_registry(previous)
 
     @kopf.on.login(registry=registry)
     def login_to_emulator(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=server, insecure=True, default_namespace="default")
+        return kopf.ConnectionInfo(server=server, insecure=True, default_namespace="default", token=token)
 
     @kopf.on.startup(registry=registry)
     def tune_for_tests(settings: kopf.OperatorSettings, **_: Any) -> None:
         fast_settings(settings)
 
     return registry
+
+
+# kopf's OperatorRegistry keeps one registry per kind of handler; their append() and get_all_handlers()
+# are public, only the attribute names are not.
+HANDLER_REGISTRIES = ("_activities", "_indexing", "_watching", "_spawning", "_changing", "_webhooks")
+
+
+def copy_handlers(source: kopf.OperatorRegistry, target: kopf.OperatorRegistry) -> None:
+    """Every handler but the operator's own logins: a test operator logs in to the emulator."""
+    for part in HANDLER_REGISTRIES:
+        for handler in getattr(source, part).get_all_handlers():
+            if getattr(getattr(handler, "activity", None), "value", None) != "authentication":
+                getattr(target, part).append(handler)
 
 
 class KopfRunner:
@@ -79,8 +92,9 @@ class KopfRunner:
         server: str,
         memo: Any = None,
         watch_count: Callable[[], int] | None = None,
+        token: str | None = None,
     ):
-        self.registry = build_registry(source, server)
+        self.registry = build_registry(source, server, token)
         self.memo = memo if memo is not None else kopf.Memo()
         self.watch_count = watch_count
         self._thread: threading.Thread | None = None

@@ -32,8 +32,21 @@ directly:
   tail with ``FallbackToLogsOnError``), ``startTime``, conditions. A deleted pod's process gets SIGTERM,
   then SIGKILL after its grace period (capped at ``max_grace_seconds``, default `MAX_GRACE_SECONDS`).
   ``capacity`` (optional) is how many pod processes the node runs at once: further pods stay Pending with
-  ``PodScheduled=False``/``Unschedulable`` until one ends, as on a full node. `evict_pod` is the Eviction
-  API: the pod gets the ``DisruptionTarget`` condition, then a graceful deletion (SIGTERM first).
+  ``PodScheduled=False``/``Unschedulable`` until one ends, as on a full node; ``node`` (optional, a `Node`)
+  is the one node's extended resources, labels and taints, and a pod that does not fit stays Pending with
+  the scheduler's condition and ``FailedScheduling`` Event (``0/1 nodes are available: 1 Insufficient
+  nvidia.com/gpu. preemption: ...``). `evict_pod` is the Eviction API: the pod gets the
+  ``DisruptionTarget`` condition, then a graceful deletion (SIGTERM first); `evict_for_node_pressure` is
+  the kubelet's own eviction (phase Failed, reason ``Evicted``, an ``Evicted`` Event); `oom_kill` ends
+  the process as the OOM killer does (``OOMKilled``, exit code 137).
+  Failures to start are reported as a real kubelet reports them (its messages, checked against
+  kubelet output): a missing ConfigMap or Secret volume leaves the container waiting in
+  ``ContainerCreating`` with **no** message and posts ``FailedMount`` Events (``MountVolume.SetUp failed
+  for volume "x" : configmap "y" not found``); a missing Secret or key in env is
+  ``CreateContainerConfigError`` (``secret "y" not found``) with a ``Failed`` Event (``Error: secret "y"
+  not found``); an image in ``unpullable_images`` is ``ErrImagePull`` then ``ImagePullBackOff``, with
+  ``Failed``/``BackOff`` Events. Events go to the emulator, involving the pod, once per reason and
+  message.
 - Garbage collector: an object whose owner references all name uids that no longer exist is deleted
   (so deleting a ToolTuneJob removes its Job, whose pods are then removed and their processes killed).
 
@@ -58,8 +71,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.harness.emulator import CONFIGMAPS, JOBS, PODS, RESOURCES, SECRETS, RunningCluster, clone, now_iso
+from tests.harness.emulator import (
+    CONFIGMAPS,
+    EVENTS,
+    JOBS,
+    PODS,
+    RESOURCES,
+    SECRETS,
+    RunningCluster,
+    clone,
+    now_iso,
+)
 
+NODE_NAME = "test-node"
 TICK_SECONDS = 0.5  # the longest the loop sleeps without a change (deadlines and TTLs are checked per tick)
 MAX_GRACE_SECONDS = 2.0
 STOP_TIMEOUT = 10.0
@@ -84,11 +108,69 @@ _ENV_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
 class ContainerConfigError(Exception):
-    """The pod cannot start yet: a reason and message as the kubelet reports them."""
+    """The pod cannot start yet: the container's waiting reason and message as the kubelet reports them
+    in the pod's status (a real kubelet leaves the message empty while volumes fail to mount), and the
+    Events it posts about the pod meanwhile: (type, reason, message)."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: str, message: str, events: list[tuple[str, str, str]] | None = None):
         super().__init__(message)
         self.reason, self.message = reason, message
+        self.events = events if events is not None else [("Warning", "Failed", f"Error: {message}")]
+
+
+def mount_failed(message: str) -> ContainerConfigError:
+    """A volume that cannot be set up: ``ContainerCreating`` without a message, and a FailedMount Event."""
+    return ContainerConfigError("ContainerCreating", "", [("Warning", "FailedMount", message)])
+
+
+@dataclass
+class Node:
+    """What the scheduler knows of the one node (opt-in: without it every pod fits)."""
+
+    allocatable: dict[str, int] = field(default_factory=dict)  # extended resources, e.g. nvidia.com/gpu: 1
+    labels: dict[str, str] = field(default_factory=dict)
+    taints: list[dict[str, str]] = field(default_factory=list)  # {key, value, effect}
+
+    def misfits(self, pod: dict[str, Any]) -> list[tuple[str, bool]]:
+        """Why the pod does not fit, as the scheduler's filter plugins say it, each with whether
+        preempting other pods could help."""
+        spec = pod["spec"]
+        problems: list[tuple[str, bool]] = []
+        selector = spec.get("nodeSelector") or {}
+        if any(self.labels.get(key) != value for key, value in selector.items()):
+            problems.append(("node(s) didn't match Pod's node affinity/selector", False))
+        for taint in self.taints:
+            if taint.get("effect") in {"NoSchedule", "NoExecute"} and not _tolerated(taint, spec):
+                value = f"{taint['key']}: {taint.get('value', '')}"
+                problems.append((f"node(s) had untolerated taint {{{value}}}", False))
+        for container in spec.get("containers") or []:
+            for resource, quantity in ((container.get("resources") or {}).get("limits") or {}).items():
+                if "/" in resource and int(quantity) > self.allocatable.get(resource, 0):
+                    problems.append((f"Insufficient {resource}", True))
+        return problems
+
+
+def _tolerated(taint: dict[str, str], spec: dict[str, Any]) -> bool:
+    for toleration in spec.get("tolerations") or []:
+        if toleration.get("effect") not in (None, "", taint.get("effect")):
+            continue
+        if toleration.get("operator") == "Exists" and toleration.get("key") in (None, "", taint["key"]):
+            return True
+        if toleration.get("key") == taint["key"] and toleration.get("value", "") == taint.get("value", ""):
+            return True
+    return False
+
+
+def unschedulable_message(problems: list[tuple[str, bool]]) -> str:
+    """The scheduler's FailedScheduling message for a one-node cluster."""
+    reasons = ", ".join(f"1 {problem}" for problem, _ in problems)
+    helpful = any(preemptable for _, preemptable in problems)
+    preemption = (
+        "No preemption victims found for incoming pod"
+        if helpful
+        else ("Preemption is not helpful for scheduling")
+    )
+    return f"0/1 nodes are available: {reasons}. preemption: 0/1 nodes are available: 1 {preemption}."
 
 
 @dataclass
@@ -217,6 +299,8 @@ class Kubelet:
         executables: dict[str, list[str]] | None = None,
         capacity: int | None = None,
         max_grace_seconds: float = MAX_GRACE_SECONDS,
+        node: Node | None = None,
+        unpullable_images: set[str] | frozenset[str] = frozenset(),
     ):
         self.cluster = cluster
         self.emulator = cluster.emulator
@@ -225,6 +309,10 @@ class Kubelet:
         self.executables = {**DEFAULT_EXECUTABLES, **(executables or {})}
         self.capacity = capacity
         self.max_grace_seconds = max_grace_seconds
+        self.node = node
+        self.unpullable_images = set(unpullable_images)
+        self._posted: set[tuple[str, str, str]] = set()  # (pod uid, reason, message) of Events posted
+        self._pull_attempts: dict[str, int] = {}  # pod uid → failed image pulls
         self._runs: dict[str, PodRun] = {}
         self._jobs: dict[str, JobMemory] = {}
         self._wake: asyncio.Event | None = None
@@ -288,6 +376,46 @@ class Kubelet:
                 raise LookupError(f"pod {namespace}/{name} does not exist")
             self._mark_disrupted(pod, namespace, name)
             self.emulator.delete_object(PODS, namespace, name)
+
+        self.cluster.call(evict)
+
+    def oom_kill(self, name: str, namespace: str = "default") -> None:
+        """The kernel's OOM killer ends the pod's process: terminated with reason OOMKilled, exit code 137."""
+
+        def kill() -> None:
+            run = next((r for r in self._runs.values() if (r.namespace, r.name) == (namespace, name)), None)
+            if run is None or run.exit_code is not None:
+                raise LookupError(f"pod {namespace}/{name} has no running process")
+            self._signal(run, signal.SIGKILL)
+
+        self.cluster.call(kill)
+
+    def evict_for_node_pressure(self, name: str, namespace: str = "default", used: str = "1538Mi") -> None:
+        """The kubelet's own eviction when the node runs out of memory: the pod fails with reason Evicted
+        and a DisruptionTarget condition (TerminationByKubelet), its process is killed, an Evicted Event."""
+
+        def evict() -> None:
+            pod = self.emulator.get_object(PODS, namespace, name)
+            run = next((r for r in self._runs.values() if (r.namespace, r.name) == (namespace, name)), None)
+            if pod is None or run is None:
+                raise LookupError(f"pod {namespace}/{name} has no running process")
+            container = pod["spec"]["containers"][0]["name"]
+            message = (
+                "The node was low on resource: memory. Threshold quantity: 100Mi, available: 51Mi. "
+                f"Container {container} was using {used}, request is 0, has larger consumption of memory. "
+            )
+            conditions = [c for c in pod["status"].get("conditions", []) if c["type"] != "DisruptionTarget"]
+            conditions.append(_condition("DisruptionTarget", "TerminationByKubelet", message))
+            self.emulator.patch_object(
+                PODS,
+                namespace,
+                name,
+                {"status": {"reason": "Evicted", "message": message, "conditions": conditions}},
+                subresource="status",
+            )
+            self._post_event(pod, "Warning", "Evicted", message)
+            self._signal(run, signal.SIGKILL)
+            run.killed = True
 
         self.cluster.call(evict)
 
@@ -540,10 +668,14 @@ class Kubelet:
         if phase in ("Succeeded", "Failed") or meta.get("deletionTimestamp"):
             return
         if run is None:
+            misfits = self.node.misfits(pod) if self.node is not None else []
             if self.capacity is not None and self._running() >= self.capacity:
-                self._report_unschedulable(pod)
+                misfits.append(("Too many pods", True))
+            if misfits:
+                self._report_unschedulable(pod, unschedulable_message(misfits))
                 return
             try:
+                self._pull_image(pod)
                 run = await self._launch(pod)
             except ContainerConfigError as error:
                 self._report_waiting(pod, error)
@@ -578,16 +710,23 @@ class Kubelet:
                 )
 
     def _report_waiting(self, pod: dict[str, Any], error: ContainerConfigError) -> None:
-        state = {"waiting": {"reason": error.reason, "message": error.message}}
+        waiting = {"reason": error.reason, **({"message": error.message} if error.message else {})}
+        scheduled = [_condition("PodScheduled", "", "")]
         self._patch_pod_status(
-            pod, {"phase": "Pending", "containerStatuses": [self._container_status(pod, state, False)]}
+            pod,
+            {
+                "phase": "Pending",
+                "conditions": scheduled,
+                "containerStatuses": [self._container_status(pod, {"waiting": waiting}, False)],
+            },
         )
+        for kind, reason, message in error.events:
+            self._post_event(pod, kind, reason, message)
 
     def _running(self) -> int:
         return sum(run.exit_code is None for run in self._runs.values())
 
-    def _report_unschedulable(self, pod: dict[str, Any]) -> None:
-        message = f"0/1 nodes are available: 1 Too many pods (capacity {self.capacity})."
+    def _report_unschedulable(self, pod: dict[str, Any], message: str) -> None:
         self._patch_pod_status(
             pod,
             {
@@ -595,6 +734,76 @@ class Kubelet:
                 "conditions": [_condition("PodScheduled", "Unschedulable", message, "False")],
             },
         )
+        self._post_event(pod, "Warning", "FailedScheduling", message, component="default-scheduler")
+
+    def _pull_image(self, pod: dict[str, Any]) -> None:
+        """An image in unpullable_images fails as a registry without it does: ErrImagePull, then
+        ImagePullBackOff on every later try."""
+        image = pod["spec"]["containers"][0].get("image", "")
+        if image not in self.unpullable_images:
+            return
+        uid = pod["metadata"]["uid"]
+        self._pull_attempts[uid] = self._pull_attempts.get(uid, 0) + 1
+        if self._pull_attempts[uid] > 1:
+            message = f'Back-off pulling image "{image}"'
+            raise ContainerConfigError(
+                "ImagePullBackOff",
+                message,
+                [("Normal", "BackOff", message), ("Warning", "Failed", "Error: ImagePullBackOff")],
+            )
+        cause = (
+            f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
+            f'failed to resolve reference "{image}": {image}: not found'
+        )
+        raise ContainerConfigError(
+            "ErrImagePull",
+            cause,
+            [
+                ("Normal", "Pulling", f'Pulling image "{image}"'),
+                ("Warning", "Failed", f'Failed to pull image "{image}": {cause}'),
+                ("Warning", "Failed", "Error: ErrImagePull"),
+            ],
+        )
+
+    def _post_event(
+        self, pod: dict[str, Any], kind: str, reason: str, message: str, component: str = "kubelet"
+    ) -> None:
+        """An Event about the pod, as the kubelet or the scheduler posts it (once per reason and message:
+        a real one counts repeats on the same Event)."""
+        meta = pod["metadata"]
+        if (meta["uid"], reason, message) in self._posted:
+            return
+        self._posted.add((meta["uid"], reason, message))
+        now = now_iso()
+        with contextlib.suppress(Exception):
+            self.emulator.create_object(
+                EVENTS,
+                {
+                    "metadata": {
+                        "name": f"{meta['name']}.{_random_suffix()}",
+                        "namespace": meta["namespace"],
+                    },
+                    "involvedObject": {
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "name": meta["name"],
+                        "namespace": meta["namespace"],
+                        "uid": meta["uid"],
+                    },
+                    "reason": reason,
+                    "message": message,
+                    "type": kind,
+                    "source": {
+                        "component": component,
+                        **({"host": NODE_NAME} if component == "kubelet" else {}),
+                    },
+                    "reportingComponent": component,
+                    "reportingInstance": NODE_NAME if component == "kubelet" else "",
+                    "count": 1,
+                    "firstTimestamp": now,
+                    "lastTimestamp": now,
+                },
+            )
 
     def _report_running(self, pod: dict[str, Any], run: PodRun) -> None:
         conditions = [
@@ -757,20 +966,18 @@ class Kubelet:
                     )
                 if values is None:
                     if not ref.get("optional"):
-                        raise ContainerConfigError(
-                            "ContainerCreating",
-                            f"MountVolume.SetUp failed for volume "
-                            f'"{volume["name"]}" : {kind.lower()} "{name}" not found',
+                        raise mount_failed(
+                            f'MountVolume.SetUp failed for volume "{volume["name"]}" : '
+                            f'{kind.lower()} "{name}" not found'
                         )
                     values = {}
                 items = ref.get("items") or [{"key": key, "path": key} for key in values]
                 target.mkdir(parents=True, exist_ok=True)
                 for item in items:
                     if item["key"] not in values:
-                        raise ContainerConfigError(
-                            "ContainerCreating",
-                            f"MountVolume.SetUp failed for volume "
-                            f'"{volume["name"]}" : key {item["key"]} not found in {name}',
+                        raise mount_failed(
+                            f'MountVolume.SetUp failed for volume "{volume["name"]}" : '
+                            f"configmap references non-existent config key: {item['key']}"
                         )
                     path = target / item["path"]
                     path.parent.mkdir(parents=True, exist_ok=True)
@@ -796,8 +1003,8 @@ class Kubelet:
         container = pod["spec"]["containers"][0]
         directory = self.pod_directory(meta["name"], meta["namespace"])
         directory.mkdir(parents=True, exist_ok=True)
+        volumes = self._materialise_volumes(pod, directory)  # a real kubelet mounts before it builds env
         env = self._resolve_env(pod, container)
-        volumes = self._materialise_volumes(pod, directory)
         termination_path = directory / "termination-log"
         termination_path.write_text("")
         mounts: list[tuple[str, Path]] = []

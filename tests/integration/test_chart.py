@@ -14,7 +14,8 @@ import kmock
 import pytest
 import yaml
 from tooltune_api import GROUP, PLURAL
-from tooltune_api.models import PriceTable, ToolTuneJob
+from tooltune_api.models import PriceTable, ToolTuneJob, parse_spec
+from tooltune_operator import builders
 from tooltune_operator.settings import Settings
 
 from tests.fixtures.cluster import K8s
@@ -160,10 +161,20 @@ def test_every_switch_renders_monitoring_objects(helm: str, chart: Path) -> None
     assert service_monitor["spec"]["endpoints"][0]["honorLabels"] is True
 
     (pod_monitor,) = kinds["PodMonitor"]
-    assert pod_monitor["spec"]["selector"]["matchLabels"] == {
-        "app.kubernetes.io/component": "trainer",
-        "app.kubernetes.io/managed-by": "tooltune",
-    }
+    for backend_spec in (
+        {"baseModel": "org/model", "dataset": {"train": "s3://b/t.jsonl"}, "output": {"uri": "s3://b/o/"}},
+        {
+            "backend": "openai",
+            "baseModel": "gpt-4o-mini-2024-07-18",
+            "dataset": {"train": "s3://b/t.jsonl"},
+            "output": {"uri": "s3://b/o/"},
+            "openai": {"model": "gpt-4o-mini-2024-07-18", "apiKeySecret": {"name": "openai"}},
+        },
+    ):
+        body = {"metadata": {"name": "demo", "namespace": "ml", "uid": "u", "generation": 1}}
+        job = builders.training_job(body, parse_spec(backend_spec), 1, Settings())
+        pod_labels = job["spec"]["template"]["metadata"]["labels"]
+        assert labels_match(pod_labels, pod_monitor["spec"]["selector"]), backend_spec.get("backend")
     assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
     assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
     assert pod_monitor["spec"]["podMetricsEndpoints"][0]["honorLabels"] is True
@@ -176,6 +187,21 @@ def test_every_switch_renders_monitoring_objects(helm: str, chart: Path) -> None
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     (content,) = dashboard["data"].values()
     assert json.loads(content) == json.loads((chart / TELEMETRY_FILES[1]).read_text())
+
+
+def labels_match(labels: dict[str, str], selector: dict[str, Any]) -> bool:
+    """A LabelSelector (matchLabels and matchExpressions) as the Prometheus operator applies it."""
+    if any(labels.get(key) != value for key, value in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        value, operator = labels.get(expression["key"]), expression["operator"]
+        if operator == "In" and value not in expression["values"]:
+            return False
+        if operator == "NotIn" and value in expression["values"]:
+            return False
+        if operator == "Exists" and value is None:
+            return False
+    return True
 
 
 def test_namespace_scoped_mode_uses_a_role_and_watches_one_namespace(helm: str, chart: Path) -> None:

@@ -78,7 +78,6 @@ def operator(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[KopfRunner]:
     caplog.set_level(logging.INFO, logger="kopf")
-    monkeypatch.setenv("TOOLTUNE_RESYNC_SECONDS", str(RESYNC_SECONDS))  # read when the handlers load
     node = Kubelet(
         k8s.cluster, tmp_path / "kubelet", executables={"tooltune": [sys.executable, str(FAKE_TRAINER)]}
     ).start()
@@ -88,7 +87,10 @@ def operator(
     memo = kopf.Memo()
     memo.kube = Kube(api)
     memo.settings = Settings(
-        trainer_image="tooltune/trainer:test", metrics_port=0, progress_interval_seconds=0
+        trainer_image="tooltune/trainer:test",
+        metrics_port=0,
+        progress_interval_seconds=0,
+        resync_seconds=RESYNC_SECONDS,
     )
     runner = KopfRunner(
         "tooltune_operator.handlers",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -511,7 +512,7 @@ def test_kubectl_applies_lists_prints_columns_and_deletes(k8s, tmp_path):
         NS,
         PLURAL,
         "task-api-tools",
-        {"status": {"phase": "Running", "progress": {"step": 12, "trainLoss": 0.53}}},
+        {"status": {"phase": "Running", "reason": "Training", "progress": {"step": 12, "trainLoss": 0.53}}},
     )
 
     waited = k8s.kubectl(
@@ -520,9 +521,17 @@ def test_kubectl_applies_lists_prints_columns_and_deletes(k8s, tmp_path):
     assert "condition met" in waited.stdout and not waited.stderr
     output = k8s.kubectl("get", "ttj")
     header, row = output.stdout.splitlines()
-    assert header.split() == ["NAME", "PHASE", "BACKEND", "MODEL", "STEP", "LOSS", "AGE"]
-    assert row.split()[:6] == ["task-api-tools", "Running", "unsloth", "tooltune/tiny-llama", "12", "0.53"]
-    assert row.split()[6].endswith("s")
+    assert header.split() == ["NAME", "PHASE", "REASON", "BACKEND", "MODEL", "STEP", "LOSS", "AGE"]
+    assert row.split()[:7] == [
+        "task-api-tools",
+        "Running",
+        "Training",
+        "unsloth",
+        "tooltune/tiny-llama",
+        "12",
+        "0.53",
+    ]
+    assert row.split()[7].endswith("s")
     assert "Warning" not in output.stderr
 
     as_yaml = k8s.kubectl("get", "ttj", "task-api-tools", "-o", "yaml").stdout
@@ -554,9 +563,10 @@ def test_printer_columns_show_the_status_the_real_operator_writes(k8s, kopf_oper
     ttj = k8s.cluster.get(TTJ, NS, "demo")
     columns = tables.crd_printer_columns()[TTJ]
     expected = [tables.cell(ttj, column) for column in columns]
-    assert expected[0] == status["phase"] and expected[1:3] == ["unsloth", "tooltune/tiny-llama"]
+    assert expected[:2] == [status["phase"], status["reason"]]
+    assert expected[2:4] == ["unsloth", "tooltune/tiny-llama"]
     row = k8s.kubectl("get", "ttj").stdout.splitlines()[1]
-    assert row.split()[:4] == ["demo", status["phase"], "unsloth", "tooltune/tiny-llama"]
+    assert row.split()[:5] == ["demo", status["phase"], status["reason"], "unsloth", "tooltune/tiny-llama"]
     assert k8s.cluster.get(JOBS, NS, status["jobName"]) is not None
 
 
@@ -608,3 +618,39 @@ def test_merge_patch_follows_rfc_7386_and_drops_strategic_directives():
     target = {"a": {"b": 1, "c": 2}, "list": [1, 2], "gone": 1}
     patch = {"a": {"c": None, "d": 3}, "list": [3], "gone": None, "$setElementOrder/x": []}
     assert merge_patch(target, patch) == {"a": {"b": 1, "d": 3}, "list": [3]}
+
+
+# ---------------------------------------------------------------- RBAC
+
+
+def test_a_serviceaccount_gets_only_what_its_bindings_grant(k8s, tmp_path):
+    from tests.fixtures.cluster import operator_identity
+    from tests.harness import rbac
+
+    api, _ = operator_identity(k8s, tmp_path)  # the manifests' ClusterRole, bound to the operator
+    core = kubernetes.client.CoreV1Api(api)
+    core.list_namespaced_event(NS)  # granted: the kubelet's Events of a pending pod
+
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        core.list_namespaced_secret(NS)
+    assert refused.value.status == 403
+    assert json.loads(refused.value.body)["message"] == (
+        'secrets is forbidden: User "system:serviceaccount:tooltune-system:tooltune-operator" cannot list '
+        'resource "secrets" in API group "" in the namespace "default"'
+    )
+    # The API server's escalation check: no Role may grant more than its creator holds.
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "too-much", "namespace": NS},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]}],
+    }
+    with pytest.raises(kubernetes.client.ApiException) as escalated:
+        kubernetes.client.RbacAuthorizationV1Api(api).create_namespaced_role(NS, role)
+    assert escalated.value.status == 403 and "not currently held" in escalated.value.body
+    kubeconfig = rbac.serviceaccount_kubeconfig(tmp_path / "nobody", k8s.url, NS, "nobody")
+    client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    nobody = kubernetes.client.CoreV1Api(client)
+    with pytest.raises(kubernetes.client.ApiException) as unbound:
+        nobody.list_namespaced_pod(NS)
+    assert unbound.value.status == 403

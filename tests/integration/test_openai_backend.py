@@ -203,7 +203,8 @@ def test_submitter_killed_mid_run_resumes_the_same_remote_job(openai_server, sta
         "complete_task",
     ]
     assert openai_server.api_key not in log.read_text()
-    assert not (tmp_path / "termination-log").exists()
+    ended = (tmp_path / "termination-log").read_text()
+    assert ended == f"succeeded: fine-tuned model {job['fine_tuned_model']}"
 
 
 # ---------------------------------------------------------------- main(): failures a user can cause
@@ -240,7 +241,7 @@ def test_invalid_data_fails_before_any_request(openai_server, status_api, tmp_pa
     assert run_main(monkeypatch, tmp_path, contract, openai_server.api_key, status_api) == EXIT_INVALID
 
     reason = (tmp_path / "termination-log").read_text()
-    assert reason.startswith(f"invalid data in spec.dataset.train {train}: line 13: ")
+    assert reason.startswith(f"invalid: invalid data in spec.dataset.train {train}: line 13: ")
     assert "nothing was uploaded" in reason
     assert openai_server.requests == []  # not even a lookup: the key is never used on bad data
 
@@ -262,7 +263,9 @@ def test_a_dataset_that_is_not_there_fails_at_once_without_any_request(
 
     assert run_main(monkeypatch, tmp_path, contract, openai_server.api_key, status_api) == EXIT_INVALID
     assert (
-        (tmp_path / "termination-log").read_text().startswith(f"spec.dataset.train {tmp_path}/missing.jsonl")
+        (tmp_path / "termination-log")
+        .read_text()
+        .startswith(f"invalid: spec.dataset.train {tmp_path}/missing.jsonl")
     )
     assert openai_server.requests == []
 
@@ -277,8 +280,9 @@ def test_remote_failure_exits_permanently_with_the_remote_error(
 
     job = openai_server.job()
     assert (tmp_path / "termination-log").read_text() == (
-        f"remote fine-tuning job {job['id']} failed: invalid_training_file (parameter training_file): "
-        "The job failed due to an invalid training file. Line 3: missing 'messages'."
+        f"invalid: remote fine-tuning job {job['id']} failed: invalid_training_file "
+        "(parameter training_file): The job failed due to an invalid training file. "
+        "Line 3: missing 'messages'."
     )
     assert status_api.status(NAMESPACE, NAME)["openai"] == {
         "jobId": job["id"],
@@ -352,8 +356,8 @@ def test_a_service_refusing_new_jobs_ends_the_pod_with_exit_2_and_the_way_out(
 
     reason = (tmp_path / "termination-log").read_text()
     assert reason == (
-        f"the fine-tuning service refused to create a job (403): {REFUSAL_MESSAGE}; OpenAI is winding down "
-        "self-serve fine-tuning and takes no new jobs from 2027-01-06 (earlier for organisations without "
+        "invalid: the fine-tuning service refused to create a job (403): "
+        f"{REFUSAL_MESSAGE}; OpenAI is winding down self-serve fine-tuning and takes no new jobs from 2027-01-06 (earlier for organisations without "
         "recent fine-tuned-model use); train the same data on your own GPUs instead: the same ToolTuneJob "
         "with backend: unsloth, baseModel: unsloth/Qwen2.5-32B-Instruct-bnb-4bit and no openai block "
         "(see docs/migrating-from-openai.md)"

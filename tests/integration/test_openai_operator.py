@@ -18,6 +18,7 @@ from tooltune_operator.settings import Settings
 
 from tests.fakes.openai_api import FakeOpenAI, Lifecycle
 from tests.fakes.task_api import write_dataset
+from tests.fixtures.cluster import operator_identity
 from tests.harness.emulator import EVENTS, PODS, TTJ
 from tests.harness.waiting import wait_for
 
@@ -30,10 +31,14 @@ POD_START_SECONDS = 120  # the pod imports the trainer package; generous on a lo
 
 
 @pytest.fixture
-def cluster(k8s, kubelet, kopf_operator):
-    """The emulated cluster with the operator and the test kubelet (it runs `tooltune` from this checkout)."""
+def cluster(k8s, kubelet, kopf_operator, tmp_path):
+    """The emulated cluster with the operator (under the RBAC the manifests grant it) and the test kubelet
+    (it runs `tooltune` from this checkout)."""
     settings = Settings(metrics_port=0, trainer_metrics_port=0, progress_interval_seconds=0.2)
-    kopf_operator("tooltune_operator.handlers", memo=kopf.Memo(settings=settings, kube=Kube(k8s.api)))
+    api, token = operator_identity(k8s, tmp_path)
+    kopf_operator(
+        "tooltune_operator.handlers", memo=kopf.Memo(settings=settings, kube=Kube(api)), token=token
+    )
     return k8s
 
 

@@ -14,10 +14,11 @@ from typing import Any
 import kopf
 import pytest
 import yaml
+from tooltune_operator import builders
 from tooltune_operator.kube import Kube
 from tooltune_operator.settings import Settings
 
-from tests.fixtures.cluster import K8s, scripted_spec
+from tests.fixtures.cluster import K8s, operator_identity, scripted_spec
 from tests.harness.emulator import CONFIGMAPS, EVENTS, JOBS, PODS, TTJ
 from tests.harness.kopf_runner import KopfRunner
 from tests.harness.kubelet import Kubelet
@@ -42,13 +43,15 @@ def cluster(k8s: K8s, tmp_path: Path) -> Iterator[K8s]:
 
 
 @pytest.fixture
-def operator(cluster: K8s, kopf_operator: Callable[..., KopfRunner]) -> KopfRunner:
+def operator(cluster: K8s, kopf_operator: Callable[..., KopfRunner], tmp_path: Path) -> KopfRunner:
+    """The operator, acting as its ServiceAccount under exactly the RBAC the plain manifests grant it."""
+    api, token = operator_identity(cluster, tmp_path)
     memo = kopf.Memo()
-    memo.kube = Kube(cluster.api)
+    memo.kube = Kube(api)
     memo.settings = Settings(
         trainer_image="tooltune/trainer:test", metrics_port=0, progress_interval_seconds=0
     )
-    return kopf_operator("tooltune_operator.handlers", memo=memo)
+    return kopf_operator("tooltune_operator.handlers", memo=memo, token=token)
 
 
 def ttj(k8s: K8s, name: str) -> dict[str, Any]:
@@ -118,6 +121,7 @@ def test_invalid_data_exit_code_fails_at_once_with_the_reason(cluster: K8s, oper
         p for p in cluster.cluster.list(PODS) if p["metadata"]["labels"].get("tooltune.dev/job") == "bad-data"
     ]
     assert len(pods) == 1, "exit code 2 must not be retried"
+    assert status["retries"] == 0, "a failure that was never retried is no retry"
     wait_for(
         lambda: any(
             e["reason"] == "InvalidData" and "delete_task" in e["message"]
@@ -137,6 +141,7 @@ def test_invalid_spec_fails_with_an_event_naming_the_field_and_creates_nothing(
     validated = next(c for c in status["conditions"] if c["type"] == "Validated")
     assert validated["status"] == "False" and validated["reason"] == "ValidationFailed"
     assert "spec.hyperparameters.learningRate" in validated["message"]
+    assert "startTime" not in status, "a refused spec never started"
     events = wait_for(
         lambda: [e for e in events_of(cluster, "bad-spec") if e["reason"] == "ValidationFailed"],
         timeout=5,
@@ -246,6 +251,41 @@ def test_kubectl_apply_example_and_get_shows_the_printer_columns(
     wait_for(lambda: cluster.cluster.get(JOBS, NS, f"{name}-1"), timeout=1.5, what="a Job within a second")
     wait_for(phase_is(cluster, name, "Succeeded"), timeout=30, what="Succeeded")
     table = cluster.kubectl("get", "ttj").stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "BACKEND", "MODEL", "STEP", "LOSS", "AGE"]
+    assert table[0].split() == ["NAME", "PHASE", "REASON", "BACKEND", "MODEL", "STEP", "LOSS", "AGE"]
     row = next(line.split() for line in table[1:] if line.startswith(name))
-    assert row[1:6] == ["Succeeded", "unsloth", "script/succeed", "30", "0.4321"]
+    assert row[1:7] == ["Succeeded", "Completed", "unsloth", "script/succeed", "30", "0.4321"]
+    wide = cluster.kubectl("get", "ttj", "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[:4] == ["NAME", "PHASE", "REASON", "BACKEND"] and "MESSAGE" in wide[0].split()
+    assert "training finished" in next(line for line in wide[1:] if line.startswith(name))
+
+
+def test_a_name_as_long_as_kubernetes_allows_trains_like_a_short_one(
+    cluster: K8s, operator: KopfRunner
+) -> None:
+    # The emulator refuses label values over 63 bytes as an API server does (tests/harness/validation.py).
+    name = "tool-calling-" + "x" * 240
+    cluster.create_tooltunejob(name, scripted_spec())
+    wait_for(
+        phase_is(cluster, name, "Succeeded"),
+        timeout=30,
+        what="Succeeded",
+        describe=lambda: ttj(cluster, name),
+    )
+    (job,) = jobs_of(cluster, builders.job_label(name))
+    assert (
+        len(job["metadata"]["name"]) <= 63 and job["metadata"]["annotations"]["tooltune.dev/job-name"] == name
+    )
+    assert ttj(cluster, name)["status"]["jobName"] == job["metadata"]["name"]
+
+
+def test_an_output_tooltune_cannot_write_is_refused_before_any_job(
+    cluster: K8s, operator: KopfRunner
+) -> None:
+    cluster.create_tooltunejob("ftp-out", scripted_spec(output={"uri": "ftp://models/out/"}))
+    wait_for(phase_is(cluster, "ftp-out", "Failed"), timeout=5, what="Failed")
+    validated = next(c for c in ttj(cluster, "ftp-out")["status"]["conditions"] if c["type"] == "Validated")
+    assert (
+        validated["reason"] == "ValidationFailed"
+        and "spec.output.uri: unsupported scheme ftp://" in validated["message"]
+    )
+    assert jobs_of(cluster, "ftp-out") == []

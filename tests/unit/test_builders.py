@@ -12,10 +12,14 @@ from typing import Any
 
 import pytest
 import yaml
+from tooltune_api import ANNOTATION_JOB_NAME, LABEL_JOB
 from tooltune_api.models import TrainerContract, parse_spec
 from tooltune_operator import builders
 from tooltune_operator.settings import Settings
 from tooltune_trainer.storage import StorageLimits
+
+from tests.harness.emulator import select_job_pods
+from tests.harness.validation import invalid_message, name_problems, object_problems
 
 GOLDEN = Path(__file__).parent / "golden"
 SETTINGS = Settings(trainer_image="registry.example/tooltune/trainer:1.2.3")
@@ -55,9 +59,18 @@ OPENAI_JOB = {
     "openai": {"model": "gpt-4o-mini-2024-07-18", "apiKeySecret": {"name": "openai"}, "suffix": "task-api"},
 }
 
+
+def created(obj: dict[str, Any]) -> dict[str, Any]:
+    """obj as the API answers its create: with a uid."""
+    return {**obj, "metadata": {**obj["metadata"], "uid": "9d3c1e2a-aaaa-bbbb-cccc-ddddeeeeffff"}}
+
+
 CASES = {
     "gpu-job": (GPU_JOB, lambda r, s: builders.training_job(r, s, 1, SETTINGS)),
-    "gpu-configmap": (GPU_JOB, lambda r, s: builders.contract_configmap(r, s, 1, SETTINGS)),
+    "gpu-configmap": (
+        GPU_JOB,
+        lambda r, s: builders.contract_configmap(r, s, 1, SETTINGS),
+    ),
     "openai-job": (OPENAI_JOB, lambda r, s: builders.training_job(r, s, 2, SETTINGS)),
 }
 
@@ -180,3 +193,40 @@ def test_a_bad_storage_limit_stops_the_operator_naming_the_variable(name: str, v
         ValueError, match=rf"^{name}='{value}': must be a positive .*; unset it for the default"
     ):
         Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a" * 253,  # the longest name Kubernetes accepts for a ToolTuneJob
+        "team.fine-tunes." + "b" * 60,  # dots where a shortened name is cut
+        "x" * 62 + "-",
+    ],
+)
+def test_any_name_kubernetes_accepts_gives_children_a_real_api_server_accepts(name: str) -> None:
+
+    name = name.rstrip("-.") or "a"
+    assert not name_problems(name)
+    body = resource(GPU_JOB, name=name)
+    spec = parse_spec(GPU_JOB)
+    job = created(builders.training_job(body, spec, 12, SETTINGS))
+    configmap = builders.contract_configmap(body, spec, 12, SETTINGS)
+
+    select_job_pods(job)  # what the API server adds: the Job's name as a pod template label
+    for child in (job, configmap, *builders.trainer_rbac("ml", SETTINGS)):
+        assert object_problems(child) == [], child["metadata"]["name"]
+    for child in (job, configmap):
+        assert child["metadata"]["labels"][LABEL_JOB] == builders.job_label(name)
+        assert child["metadata"]["annotations"][ANNOTATION_JOB_NAME] == name
+    assert builders.job_label(name) == builders.job_label(name) and len(builders.job_label(name)) <= 63
+
+
+def test_the_api_stand_in_refuses_a_label_longer_than_63_bytes() -> None:
+
+    job = created(builders.training_job(resource(GPU_JOB), parse_spec(GPU_JOB), 1, SETTINGS))
+    job["metadata"]["labels"]["tooltune.dev/job"] = "j" * 64
+    problems = object_problems(job)
+    assert invalid_message(job, problems) == (
+        f'Job.batch "task-api-tools-1" is invalid: metadata.labels: Invalid value: "{"j" * 64}": '
+        "must be no more than 63 bytes"
+    )

@@ -144,8 +144,22 @@ def test_bad_jobs_are_refused_naming_the_field(job, field, words):
             "spec.dataset",
             "not both",
         ),
+        (with_spec(MINIMAL, "output.uri", "ftp://models/out/"), "spec.output.uri", "unsupported scheme"),
+        (with_spec(MINIMAL, "dataset.train", "gs://d/t.jsonl"), "spec.dataset.train", "unsupported scheme"),
+        (
+            with_spec(MINIMAL, "dataset.validation", "ftp://d/v.jsonl"),
+            "spec.dataset.validation",
+            "unsupported scheme",
+        ),
     ],
-    ids=["openai-backend-without-settings", "openai-settings-on-unsloth", "two-validation-sources"],
+    ids=[
+        "openai-backend-without-settings",
+        "openai-settings-on-unsloth",
+        "two-validation-sources",
+        "output-scheme",
+        "train-scheme",
+        "validation-scheme",
+    ],
 )
 def test_cel_rules_refuse_inconsistent_specs(job, field, words):
     problems = crd_schema.validate(job)
@@ -190,6 +204,8 @@ def test_printer_columns_read_a_status_written_by_the_status_model():
     status = ToolTuneJobStatus.model_validate(
         {
             "phase": "Running",
+            "reason": "Training",
+            "message": "training",
             "progress": {
                 "step": 12,
                 "trainLoss": 0.53,
@@ -210,6 +226,8 @@ def test_printer_columns_read_a_status_written_by_the_status_model():
     values = {column["name"]: tables.evaluate_jsonpath(job, column["jsonPath"]) for column in columns}
     assert values == {
         "Phase": "Running",
+        "Reason": "Training",
+        "Message": "training",
         "Backend": "unsloth",
         "Model": "tooltune/tiny-llama",
         "Step": 12,

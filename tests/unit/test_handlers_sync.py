@@ -1,15 +1,16 @@
-"""Status sync in the handlers: one patch per change, even when events arrive with a body that lags it."""
+"""The status writer: one patch per change, even when events arrive with a body that lags it."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
-import pytest
+from prometheus_client import CollectorRegistry
 from tooltune_api import LABEL_ATTEMPT
-from tooltune_operator import handlers
-from tooltune_operator.handlers import at_least, observe, sync_status
-from tooltune_operator.status import job_view, pod_view
+from tooltune_operator.metrics import OperatorMetrics
+from tooltune_operator.status_writer import StatusWriter, at_least
+from tooltune_operator.views import job_view, pod_view
 
 SPEC = {
     "baseModel": "Qwen/Qwen2.5-0.5B-Instruct",
@@ -60,59 +61,83 @@ def pod(phase: str) -> dict[str, Any]:
     )
 
 
-# handlers.PATCHED, never an imported name: the test operator reloads the handlers module, which rebinds
-# its globals.
-@pytest.fixture(autouse=True)
-def _clean() -> Any:
-    handlers.PATCHED.clear()
-    handlers.REPORTED.clear()
-    yield
-    handlers.PATCHED.clear()
-    handlers.REPORTED.clear()
+def writer_of(body: dict[str, Any]) -> tuple[StatusWriter, FakeKube]:
+    kube = FakeKube(body)
+    return StatusWriter(kube, OperatorMetrics(CollectorRegistry())), kube  # type: ignore[arg-type]
 
 
 def test_a_lagging_body_gets_no_duplicate_patch() -> None:
     stale = tooltunejob()
-    kube = FakeKube(stale)
-    sync_status(kube, observe(stale, [job()], [pod("Pending")]))
+    writer, kube = writer_of(stale)
+    writer.sync(writer.observe(stale, [job()], [pod("Pending")]))
     assert [p["phase"] for p in kube.patches] == ["Pending"]
     # Another event for the same job before the watch has delivered our patch: the same body again.
-    sync_status(kube, observe(stale, [job()], [pod("Pending")]))
+    writer.sync(writer.observe(stale, [job()], [pod("Pending")]))
     assert len(kube.patches) == 1
     # A real change seen from that stale body: only the change goes out, its transition times kept.
-    sync_status(kube, observe(stale, [job()], [pod("Running")]))
+    writer.sync(writer.observe(stale, [job()], [pod("Running")]))
     assert [p["phase"] for p in kube.patches] == ["Pending", "Validating"]
     assert "observedGeneration" not in kube.patches[1]
 
 
 def test_a_newer_body_is_read_as_it_is() -> None:
     body = tooltunejob()
-    kube = FakeKube(body)
-    sync_status(kube, observe(body, [job()], [pod("Pending")]))
+    writer, kube = writer_of(body)
+    writer.sync(writer.observe(body, [job()], [pod("Pending")]))
     newer = copy.deepcopy(kube.body)
     newer["status"]["phase"] = "Running"  # someone else's later write
-    sync_status(kube, observe(newer, [job()], [pod("Pending")]))
+    writer.sync(writer.observe(newer, [job()], [pod("Pending")]))
     assert [p["phase"] for p in kube.patches] == ["Pending", "Pending"]
-    assert "u-1" in handlers.PATCHED
+    assert "u-1" in writer.patched
 
 
 def test_forget_drops_what_is_kept_per_job() -> None:
     body = tooltunejob()
-    sync_status(FakeKube(body), observe(body, [job()], [pod("Pending")]))
-    memo: dict[str, Any] = {"phases": {("ns", "demo"): "Pending"}}
-    handlers.forget(memo, ("ns", "demo"), "u-1")  # type: ignore[arg-type]
-    assert not handlers.PATCHED and not handlers.REPORTED and not memo["phases"]
+    body["status"] = {"phase": "Pending", "attempts": 1}
+    writer, _ = writer_of(body)
+    asyncio.run(writer.owner_event("MODIFIED", body, [job()], [pod("Pending")]))
+    assert writer.patched and writer.reported and writer.phases
+    asyncio.run(writer.owner_event("DELETED", body, None, None))
+    assert not writer.patched and not writer.reported and not writer.phases
+
+
+def test_a_new_jobs_first_status_is_left_to_the_reconciler() -> None:
+    body = tooltunejob()  # no status yet: kopf's create handler has not run
+    writer, kube = writer_of(body)
+    asyncio.run(writer.owner_event("ADDED", body, None, None))
+    assert kube.patches == [] and writer.phases == {("ns", "demo"): None}
+
+
+def test_two_callers_racing_on_one_sighting_patch_once() -> None:
+    body = tooltunejob()
+    writer, kube = writer_of(body)
+    first, second = (
+        writer.observe(body, [job()], [pod("Pending")]),
+        writer.observe(body, [job()], [pod("Pending")]),
+    )
+    writer.sync(first)  # the reconciler's thread
+    writer.sync(second)  # an event handler that computed from the same body before the first patch returned
+    assert len(kube.patches) == 1
+
+
+def test_each_writer_keeps_its_own_state() -> None:
+    body = tooltunejob()
+    first, first_kube = writer_of(body)
+    second, second_kube = writer_of(body)
+    first.sync(first.observe(body, [job()], [pod("Pending")]))
+    second.sync(second.observe(body, [job()], [pod("Pending")]))
+    assert len(first_kube.patches) == len(second_kube.patches) == 1 and not second.patched.keys() - {"u-1"}
 
 
 def test_a_body_older_than_the_last_answer_is_not_read() -> None:
     stale = tooltunejob()
-    kube = FakeKube(stale)
-    sync_status(kube, observe(stale, [job()], [pod("Pending")]))
-    sync_status(kube, observe(stale, [job()], [pod("Running")]))
+    writer, kube = writer_of(stale)
+    writer.sync(writer.observe(stale, [job()], [pod("Pending")]))
+    writer.sync(writer.observe(stale, [job()], [pod("Running")]))
     between = copy.deepcopy(stale)
     between["metadata"]["resourceVersion"] = "8"  # the watch delivers the first patch, not yet the second
     between["status"] = {**kube.patches[0]}
-    sync_status(kube, observe(between, [job()], [pod("Running")]))
+    writer.sync(writer.observe(between, [job()], [pod("Running")]))
     assert [p["phase"] for p in kube.patches] == ["Pending", "Validating"]
 
 

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 import yaml
@@ -43,7 +44,7 @@ OPERATOR_NEEDS: dict[tuple[str, str], set[str]] = {
     ("", "pods"): {"get", "list", "watch"},
     ("", "configmaps"): {"get", "list", "watch", "create", "delete", "patch"},
     ("", "secrets"): {"get"},
-    ("", "events"): {"create", "patch"},
+    ("", "events"): {"create", "patch", "list"},  # list: the kubelet's Events of a pod that stays Pending
     ("events.k8s.io", "events"): {"create", "patch"},
     ("", "serviceaccounts"): {"get", "create", "patch"},
     ("rbac.authorization.k8s.io", "roles"): {"get", "create", "patch"},
@@ -228,10 +229,8 @@ def test_operator_deployment_probes_kopf_and_exposes_metrics() -> None:
     _, container = operator_pod(deployment)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     probe = container["livenessProbe"]["httpGet"]
-    main_source = (ROOT / "operator" / "tooltune_operator" / "__main__.py").read_text()
-    served = re.search(r"http://0\.0\.0\.0:(\d+)(/[\w/]*)", main_source)
-    assert served, "the operator's default liveness endpoint is no longer http://0.0.0.0:<port>/<path>"
-    assert (probe["path"], ports[probe["port"]]) == (served[2], int(served[1]))
+    served = urlparse(Settings().liveness_endpoint)
+    assert (probe["path"], ports[probe["port"]]) == (served.path, served.port)
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert ports["metrics"] == int(env["TOOLTUNE_METRICS_PORT"]) == Settings().metrics_port
     (service,) = documents(MANIFESTS / "operator" / "metrics-service.yaml")

@@ -11,14 +11,8 @@ import pytest
 from tooltune_api import ANNOTATION_GENERATION, LABEL_ATTEMPT, LABEL_JOB
 from tooltune_api.models import ToolTuneJobStatus
 from tooltune_operator import conditions as c
-from tooltune_operator.status import (
-    Observed,
-    compute_status,
-    job_generation,
-    job_view,
-    pod_view,
-    status_patch,
-)
+from tooltune_operator.status import Observed, compute_status, status_patch
+from tooltune_operator.views import job_generation, job_view, pod_view
 
 NOW = "2026-11-25T10:00:00Z"
 
@@ -53,6 +47,19 @@ def pod(phase: str, exit_code: int | None = None, message: str = "", reason: str
     }
 
 
+def waiting_pod(reason: str, message: str) -> dict[str, Any]:
+    waiting = {"reason": reason, **({"message": message} if message else {})}
+    return {
+        "metadata": {"name": "demo-1-abcde"},
+        "status": {"phase": "Pending", "containerStatuses": [{"state": {"waiting": waiting}}]},
+    }
+
+
+def unscheduled_pod(message: str) -> dict[str, Any]:
+    condition = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+    return {"metadata": {"name": "demo-1-abcde"}, "status": {"phase": "Pending", "conditions": [condition]}}
+
+
 TRAINING = ToolTuneJobStatus.model_validate(
     {"phase": "Running", "attempts": 1, "progress": {"step": 5, "totalSteps": 90}}
 )
@@ -83,8 +90,60 @@ TABLE = [
         "pod waits for a secret",
         Observed(1, job=job(), pods=[pod("Pending")]),
         "Pending",
+        c.CONFIG_MISSING,
+        'secret "s3" not found: the pod waits for Secret s3, which will not appear by itself',
+    ),
+    (
+        "a volume's ConfigMap is missing: said only in a FailedMount Event",
+        Observed(
+            1,
+            job=job(),
+            pods=[waiting_pod("ContainerCreating", "")],
+            pod_events=[
+                {
+                    "type": "Warning",
+                    "reason": "FailedMount",
+                    "message": 'MountVolume.SetUp failed for volume "data-0" : configmap "data" not found',
+                }
+            ],
+        ),
+        "Pending",
+        c.CONFIG_MISSING,
+        "the pod waits for ConfigMap data",
+    ),
+    (
+        "the image cannot be pulled",
+        Observed(
+            1,
+            job=job(),
+            pods=[waiting_pod("ImagePullBackOff", 'Back-off pulling image "ghcr.io/x/trainer:9"')],
+            pod_events=[
+                {
+                    "type": "Warning",
+                    "reason": "Failed",
+                    "message": 'Failed to pull image "ghcr.io/x/trainer:9": not found',
+                }
+            ],
+        ),
+        "Pending",
+        c.IMAGE_PULL_FAILED,
+        "cannot pull image ghcr.io/x/trainer:9: not found; check spec.image",
+    ),
+    (
+        "no node has the GPU",
+        Observed(
+            1, job=job(), pods=[unscheduled_pod("0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")]
+        ),
+        "Pending",
+        c.UNSCHEDULABLE,
+        "no node can run the pod: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+    ),
+    (
+        "the pod waits, nothing said yet",
+        Observed(1, job=job(), pods=[waiting_pod("ContainerCreating", "")]),
+        "Pending",
         c.POD_PENDING,
-        'secret "s3" not found',
+        "ContainerCreating",
     ),
     (
         "pod runs, no step yet",
@@ -188,8 +247,12 @@ def test_transition_table(case: str, seen: Observed, phase: str, reason: str, fr
         assert true and true[0].reason == reason
         assert fragment in true[0].message
     else:
-        assert reason in {cond.reason for cond in status.conditions}
+        assert reason in {cond.reason for cond in status.conditions} and status.reason == reason
         assert fragment in (status.message or "")
+        blocked = next(cond for cond in status.conditions if cond.type == c.BLOCKED)
+        assert (blocked.status == "True") == (
+            reason in {c.CONFIG_MISSING, c.IMAGE_PULL_FAILED, c.UNSCHEDULABLE}
+        )
     assert status.observed_generation == seen.generation
 
 
@@ -205,9 +268,22 @@ def test_validated_condition_names_the_fields() -> None:
 
 def test_retries_and_times_come_from_the_job() -> None:
     status = compute_status(Observed(1, job=job(("Failed", "BackoffLimitExceeded"), failed=4), now=NOW))
-    assert status.retries == 4
+    assert status.retries == 3  # backoffLimit 3: the first pod and three retries failed
     assert status.start_time == "2026-11-25T09:00:00Z"
     assert status.completion_time == NOW
+
+
+def test_a_failure_that_was_never_retried_is_not_a_retry() -> None:
+    failed_at_once = job(("Failed", "PodFailurePolicy"), failed=1)
+    assert compute_status(Observed(1, job=failed_at_once, now=NOW)).retries == 0
+    assert compute_status(Observed(1, job=job(failed=2), pods=[pod("Running")], now=NOW)).retries == 2
+
+
+def test_a_spec_refused_at_validation_never_started() -> None:
+    status = compute_status(
+        Observed(1, spec_problems=["spec.output.uri: unsupported scheme ftp://"], now=NOW)
+    )
+    assert status.phase == "Failed" and status.start_time is None and status.completion_time == NOW
 
 
 def test_transition_times_only_move_when_a_condition_flips() -> None:

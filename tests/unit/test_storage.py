@@ -335,6 +335,29 @@ def test_sync_survives_the_trainer_deleting_its_local_checkpoint(tmp_path: Path)
     assert json.loads((got / "trainer_state.json").read_text()) == {"global_step": 5}
 
 
+def test_a_resume_never_takes_a_checkpoint_another_job_wrote(tmp_path: Path) -> None:
+    out = str(tmp_path / "shared-output")
+    mine = {"namespace": "ml", "name": "tools", "uid": "uid-1"}
+    other = {"namespace": "ml", "name": "tools-copy", "uid": "uid-2"}
+    for step, job in ((5, mine), (9, other)):
+        sync = CheckpointSync(Store(), out, keep=3, retry=FAST_RETRY, job=job)
+        save(sync, tmp_path / f"run-{step}", step)
+        assert sync.wait(timeout=10)
+        sync.close()
+    manifest = json.loads(Store().read_bytes(join(checkpoint_uri(out, 9), "manifest.json")))
+    assert manifest["job"] == other
+    assert (
+        fetch_latest_checkpoint(Store(), out, tmp_path / "resume", job=mine)
+        == tmp_path / "resume" / "checkpoint-5"
+    )
+    assert (
+        fetch_latest_checkpoint(Store(), out, tmp_path / "other", job=other)
+        == tmp_path / "other" / "checkpoint-9"
+    )
+    recreated = {**mine, "uid": "uid-3"}  # deleted and created again under the same name: another job
+    assert fetch_latest_checkpoint(Store(), out, tmp_path / "again", job=recreated) is None
+
+
 def test_sync_retries_then_gives_up_without_touching_the_newest_complete(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

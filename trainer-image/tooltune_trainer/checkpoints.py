@@ -44,6 +44,7 @@ CHECKPOINTS_DIR = "checkpoints"
 STEP_PREFIX = "step-"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "tooltune.dev/checkpoint-v1"
+JOB = "job"  # manifest key: the ToolTuneJob that wrote the checkpoint (namespace, name, uid)
 LINEAGE = "lineage.json"
 LINEAGE_FORMAT = "tooltune.dev/lineage-v1"
 FINAL_DIR = "final"
@@ -167,8 +168,10 @@ class CheckpointSync(TrainerCallback):
         keep: int,
         on_complete: OnComplete | None = None,
         retry: RetryPolicy | None = None,
+        job: Mapping[str, Any] | None = None,
     ):
         self.store = store
+        self.job = dict(job) if job is not None else None  # goes into every manifest (JOB)
         self.output_uri = output_uri
         self.keep = keep
         self.on_complete = on_complete
@@ -283,6 +286,8 @@ class CheckpointSync(TrainerCallback):
             manifest = hasher.submit(build_manifest, pending.step, pending.staged)
             self.store.upload_many((p, join(uri, p.relative_to(pending.staged).as_posix())) for p in files)
             document = manifest.result()
+        if self.job is not None:
+            document[JOB] = self.job
         self.store.write_bytes(join(uri, MANIFEST), json.dumps(document, indent=1).encode())
 
     def _prune(self) -> int:
@@ -348,11 +353,15 @@ def _link_or_copy(source: str, dest: str) -> str:
 # ---------------------------------------------------------------- resume
 
 
-def fetch_latest_checkpoint(store: Store, output_uri: str, dest_dir: Path) -> Path | None:
+def fetch_latest_checkpoint(
+    store: Store, output_uri: str, dest_dir: Path, job: Mapping[str, Any] | None = None
+) -> Path | None:
     """Download the newest complete checkpoint into dest_dir/checkpoint-<N> and return that directory.
 
-    Checkpoints without a manifest, or whose files do not match it, are skipped (with a warning). None when
-    there is nothing to resume from. Pass the result to `trainer.train(resume_from_checkpoint=...)`.
+    Checkpoints without a manifest, or whose files do not match it, are skipped (with a warning); so are,
+    when `job` is given, checkpoints another ToolTuneJob wrote (their manifest's JOB names another
+    namespace, name or uid). None when there is nothing to resume from. Pass the result to
+    `trainer.train(resume_from_checkpoint=...)`.
     Raises a retryable StorageError when the store cannot be read: starting over, or from an older checkpoint,
     because of an outage would throw away training.
     """
@@ -364,6 +373,10 @@ def fetch_latest_checkpoint(store: Store, output_uri: str, dest_dir: Path) -> Pa
         try:
             manifest = json.loads(store.read_bytes(join(uri, MANIFEST)))
             names = [str(entry["path"]) for entry in manifest["files"]]
+            writer = manifest.get(JOB)
+            if job is not None and writer is not None and writer != dict(job):
+                log.warning("checkpoint %s not resumed: written by another job, %s", uri, writer)
+                continue
             store.fetch_many((join(uri, name), target / name) for name in names)
             problems = manifest_problems(manifest, target)
         except (ValueError, KeyError, TypeError) as error:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from tooltune_api import EXIT_INVALID
 
 from tooltune_trainer.data import (
     Problem,
@@ -347,7 +348,7 @@ def run(
             )  # fmt: skip
     except recipe.INVALID_JOB_ERRORS as error:
         console.print(f"[red]invalid job:[/red] {error}", markup=True)
-        raise typer.Exit(recipe.EXIT_INVALID) from None
+        raise typer.Exit(EXIT_INVALID) from None
     _print_run_summary(console, result)
 
 

@@ -7,11 +7,9 @@ subclasses, which the entrypoint turns into exit code 2; anything else is worth 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,19 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from tooltune_api import (
-    CONTRACT_ENV,
-    CONTRACT_PATH,
-    EXIT_INVALID,
-    EXIT_OK,
-    TERMINATION_LOG_ENV,
-    TERMINATION_LOG_PATH,
-    WORKDIR_ENV,
-)
+from tooltune_api import WORKDIR_ENV
 from tooltune_api.models import InvalidSpec, ToolTuneJobSpec, TrainerContract, describe_validation_error
 from transformers import PrinterCallback
 
-from tooltune_trainer import backends, tiny
+from tooltune_trainer import backends, pod, tiny
 from tooltune_trainer.checkpoints import (
     CheckpointSync,
     SaveOnTerminate,
@@ -88,7 +78,6 @@ INVALID_JOB_ERRORS: tuple[type[Exception], ...] = (
     FormattingError,
     backends.BackendError,
 )
-TERMINATION_MESSAGE_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
 
 
 @dataclass
@@ -376,64 +365,29 @@ def contract_from_job_file(path: Path, cwd: Path) -> TrainerContract:
 
 # ---------------------------------------------------------------- pod entrypoint
 
-EXIT_RETRYABLE = 1
-EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
 DEFAULT_WORKDIR = "/tmp/tooltune"
-
-
-def load_contract(path: Path) -> TrainerContract:
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise InvalidJob(f"{path}: cannot read the trainer contract: {error}") from None
-    try:
-        return TrainerContract.model_validate(document)
-    except ValidationError as error:
-        raise InvalidJob(
-            f"{path}: " + "; ".join(describe_validation_error(error, prefix="contract"))
-        ) from None
+NOT_RETRYABLE: tuple[type[Exception], ...] = (pod.InvalidContract, *INVALID_JOB_ERRORS)
 
 
 def main(config: Path | None = None) -> int:
-    """`tooltune train`: run the contract's job; exit 0 done, 2 invalid data or config, else retryable."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    path = config or Path(os.environ.get(CONTRACT_ENV, CONTRACT_PATH))
+    """`tooltune train`: run the contract's job; exit and termination message as tooltune_trainer.pod says."""
+    pod.setup_logging()
     workdir = Path(os.environ.get(WORKDIR_ENV, DEFAULT_WORKDIR))
     try:
-        result = run(load_contract(path), workdir, on_stage=lambda stage: log.info("stage: %s", stage))
-    except INVALID_JOB_ERRORS as error:
-        reason = one_line_reason(error)
+        contract = pod.load_contract(pod.contract_path(config))
+        result = run(contract, workdir, on_stage=lambda stage: log.info("stage: %s", stage))
+    except NOT_RETRYABLE as error:
         log.error("invalid job, not retrying: %s", error)
-        write_termination_message(f"invalid: {reason}")
-        return EXIT_INVALID
+        return pod.finish(pod.INVALID, error)
     except Terminated as stopped:
         log.warning("%s", stopped)
-        write_termination_message(f"terminated: {stopped}")
-        return EXIT_TERMINATED
+        return pod.finish(pod.TERMINATED, stopped)
     except Exception as error:
         if isinstance(error, StorageError) and not error.retryable:  # denied, no bucket, not S3: fix first
             log.error("storage refused, not retrying: %s", error)
-            write_termination_message(f"invalid: {one_line_reason(error)}")
-            return EXIT_INVALID
+            return pod.finish(pod.INVALID, error)
         log.exception("training failed, the Job may retry")
-        write_termination_message(f"retryable: {type(error).__name__}: {one_line_reason(error)}")
-        return EXIT_RETRYABLE
-    scores = result.evaluation["metrics"]
-    write_termination_message(
-        f"succeeded: {result.steps} steps, tool-name accuracy {scores['toolNameAccuracy']}, "
-        f"model at {result.output_uri}"
-    )
-    return EXIT_OK
-
-
-def one_line_reason(error: Exception) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-    more = len(lines) - 1
-    return lines[0] + (f" (and {more} more)" if more else "")
-
-
-def write_termination_message(message: str) -> None:
-    """The one line `kubectl describe pod` shows; unwritable outside a pod, which is fine."""
-    path = Path(os.environ.get(TERMINATION_LOG_ENV, TERMINATION_LOG_PATH))
-    with contextlib.suppress(OSError):
-        path.write_bytes(message.encode()[:TERMINATION_MESSAGE_LIMIT])
+        return pod.finish(pod.RETRYABLE, f"{type(error).__name__}: {pod.one_line(error)}")
+    accuracy = result.evaluation["metrics"]["toolNameAccuracy"]
+    summary = f"{result.steps} steps, tool-name accuracy {accuracy}, model at {result.output_uri}"
+    return pod.finish(pod.SUCCEEDED, summary)

@@ -38,14 +38,8 @@ from typing import Any, Protocol
 
 import openai
 from openai import OpenAI
-from pydantic import ValidationError
 from tooltune_api import (
-    CONTRACT_ENV,
-    CONTRACT_PATH,
     EXIT_INVALID,
-    EXIT_OK,
-    TERMINATION_LOG_ENV,
-    TERMINATION_LOG_PATH,
     WORKDIR_ENV,
 )
 from tooltune_api.diagnosis import diagnose
@@ -58,17 +52,17 @@ from tooltune_api.models import (
     SecretKeyRef,
     ToolTuneJobSpec,
     TrainerContract,
-    describe_validation_error,
 )
 from tooltune_api.pricing import dollars, openai_training_price
 
+from tooltune_trainer import pod
 from tooltune_trainer.data import read_jsonl, split_examples, validate_examples, write_jsonl
+from tooltune_trainer.pod import EXIT_RETRYABLE
 from tooltune_trainer.storage import StorageError, Store, join, open_store
 
 log = logging.getLogger("tooltune.submitter")
 
 API_KEY_ENV = "OPENAI_API_KEY"
-EXIT_RETRYABLE = 1
 MAX_RETRIES = 5  # the client's own retries of 408/409/429/5xx and lost connections, with backoff
 MAX_POLL_FAILURES = 6  # consecutive failed polls (after the client's retries) before the pod gives up
 MAX_POLL_BACKOFF_SECONDS = 600.0
@@ -754,38 +748,17 @@ class Submitter:
 # ---------------------------------------------------------------- the pod's entry point
 
 
-def load_contract(path: Path) -> TrainerContract:
-    try:
-        return TrainerContract.model_validate_json(path.read_text())
-    except OSError as error:
-        raise SubmitError(f"cannot read the contract {path}: {error.strerror}") from None
-    except ValidationError as error:
-        raise SubmitError(
-            f"invalid contract {path}: " + "; ".join(describe_validation_error(error, "contract"))
-        ) from None
-
-
-def write_termination_log(reason: str) -> None:
-    path = Path(os.environ.get(TERMINATION_LOG_ENV, TERMINATION_LOG_PATH))
-    try:
-        path.write_text(reason.splitlines()[0] if reason else "")
-    except OSError:
-        log.warning("could not write the termination log %s", path)
-
-
 def make_client(contract: TrainerContract, api_key: str) -> OpenAI:
     assert contract.spec.openai is not None
     return OpenAI(api_key=api_key, base_url=contract.spec.openai.base_url, max_retries=MAX_RETRIES)
 
 
 def main(config: Path | None = None) -> int:
-    """Run the submitter as the pod does; returns the exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpx2"):  # one line per request drowns the job's own events
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    """Run the submitter as the pod does; exit and termination message as tooltune_trainer.pod says."""
+    pod.setup_logging(quiet=("httpx", "httpx2"))  # one line per request drowns the job's own events
     api_key = os.environ.get(API_KEY_ENV, "")
     try:
-        contract = load_contract(config or Path(os.environ.get(CONTRACT_ENV, CONTRACT_PATH)))
+        contract = pod.load_contract(pod.contract_path(config))
         if contract.spec.openai is None:
             raise SubmitError("spec.openai is missing: the submitter only drives the OpenAI backend")
         secret = contract.spec.openai.api_key_secret
@@ -793,10 +766,9 @@ def main(config: Path | None = None) -> int:
             raise SubmitError(
                 f"{API_KEY_ENV} is empty: put the API key in Secret {secret.name} (key {secret.key})"
             )
-    except SubmitError as error:
+    except (pod.InvalidContract, SubmitError) as error:
         log.error("%s", error)
-        write_termination_log(str(error))
-        return error.exit_code
+        return pod.finish(pod.outcome_of(getattr(error, "exit_code", EXIT_INVALID)), error)
 
     from tooltune_trainer.telemetry import EventRecorder, StatusReporter, TrainingMetrics
 
@@ -807,14 +779,13 @@ def main(config: Path | None = None) -> int:
     workdir = Path(os.environ.get(WORKDIR_ENV) or tempfile.mkdtemp(prefix="tooltune-submit-"))
     try:
         client = make_client(contract, api_key)
-        Submitter(contract, client, reporter, metrics, workdir, events=events).run()
+        model = Submitter(contract, client, reporter, metrics, workdir, events=events).run()
     except SubmitError as error:
         reason = str(error).replace(api_key, "***")
         log.error("%s", reason)
-        write_termination_log(reason)
-        return error.exit_code
+        return pod.finish(pod.outcome_of(error.exit_code), reason)
     finally:
         reporter.flush()
         events.flush()
         metrics.close()
-    return EXIT_OK
+    return pod.finish(pod.SUCCEEDED, f"fine-tuned model {model}")

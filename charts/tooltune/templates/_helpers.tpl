@@ -80,7 +80,11 @@ get+patch, events create): Kubernetes lets a role grant only what its creator ho
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
-- apiGroups: ["", events.k8s.io]
+# Its own Events; and the kubelet's and scheduler's about a trainer pod that stays Pending (list).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch, list]
+- apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
 # The trainer's ServiceAccount, Role and RoleBinding in each job's namespace.

@@ -1,0 +1,266 @@
+"""The reconciler: everything the operator does to the cluster for a ToolTuneJob, called by the handlers.
+
+- ``converge`` (create, resume, spec change, the periodic resync): check the spec, pick the attempt
+  (``status.retry_wanted`` is the one rule for a new one), make sure its Job and contract ConfigMap
+  exist (deterministic names, so an operator restart never starts a second run), apply ``spec.suspend``
+  to the Job, then hand the status to the status writer.
+- ``note_spec_change``: tell the user what a spec edit does to a running or finished attempt.
+- ``clean_up`` (delete): stop the pods now and cancel a remote OpenAI job; owner references take care
+  of the rest, and data in S3 is never deleted.
+
+Spec changes while an attempt runs: ``spec.suspend`` applies at once; any other change is recorded
+(Event ``SpecChangeDeferred``) and applies to the next attempt, which starts when the change comes
+after the job Failed or was Cancelled. After Succeeded a change is ignored with an Event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import kopf
+from kubernetes.client.rest import ApiException
+from tooltune_api.models import Backend, InvalidSpec, Phase, ToolTuneJobSpec, ToolTuneJobStatus, parse_spec
+
+from tooltune_operator import builders
+from tooltune_operator import conditions as c
+from tooltune_operator.kube import Kube
+from tooltune_operator.metrics import METRICS
+from tooltune_operator.settings import Settings
+from tooltune_operator.status import TERMINAL, retry_wanted
+from tooltune_operator.status_writer import StatusWriter
+from tooltune_operator.views import job_condition, job_generation, job_view, of_attempt
+
+REFUSED_RETRY_SECONDS = 60.0
+
+
+def converge(
+    memo: kopf.Memo,
+    raw: dict[str, Any],
+    jobs: Any,
+    pods: Any,
+    indexed_job: bool = False,
+    restart: bool = False,
+    owners: Any = None,
+) -> int:
+    """Make the current attempt's children exist, then sync the status; returns the attempt.
+
+    With indexed_job the attempt's Job is read from the index when it is there (the resync: a stale index
+    delays a correction by one period); otherwise from the API (an event comes once, and the index may
+    not yet show the Job's last change, e.g. its suspend). On create and resume (restart) an existing
+    unfinished Job's ConfigMap is made sure of too: a crash or an API error may have come between them.
+    owners (the index of every ToolTuneJob) tells whether another one writes to the same output."""
+    kube: Kube = memo.kube
+    key = (raw["metadata"]["namespace"], builders.job_label(raw["metadata"]["name"]))
+    spec = checked_spec(raw)
+    attempt = (raw["status"] or {}).get("attempts") or 1
+    refused = holder = job = None
+    if spec is not None:
+        attempt, job = current_attempt(kube, raw, spec, jobs.get(key) if indexed_job else None)
+        holder = output_holder(raw, spec, owners) if job is None else None
+        try:
+            if holder is None:
+                job = ensure_children(memo, raw, spec, attempt, job, restart)
+        except ApiException as error:
+            if not 400 <= error.status < 500:
+                raise
+            refused = api_message(error)
+            kopf.event(raw, type="Warning", reason=c.JOB_REFUSED, message=refused)
+    writer: StatusWriter = memo.status_writer
+    known = list(jobs.get(key) or [])
+    if spec is not None and job is not None and not of_attempt(known, attempt):
+        known.append(job_view(job))  # created a moment ago: the index has not seen it yet
+    sighting = writer.observe(raw, known, pods.get(key), attempt)
+    sighting.seen.refused = refused
+    if holder is not None:
+        sighting.seen.output_holder = "{namespace}/{name}".format(**holder["metadata"])
+    writer.sync(sighting)
+    if refused:  # an admin may fix what the API server refused (RBAC, a quota, a webhook): try again later
+        raise kopf.TemporaryError(refused, delay=REFUSED_RETRY_SECONDS)
+    return int(attempt)
+
+
+def output_holder(raw: dict[str, Any], spec: ToolTuneJobSpec, owners: Any) -> dict[str, Any] | None:
+    """The older unfinished ToolTuneJob whose output.uri is this one's or nests with it: two writers of one
+    output would share (and prune) each other's checkpoints, and a resume could take the other's."""
+    mine = shared_output(spec.output.uri)
+    if mine is None:
+        return None
+    meta = raw["metadata"]
+    rank = (meta.get("creationTimestamp") or "", meta["namespace"], meta["name"])
+    for key in owners or {}:
+        for other in owners[key]:
+            theirs = shared_output(((other.get("spec") or {}).get("output") or {}).get("uri") or "")
+            their = other["metadata"]
+            if (
+                theirs is None
+                or their.get("uid") == meta.get("uid")
+                or their.get("deletionTimestamp")
+                or (other.get("status") or {}).get("phase") in TERMINAL
+                or not (mine == theirs or mine.startswith(theirs + "/") or theirs.startswith(mine + "/"))
+            ):
+                continue
+            if (their.get("creationTimestamp") or "", their["namespace"], their["name"]) < rank:
+                return other
+    return None
+
+
+def shared_output(uri: str) -> str | None:
+    """An output URI every pod shares (s3://), normalised; None for a path, which each pod has its own of."""
+    scheme, separator, rest = uri.partition("://")
+    return f"s3://{rest.strip('/')}" if separator and scheme.lower() == "s3" else None
+
+
+def api_message(error: ApiException) -> str:
+    """The API server's own message in an error answer (it names the object and the field)."""
+    try:
+        return str(json.loads(error.body or "{}").get("message") or error.reason)
+    except ValueError:
+        return f"{error.status} {error.reason}"
+
+
+async def resync(memo: kopf.Memo, raw: dict[str, Any], jobs: Any, pods: Any, owners: Any) -> None:
+    """One round of the periodic resync (in a thread: the API client blocks)."""
+    if not raw["metadata"].get("deletionTimestamp"):
+        await asyncio.to_thread(converge, memo, raw, jobs, pods, indexed_job=True, owners=owners)
+
+
+def current_attempt(
+    kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec, indexed: Any = None
+) -> tuple[int, dict[str, Any] | None]:
+    """The attempt to run and its Job: the recorded attempt, or the next one when retry_wanted."""
+    meta = raw["metadata"]
+    attempt = (raw["status"] or {}).get("attempts") or 1
+    if not raw["status"]:  # never reconciled: nothing to retry, and creating is idempotent (409 → fetch)
+        return attempt, None
+    job = attempt_job(kube, meta, attempt, indexed)
+    failed = job is not None and job_condition(job, "Failed") is not None
+    if retry_wanted(failed, meta.get("generation", 1), job_generation(job), spec.suspend):
+        attempt += 1
+        METRICS.job_retried(str(spec.backend))
+        message = f"spec changed after attempt {attempt - 1} failed: starting attempt {attempt}"
+        kopf.event(raw, type="Normal", reason="NewAttempt", message=message)
+        job = attempt_job(kube, meta, attempt, indexed)
+    return attempt, job
+
+
+def attempt_job(kube: Kube, meta: dict[str, Any], attempt: int, indexed: Any) -> dict[str, Any] | None:
+    """The attempt's Job as indexed when given an index that holds it, else as the API has it (the index
+    may not have caught up with a Job created a moment ago)."""
+    known = of_attempt(indexed, attempt)
+    if known:
+        return known[0]
+    return kube.get("batch/v1", "Job", meta["namespace"], builders.child_name(meta["name"], attempt))
+
+
+def checked_spec(raw: dict[str, Any]) -> ToolTuneJobSpec | None:
+    """The parsed spec, or None when it is invalid (the status writer reports why, with an Event)."""
+    try:
+        return parse_spec(raw["spec"])
+    except InvalidSpec:
+        return None
+
+
+def ensure_children(
+    memo: kopf.Memo,
+    raw: dict[str, Any],
+    spec: ToolTuneJobSpec,
+    attempt: int,
+    job: dict[str, Any] | None,
+    restart: bool = False,
+) -> dict[str, Any] | None:
+    """Create the attempt's contract ConfigMap and Job unless they exist, and hand the ConfigMap to the Job;
+    apply spec.suspend to the Job. After a restart (create or resume: a crash or an API error may have come
+    between the create and the handover) the handover of an unfinished Job's ConfigMap is made again."""
+    kube: Kube = memo.kube
+    settings: Settings = memo.settings
+    namespace = raw["metadata"]["namespace"]
+    contract = builders.child_name(raw["metadata"]["name"], attempt, "-contract")
+    if job is None:
+        previous = ToolTuneJobStatus.model_validate(raw["status"] or {})
+        if previous.phase in TERMINAL and previous.attempts == attempt:
+            return None  # finished and cleaned up (ttlSecondsAfterFinished): nothing to recreate
+        ensure_trainer_rbac(memo, namespace)
+        kube.create(builders.contract_configmap(raw, spec, attempt, settings))
+        job = kube.create(builders.training_job(raw, spec, attempt, settings))
+        kube.patch("v1", "ConfigMap", namespace, contract, builders.owned_by(job))
+        message = f"created Job {job['metadata']['name']} (attempt {attempt})"
+        kopf.event(raw, type="Normal", reason=c.JOB_CREATED, message=message)
+        return job
+    if restart and "uid" in job["metadata"] and not job_condition(job, "Complete"):
+        kube.patch("v1", "ConfigMap", namespace, contract, builders.owned_by(job))
+    if bool(job["spec"].get("suspend")) != spec.suspend and not job_condition(job, "Complete"):
+        apply_suspend(kube, raw, spec, job)
+    return job
+
+
+def apply_suspend(kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec, job: dict[str, Any]) -> None:
+    namespace, name = raw["metadata"]["namespace"], job["metadata"]["name"]
+    kube.patch("batch/v1", "Job", namespace, name, {"spec": {"suspend": spec.suspend}})
+    if spec.suspend:
+        message = "suspended: the pod stops, the next one resumes from the last checkpoint"
+        kopf.event(raw, type="Normal", reason="Suspended", message=message)
+        if spec.backend == Backend.OPENAI:
+            cancel_remote(kube, raw, spec, reason="suspended")
+    else:
+        kopf.event(raw, type="Normal", reason="Resumed", message="resumed")
+
+
+def ensure_trainer_rbac(memo: kopf.Memo, namespace: str) -> None:
+    """The trainer's ServiceAccount, Role and RoleBinding in namespace, once per operator run."""
+    if namespace in memo.rbac_namespaces:
+        return
+    for obj in builders.trainer_rbac(namespace, memo.settings):
+        memo.kube.create(obj)
+    memo.rbac_namespaces.add(namespace)
+
+
+def note_spec_change(raw: dict[str, Any], old: Any, new: Any, attempt: int) -> None:
+    """After converge: an Event when a spec edit does not reach the running or finished attempt."""
+    status = ToolTuneJobStatus.model_validate(raw["status"] or {})
+    only_suspend = {k: v for k, v in (old or {}).items() if k != "suspend"} == {
+        k: v for k, v in (new or {}).items() if k != "suspend"
+    }
+    if only_suspend or attempt != (status.attempts or 1) or status.attempts is None:
+        return
+    if status.phase == Phase.SUCCEEDED:
+        message = (
+            "the job has succeeded; the spec change is ignored (create a new ToolTuneJob to train again)"
+        )
+        kopf.event(raw, type="Normal", reason=c.SPEC_CHANGE_DEFERRED, message=message)
+    elif status.phase not in TERMINAL:
+        message = (
+            "the running attempt keeps the spec it started with; the change applies if the job fails and "
+            "is retried (spec.suspend applies at once)"
+        )
+        kopf.warn(raw, reason=c.SPEC_CHANGE_DEFERRED, message=message)
+
+
+def clean_up(memo: kopf.Memo, raw: dict[str, Any]) -> None:
+    """Stop the pods now (owner references would, eventually) and cancel a remote OpenAI job."""
+    kube: Kube = memo.kube
+    status = ToolTuneJobStatus.model_validate(raw["status"] or {})
+    namespace, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
+    for attempt in range(1, (status.attempts or 1) + 1):
+        kube.delete("batch/v1", "Job", namespace, builders.child_name(name, attempt))
+    spec = checked_spec(raw)
+    if spec is not None and spec.backend == Backend.OPENAI and status.phase not in TERMINAL:
+        cancel_remote(kube, raw, spec, reason="deleted")
+
+
+def cancel_remote(kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec, reason: str) -> None:
+    """Cancel the remote fine-tuning job so that no paid training outlives its ToolTuneJob."""
+    from tooltune_operator import openai_remote
+
+    status = ToolTuneJobStatus.model_validate(raw["status"] or {})
+    job_id = status.openai.job_id if status.openai else None
+    if not job_id or spec.openai is None:
+        return
+    key = openai_remote.read_api_key(kube, raw["metadata"]["namespace"], spec.openai.api_key_secret)
+    remote = openai_remote.cancel_remote_job(
+        key, spec.openai.base_url, job_id, secret_ref=spec.openai.api_key_secret
+    )
+    kopf.event(
+        raw, type="Normal", reason="RemoteJobCancelled", message=f"OpenAI job {job_id} {remote} ({reason})"
+    )

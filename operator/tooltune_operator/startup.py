@@ -1,0 +1,40 @@
+"""The operator's startup wiring, in one place: kopf's settings and what the handlers find in ``memo``.
+
+``memo`` holds, per operator: ``settings`` (Settings), ``kube`` (the API wrapper), ``status_writer``
+(the one writer of status, with what it remembers per job, including the phases the jobs metric reads
+at scrape time) and ``rbac_namespaces`` (where the trainer's RBAC exists). Tests may pre-fill ``settings``
+and ``kube``; the rest starts empty at every start, as it does in a new operator process.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+from tooltune_api import GROUP
+
+from tooltune_operator.kube import Kube, make_api_client
+from tooltune_operator.metrics import METRICS, start_metrics_server
+from tooltune_operator.settings import Settings
+from tooltune_operator.status_writer import StatusWriter
+
+
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger) -> None:
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    # Warnings become Events; kopf's per-handler INFO logs would flood them (Normal ones are posted apart).
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = 8
+    if "settings" not in memo:
+        memo.settings = Settings.from_env()
+    if "kube" not in memo:
+        memo.kube = Kube(make_api_client())
+    memo.status_writer = writer = StatusWriter(memo.kube)
+    memo.rbac_namespaces = set()
+    METRICS.watch_jobs(lambda: dict(writer.phases))
+    if "metrics_server" not in memo:  # once per process: a restarted operator keeps serving
+        memo.metrics_server = start_metrics_server(memo.settings.metrics_port)
+    logger.info("tooltune operator: trainer image %s", memo.settings.trainer_image)

@@ -1,0 +1,108 @@
+"""What the operator reads of the objects it watches: small detached views and the questions asked of them.
+
+The operator indexes every ToolTuneJob, Job and Pod it owns; whole bodies (pod templates, managedFields,
+kopf's annotations) cost tens of KB each, these views a few hundred bytes, and kopf's live ``Body`` must
+not leak into code that runs later in a thread.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from tooltune_api import ANNOTATION_GENERATION, LABEL_ATTEMPT, LABEL_JOB
+
+# What the status writer and kopf.event read of a ToolTuneJob's metadata.
+OWNER_METADATA = (
+    "name",
+    "namespace",
+    "uid",
+    "generation",
+    "resourceVersion",
+    "creationTimestamp",
+    "deletionTimestamp",
+)
+
+
+def owner_view(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A ToolTuneJob as the status writer reads it: spec and status whole, metadata without annotations."""
+    meta = body.get("metadata") or {}
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {key: meta[key] for key in OWNER_METADATA if key in meta},
+        "spec": copy.deepcopy(dict(body.get("spec") or {})),
+        "status": copy.deepcopy(dict(body.get("status") or {})),
+    }
+
+
+def job_view(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a Job that the phase machine and the reconciler read."""
+    meta, status = job.get("metadata") or {}, job.get("status") or {}
+    generation = (meta.get("annotations") or {}).get(ANNOTATION_GENERATION)
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "labels": _picked(meta.get("labels"), (LABEL_JOB, LABEL_ATTEMPT)),
+            "annotations": {ANNOTATION_GENERATION: generation} if generation else {},
+        },
+        "spec": {"suspend": bool((job.get("spec") or {}).get("suspend"))},
+        "status": copy.deepcopy(_picked(status, ("conditions", "failed", "startTime"))),
+    }
+
+
+def pod_view(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a Pod that the phase machine reads (see job_view)."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    wanted = {"PodScheduled", "DisruptionTarget"}
+    conditions = [cond for cond in status.get("conditions") or [] if cond.get("type") in wanted]
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "labels": _picked(meta.get("labels"), (LABEL_JOB, LABEL_ATTEMPT)),
+        },
+        "status": {
+            "phase": status.get("phase"),
+            "reason": status.get("reason"),
+            "message": status.get("message"),
+            "startTime": status.get("startTime"),
+            "containerStatuses": [
+                {"state": copy.deepcopy(container.get("state") or {})}
+                for container in status.get("containerStatuses") or []
+            ],
+            "conditions": copy.deepcopy(conditions),
+        },
+    }
+
+
+def _picked(mapping: Mapping[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any]:
+    return {key: mapping[key] for key in keys if key in (mapping or {})}  # type: ignore[index]
+
+
+def of_attempt(objects: Iterable[dict[str, Any]] | None, attempt: int) -> list[dict[str, Any]]:
+    """The views of one attempt's objects (by their attempt label)."""
+    return [o for o in objects or [] if o["metadata"].get("labels", {}).get(LABEL_ATTEMPT) == str(attempt)]
+
+
+def job_condition(job: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
+    """The Job's condition of that type when it is True."""
+    for condition in ((job or {}).get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind and condition.get("status") == "True":
+            return dict(condition)
+    return None
+
+
+def job_generation(job: dict[str, Any] | None) -> int | None:
+    """The ToolTuneJob generation a Job was built from (its annotation)."""
+    value = ((job or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_GENERATION)
+    return int(value) if value else None
+
+
+def termination(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """The pod's container termination state, once its container has ended."""
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated")
+        if terminated:
+            return dict(terminated)
+    return None

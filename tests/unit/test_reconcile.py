@@ -1,0 +1,183 @@
+"""The reconciler with an API that refuses: the ToolTuneJob says why, and kopf is asked to try again."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import kopf
+import pytest
+from kubernetes.client.rest import ApiException
+from prometheus_client import CollectorRegistry
+from tooltune_operator import reconcile
+from tooltune_operator.metrics import OperatorMetrics
+from tooltune_operator.settings import Settings
+from tooltune_operator.status_writer import StatusWriter
+
+REFUSAL = (
+    'Job.batch "demo-1" is invalid: spec.template.spec.priorityClassName: Invalid value: "gold": '
+    "no such class"
+)
+
+
+def tooltunejob() -> dict[str, Any]:
+    return {
+        "apiVersion": "tooltune.dev/v1alpha1",
+        "kind": "ToolTuneJob",
+        "metadata": {
+            "name": "demo",
+            "namespace": "ns",
+            "uid": "u-1",
+            "generation": 1,
+            "resourceVersion": "3",
+        },
+        "spec": {
+            "baseModel": "org/model",
+            "dataset": {"train": "s3://b/t.jsonl"},
+            "output": {"uri": "s3://b/o/"},
+        },
+        "status": {},
+    }
+
+
+class RefusingKube:
+    """An API that has nothing, refuses every create with 422, and answers status patches."""
+
+    def __init__(self) -> None:
+        self.status_patches: list[dict[str, Any]] = []
+
+    def get(self, *_: Any) -> None:
+        return None
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body["kind"] in {"ServiceAccount", "Role", "RoleBinding"}:
+            return body
+        error = ApiException(status=422, reason="Unprocessable Entity")
+        error.body = json.dumps({"kind": "Status", "message": REFUSAL, "reason": "Invalid", "code": 422})
+        raise error
+
+    def patch(self, *args: Any) -> dict[str, Any]:
+        self.status_patches.append(copy.deepcopy(args[4]["status"]))
+        return {
+            "metadata": {"resourceVersion": str(len(self.status_patches) + 10)},
+            "status": args[4]["status"],
+        }
+
+
+def test_a_refused_job_shows_the_api_servers_reason_and_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(
+        kopf, "event", lambda _, *, type, reason, message: events.append((type, reason, message))
+    )
+    kube = RefusingKube()
+    memo = kopf.Memo(
+        kube=kube,
+        settings=Settings(),
+        status_writer=StatusWriter(kube, OperatorMetrics(CollectorRegistry())),  # type: ignore[arg-type]
+        rbac_namespaces=set(),
+    )
+    raw = {
+        "apiVersion": "tooltune.dev/v1alpha1",
+        "kind": "ToolTuneJob",
+        "metadata": {
+            "name": "demo",
+            "namespace": "ns",
+            "uid": "u-1",
+            "generation": 1,
+            "resourceVersion": "3",
+        },
+        "spec": {
+            "baseModel": "org/model",
+            "dataset": {"train": "s3://b/t.jsonl"},
+            "output": {"uri": "s3://b/o/"},
+        },
+        "status": {},
+    }
+    with pytest.raises(kopf.TemporaryError, match="priorityClassName"):
+        reconcile.converge(memo, raw, {}, {}, restart=True)
+    (status,) = kube.status_patches
+    assert status["phase"] == "Pending"
+    assert status["message"] == f"the API server refused the Job: {REFUSAL}"
+    assert events == [("Warning", "JobRefused", REFUSAL)]
+
+
+class CrashingKube:
+    """An API that keeps what is created and loses the first ConfigMap handover (a crash, a 500)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.handovers = 0
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.objects.get((kind, name)))
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        stored = copy.deepcopy(body)
+        stored["metadata"]["uid"] = f"uid-{body['metadata']['name']}"
+        self.objects.setdefault((body["kind"], body["metadata"]["name"]), stored)
+        return copy.deepcopy(self.objects[(body["kind"], body["metadata"]["name"])])
+
+    def patch(self, api_version: str, kind: str, namespace: str, name: str, body: dict[str, Any], *_: Any):
+        if kind == "ConfigMap":
+            self.handovers += 1
+            if self.handovers == 1:
+                raise kopf.TemporaryError("the operator was killed here", delay=1)
+            self.objects[(kind, name)]["metadata"].update(body["metadata"])
+        return {"metadata": {"resourceVersion": "1"}, "status": body.get("status", {})}
+
+
+def test_a_crash_before_the_handover_is_repaired_when_the_operator_comes_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kopf, "event", lambda *_, **__: None)
+    kube = CrashingKube()
+    memo = kopf.Memo(
+        kube=kube,
+        settings=Settings(),
+        status_writer=StatusWriter(kube, OperatorMetrics(CollectorRegistry())),  # type: ignore[arg-type]
+        rbac_namespaces=set(),
+    )
+    raw = tooltunejob()
+    with pytest.raises(kopf.TemporaryError):
+        reconcile.converge(memo, raw, {}, {}, restart=True)
+    owners = kube.objects[("ConfigMap", "demo-1-contract")]["metadata"]["ownerReferences"]
+    assert [o["kind"] for o in owners] == ["ToolTuneJob"]
+    reconcile.converge(
+        memo, raw, {}, {}, restart=True
+    )  # kopf retries the create (or resumes after a restart)
+    owners = kube.objects[("ConfigMap", "demo-1-contract")]["metadata"]["ownerReferences"]
+    assert [(o["kind"], o["name"]) for o in owners] == [("Job", "demo-1")]
+    assert [kind for kind, _ in kube.objects].count("Job") == 1
+
+
+def owner(name: str, uri: str, created: str, phase: str | None = None) -> dict[str, Any]:
+    body = tooltunejob()
+    body["metadata"].update(name=name, uid=f"uid-{name}", creationTimestamp=created)
+    body["spec"]["output"] = {"uri": uri}
+    body["status"] = {"phase": phase} if phase else {}
+    return body
+
+
+@pytest.mark.parametrize(
+    ("theirs", "phase", "holds"),
+    [
+        ("s3://b/out/", None, True),  # the same output, trailing slash or not
+        ("s3://b/out/run-2", "Running", True),  # nested inside
+        ("s3://b/", "Pending", True),  # containing it
+        ("s3://b/out2/", "Running", False),  # a sibling that shares a prefix of characters only
+        ("s3://other/out/", "Running", False),
+        ("s3://b/out", "Succeeded", False),  # finished: the output is free
+        ("runs/out", "Running", False),  # a path: each pod has its own
+    ],
+)
+def test_an_older_unfinished_job_holds_an_output_that_overlaps(
+    theirs: str, phase: str | None, holds: bool
+) -> None:
+    spec = reconcile.parse_spec({**tooltunejob()["spec"], "output": {"uri": "s3://b/out"}})
+    me = owner("me", "s3://b/out", "2026-11-25T10:00:01Z")
+    older = owner("older", theirs, "2026-11-25T10:00:00Z", phase)
+    younger = owner("younger", "s3://b/out", "2026-11-25T10:00:02Z")
+    index = {("ns", "older"): [older], ("ns", "younger"): [younger], ("ns", "me"): [me]}
+    holder = reconcile.output_holder(me, spec, index)
+    assert (holder is not None and holder["metadata"]["name"] == "older") == holds
