@@ -357,7 +357,8 @@ def test_a_service_refusing_new_jobs_ends_the_pod_with_exit_2_and_the_way_out(
     reason = (tmp_path / "termination-log").read_text()
     assert reason == (
         "invalid: the fine-tuning service refused to create a job (403): "
-        f"{REFUSAL_MESSAGE}; OpenAI is winding down self-serve fine-tuning and takes no new jobs from 2027-01-06 (earlier for organisations without "
+        f"{REFUSAL_MESSAGE}; OpenAI is winding down self-serve fine-tuning and takes no new jobs from "
+        "2027-01-06 (earlier for organisations without "
         "recent fine-tuned-model use); train the same data on your own GPUs instead: the same ToolTuneJob "
         "with backend: unsloth, baseModel: unsloth/Qwen2.5-32B-Instruct-bnb-4bit and no openai block "
         "(see docs/migrating-from-openai.md)"
