@@ -73,9 +73,11 @@ def test_settings_that_do_not_change_what_the_weights_are_still_resume(tokenizer
         spec(learningRate=1e-4, epochs=5, batchSize=8, lora={"dropout": 0.1}), tokenizer, ""
     )
     assert source_mismatch(before, after) is None
-    reordered = checkpoint_source(spec(lora={"targetModules": ["v_proj", "q_proj"]}), tokenizer, "")
-    assert source_mismatch(reordered, checkpoint_source(spec(lora={"targetModules": ["q_proj", "v_proj"]}),
-                                                        tokenizer, ""))  is None  # fmt: skip
+    one_order, other_order = (
+        checkpoint_source(spec(lora={"targetModules": modules}), tokenizer, "")
+        for modules in (["v_proj", "q_proj"], ["q_proj", "v_proj"])
+    )
+    assert source_mismatch(one_order, other_order) is None
 
 
 def test_a_changed_lora_rank_names_both_shapes(tokenizer):
@@ -140,10 +142,8 @@ def test_the_fresh_start_reason_names_the_newest_checkpoint_passed_over():
 # ---------------------------------------------------------------- retention of superseded checkpoints
 
 
-def names(complete: list[int], incomplete: list[int] = ()) -> list[str]:
-    return [f"step-{s}/{MANIFEST}" for s in complete] + [
-        f"step-{s}/model.safetensors" for s in complete + list(incomplete)
-    ]
+def names(complete: list[int]) -> list[str]:
+    return [f"step-{s}/{name}" for s in complete for name in ("model.safetensors", MANIFEST)]
 
 
 @pytest.mark.parametrize(
