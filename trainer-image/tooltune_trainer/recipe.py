@@ -165,7 +165,7 @@ def run(
     validation_rows = training_rows(tokenizer, validation, max_length, fmt)
 
     on_stage("train")
-    source = checkpoint_source(spec, tokenizer, chat_format="")
+    source = checkpoint_source(spec, tokenizer, fmt.name)
     checkpoint_sync = CheckpointSync(
         store,
         spec.output.uri,
