@@ -484,7 +484,7 @@ def fetch_latest_checkpoint(
                 continue
             store.fetch_many((join(uri, name), target / name) for name in names)
             problems = manifest_problems(manifest, target)
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
+        except (ValueError, KeyError, TypeError) as error:
             problems = [f"unreadable manifest ({type(error).__name__})"]
         except StorageError as error:
             if error.retryable:  # an outage says nothing about this checkpoint: fail, try again later
