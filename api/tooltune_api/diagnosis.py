@@ -83,8 +83,8 @@ Series = Sequence[tuple[int, float]]
 
 def diagnose(train: Series, eval: Series = (), total_steps: int | None = None) -> Diagnosis | None:
     """The lab's reading of a run's losses, or None while there are too few points to tell."""
-    train = sorted(train)
-    eval = sorted(eval)
+    train = by_step(train)
+    eval = by_step(eval)
     if any(not math.isfinite(loss) for _, loss in [*train, *eval]):
         step = next(step for step, loss in [*train, *eval] if not math.isfinite(loss))
         return _diagnosis(DIVERGING, step)
@@ -109,6 +109,15 @@ def diagnose(train: Series, eval: Series = (), total_steps: int | None = None) -
         if total_steps is None or flat_step < PLATEAU_EARLY_FRACTION * total_steps:
             return _diagnosis(PLATEAU, flat_step)
     return _diagnosis(CONVERGING, train[-1][0])
+
+
+def by_step(series: Series) -> list[tuple[int, float]]:
+    """One loss per step, in step order; a step measured twice counts once, with its latest loss.
+
+    The Trainer evaluates once more after training: at a step already evaluated, that repeats the
+    point, and a repeated point would break a run of rising evals (a rising curve read as Converging).
+    """
+    return sorted(dict(series).items())
 
 
 def smoothed(series: Series) -> list[float]:

@@ -319,6 +319,14 @@ class CheckpointStatus(Model):
     latest_step: int | None = None
     latest_uri: str | None = None
     count: int = 0
+    resumed_from_step: int | None = Field(
+        None, description="The checkpoint step the current pod resumed from; unset when it started fresh."
+    )
+    fresh_start_reason: str | None = Field(
+        None,
+        description="Why the current pod started fresh although the output held checkpoints: they were made "
+        "from another base model, LoRA shape, chat format or tokenizer.",
+    )
 
 
 class EvaluationStatus(Model):

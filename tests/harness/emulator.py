@@ -72,6 +72,9 @@ STARTUP_TIMEOUT = 10.0
 DEFAULT_WATCH_SECONDS = 300.0  # a watch without timeoutSeconds ends after this; clients reconnect
 DISCONNECT_CHECK_SECONDS = 1.0  # how often an idle watch checks that its client is still there
 NAME_SUFFIX_LENGTH = 5
+# generateName suffixes from the OS, not the global `random`: code under test in this process reseeds that
+# (transformers' set_seed), and two Events named alike would then collide with 409 AlreadyExists.
+_NAME_SUFFIXES = random.SystemRandom()
 ORPHAN = "Orphan"
 
 
@@ -432,7 +435,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 )
             meta["name"] = validation.generated_name(
                 meta["generateName"],
-                "".join(random.choices(string.ascii_lowercase + string.digits, k=NAME_SUFFIX_LENGTH)),
+                "".join(_NAME_SUFFIXES.choices(string.ascii_lowercase + string.digits, k=NAME_SUFFIX_LENGTH)),
             )
         key = (resource, namespace, meta["name"])
         if key in self._store:

@@ -129,7 +129,7 @@ def test_checkpoints_upload_resume_and_retention(
     assert manifest["step"] == 30 and len(manifest["files"]) == 3
     assert reports[-1] == (30, f"s3://{s3_bucket}/jobs/b/checkpoints/step-30", 2)
 
-    got = fetch_latest_checkpoint(store, out, tmp_path / "resume")
+    got = fetch_latest_checkpoint(store, out, tmp_path / "resume").checkpoint
     assert got == tmp_path / "resume" / "checkpoint-30"
     assert (got / "adapter_model.safetensors").read_bytes() == (
         tmp_path / "run" / "checkpoint-30" / "adapter_model.safetensors"
@@ -146,10 +146,10 @@ def test_incomplete_and_corrupt_checkpoints_are_ignored(
         assert sync.wait(timeout=60)
     # step 3: every file up but no manifest, as when the pod dies before the last write
     store.upload_dir(make_checkpoint(tmp_path / "partial", 3), checkpoint_uri(out, 3))
-    assert fetch_latest_checkpoint(store, out, tmp_path / "r1") == tmp_path / "r1" / "checkpoint-2"
+    assert fetch_latest_checkpoint(store, out, tmp_path / "r1").checkpoint == tmp_path / "r1" / "checkpoint-2"
     # step 2: complete, then one byte of it changes
     store.write_bytes(join(checkpoint_uri(out, 2), "optimizer.pt"), os.urandom(2000))
-    assert fetch_latest_checkpoint(store, out, tmp_path / "r2") == tmp_path / "r2" / "checkpoint-1"
+    assert fetch_latest_checkpoint(store, out, tmp_path / "r2").checkpoint == tmp_path / "r2" / "checkpoint-1"
     assert "step-2 skipped: optimizer.pt: sha256 differs from the manifest" in caplog.text
     # a later complete checkpoint prunes the stale incomplete one below it
     save(sync, tmp_path / "run", 4)
@@ -187,7 +187,7 @@ def test_outage_during_upload_is_retried_and_corrupts_nothing(
         assert sync.failures == []
         assert sync.completed == [100, 200]
         assert "checkpoint step 200 upload failed (attempt 1 of 8)" in caplog.text
-        got = fetch_latest_checkpoint(store, out, tmp_path / "resume")
+        got = fetch_latest_checkpoint(store, out, tmp_path / "resume").checkpoint
         assert got == tmp_path / "resume" / "checkpoint-200"
         assert complete_steps(store.list(join(out, "checkpoints"))) == [200]  # keep=1 pruned step 100
     finally:
@@ -273,7 +273,7 @@ def tiny_training(
     store = open_store(settings)
     sync = CheckpointSync(store, output_uri, keep=2, retry=QUICK_RETRY)
     trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[sync, Record()])
-    resume = fetch_latest_checkpoint(store, output_uri, workdir / "resume")
+    resume = fetch_latest_checkpoint(store, output_uri, workdir / "resume").checkpoint
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     assert sync.close(timeout=120) and not sync.failures
     return trained

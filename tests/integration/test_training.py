@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from tooltune_api import EXIT_INVALID, TERMINATION_LOG_ENV, WORKDIR_ENV
+from transformers import TrainerCallback
 from typer.testing import CliRunner
 
 from tests.fixtures.tiny import tool_calling_dataset, write_jsonl
@@ -229,6 +230,69 @@ def test_sigterm_checkpoints_the_current_step_and_the_next_run_resumes_there(tmp
     # The next run starts after the saved step: the steps before it keep their losses, none is trained twice.
     assert result.steps == 8 and after[: len(before)] == before and len(before) == stopped.value.step
     assert [step for step, _ in after] == list(range(1, 9))
+
+
+class StepsTrained(TrainerCallback):
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+def test_a_changed_spec_never_resumes_a_checkpoint_made_from_the_old_one(tmp_path, k8s):
+    """The user fixes the spec and re-applies with the same output URI: an unchanged source resumes, another
+    LoRA shape or a full fine-tune starts from step 0, and says why in the log, the status and an Event."""
+    from tooltune_api.models import TrainerContract
+    from tooltune_trainer import recipe
+
+    from tests.harness.emulator import EVENTS, TTJ
+
+    data = write_jsonl(tmp_path / "tasks.jsonl", tool_calling_dataset(20))
+    created = k8s.cluster.create(TTJ, {"apiVersion": "tooltune.dev/v1alpha1", "kind": "ToolTuneJob",
+                                       "metadata": {"name": "tiny"}, "spec": _spec(str(data), "out")},
+                                 namespace="test")  # fmt: skip
+
+    seen: set[str] = set()
+
+    def attempt(name: str, **hyperparameters) -> tuple[list[int], dict, list[tuple[str, str, str]]]:
+        """One pod's run; the steps it trained, status.checkpoints, and its Events about resuming."""
+        contract = _contract(_spec(str(data), str(tmp_path / "out"), **hyperparameters))
+        contract["spec"]["evaluation"].update(maxExamples=1, smokePrompts=[])  # training is what matters here
+        contract.update(reportProgress=True, progressIntervalSeconds=0)
+        contract["job"]["uid"] = created["metadata"]["uid"]
+        trained = StepsTrained()
+        recipe.run(TrainerContract.model_validate(contract), tmp_path / name, [trained], print_logs=False)
+        status = k8s.cluster.get(TTJ, "test", "tiny")["status"]["checkpoints"]
+        new = [e for e in k8s.cluster.list(EVENTS, "test") if e["metadata"]["name"] not in seen]
+        seen.update(e["metadata"]["name"] for e in new)
+        about_resuming = ("CheckpointMismatch", "ResumedFromCheckpoint")
+        return trained.steps, status, [(e["reason"], e["type"], e["message"]) for e in new
+                                       if e["reason"] in about_resuming]  # fmt: skip
+
+    steps, status, events = attempt("first")
+    assert steps == [1, 2] and status["latestStep"] == 2 and "resumedFromStep" not in status and events == []
+
+    steps, status, events = attempt("unchanged")
+    assert steps == [] and status["resumedFromStep"] == 2 and "freshStartReason" not in status
+    assert events == [("ResumedFromCheckpoint", "Normal", "resuming from checkpoint step-2")]
+
+    modules = "down_proj,gate_proj,k_proj,o_proj,q_proj,up_proj,v_proj"
+    steps, status, events = attempt("lora-r-4", lora={"r": 4, "alpha": 16})
+    reason = (f"checkpoint step-2 was made from LoRA r=8 alpha=16 on {modules}; "
+              f"this run has LoRA r=4 alpha=16 on {modules}: starting fresh")  # fmt: skip
+    assert steps == [1, 2]  # from step 0
+    assert status["freshStartReason"] == reason and "resumedFromStep" not in status
+    assert events == [("CheckpointMismatch", "Warning", reason)]
+    manifest = json.loads((tmp_path / "out" / "checkpoints" / "step-2" / "manifest.json").read_text())
+    assert manifest["source"]["lora"]["r"] == 4  # the new run's checkpoint replaced the old one
+
+    steps, status, events = attempt("full", fullFineTune=True)
+    assert steps == [1, 2]
+    assert status["freshStartReason"] == (
+        f"checkpoint step-2 was made from LoRA r=4 alpha=16 on {modules}; this run has a full fine-tune: "
+        "starting fresh"
+    )
 
 
 def _can_be_pid_1() -> bool:

@@ -86,6 +86,23 @@ def test_eval_rising_while_train_falls_is_overfitting_since_the_best_eval():
     assert "reduce the epochs" in found.advice
 
 
+def test_the_final_evaluation_repeating_the_last_eval_step_keeps_the_diagnosis():
+    """After training the recipe evaluates once more; at a step already evaluated that is the same point
+    again, and the curve still rises: it must not turn Overfitting into Converging."""
+    train = series([1.0, 0.8, 0.6, 0.5, 0.4, 0.32, 0.25, 0.2, 0.16, 0.13])
+    eval_losses = [(20, 0.9), (40, 0.7), (60, 0.62), (80, 0.66), (100, 0.72)]
+    found = diagnose(train, [*eval_losses, (100, 0.72)])
+    assert (found.pattern, found.step) == (OVERFITTING, 60)
+
+
+def test_a_step_measured_twice_counts_once_with_its_latest_loss():
+    train = series([1.0, 0.8, 0.6, 0.5, 0.4, 0.32, 0.25, 0.2, 0.16, 0.13])
+    eval_losses = [(20, 0.9), (40, 0.7), (60, 0.62), (80, 0.66), (100, 0.6)]
+    assert diagnose(train, [*eval_losses, (100, 0.72)]).pattern == OVERFITTING
+    rising = [(20, 0.9), (40, 0.7), (60, 0.62), (80, 0.66), (100, 0.72)]
+    assert diagnose(train, [*rising, (100, 0.6)]).pattern == CONVERGING
+
+
 def test_eval_rising_with_train_rising_too_is_not_overfitting():
     train = series([1.0, 0.8, 0.6, 0.5, 0.5, 0.52, 0.55, 0.56, 0.58, 0.6])
     eval_losses = [(20, 0.9), (40, 0.7), (60, 0.62), (80, 0.66), (100, 0.72)]

@@ -330,15 +330,15 @@ def test_sync_survives_the_trainer_deleting_its_local_checkpoint(tmp_path: Path)
     save(sync, tmp_path / "run", 5)
     shutil.rmtree(tmp_path / "run" / "checkpoint-5")  # save_total_limit rotation
     assert sync.wait(timeout=10)
-    got = fetch_latest_checkpoint(Store(), out, tmp_path / "resume")
+    got = fetch_latest_checkpoint(Store(), out, tmp_path / "resume").checkpoint
     assert got == tmp_path / "resume" / "checkpoint-5"
     assert json.loads((got / "trainer_state.json").read_text()) == {"global_step": 5}
 
 
 def test_a_resume_never_takes_a_checkpoint_another_job_wrote(tmp_path: Path) -> None:
     out = str(tmp_path / "shared-output")
-    mine = {"namespace": "ml", "name": "tools", "uid": "uid-1"}
-    other = {"namespace": "ml", "name": "tools-copy", "uid": "uid-2"}
+    mine = {"namespace": "ml", "name": "tools"}
+    other = {"namespace": "ml", "name": "tools-copy"}
     for step, job in ((5, mine), (9, other)):
         sync = CheckpointSync(Store(), out, keep=3, retry=FAST_RETRY, job=job)
         save(sync, tmp_path / f"run-{step}", step)
@@ -346,16 +346,12 @@ def test_a_resume_never_takes_a_checkpoint_another_job_wrote(tmp_path: Path) -> 
         sync.close()
     manifest = json.loads(Store().read_bytes(join(checkpoint_uri(out, 9), "manifest.json")))
     assert manifest["job"] == other
-    assert (
-        fetch_latest_checkpoint(Store(), out, tmp_path / "resume", job=mine)
-        == tmp_path / "resume" / "checkpoint-5"
-    )
-    assert (
-        fetch_latest_checkpoint(Store(), out, tmp_path / "other", job=other)
-        == tmp_path / "other" / "checkpoint-9"
-    )
-    recreated = {**mine, "uid": "uid-3"}  # deleted and created again under the same name: another job
-    assert fetch_latest_checkpoint(Store(), out, tmp_path / "again", job=recreated) is None
+    resumed = fetch_latest_checkpoint(Store(), out, tmp_path / "resume", job=mine)
+    assert resumed.checkpoint == tmp_path / "resume" / "checkpoint-5"
+    theirs = fetch_latest_checkpoint(Store(), out, tmp_path / "other", job=other)
+    assert theirs.checkpoint == tmp_path / "other" / "checkpoint-9"
+    stranger = {"namespace": "other-team", "name": "tools"}  # the same name in another namespace
+    assert fetch_latest_checkpoint(Store(), out, tmp_path / "again", job=stranger).checkpoint is None
 
 
 def test_sync_retries_then_gives_up_without_touching_the_newest_complete(
@@ -372,7 +368,7 @@ def test_sync_retries_then_gives_up_without_touching_the_newest_complete(
     assert sync.failures and sync.failures[0].startswith("step 2:")
     assert "attempt 1 of 3" in caplog.text
     assert complete_steps(store.list(join(out, "checkpoints"))) == [1]
-    assert fetch_latest_checkpoint(store, out, tmp_path / "resume") == tmp_path / "resume" / "checkpoint-1"
+    assert fetch_latest_checkpoint(store, out, tmp_path / "resume").step == 1
 
 
 def test_upload_thread_yields_the_cpu_to_training(tmp_path: Path) -> None:
@@ -446,7 +442,7 @@ def test_resume_takes_the_newest_complete_and_verified_checkpoint(tmp_path: Path
     # step 4: files without a manifest (a pod killed mid-upload); step 3: a file changed after upload
     store.write_bytes(join(checkpoint_uri(out, 4), "adapter_model.safetensors"), b"partial")
     store.write_bytes(join(checkpoint_uri(out, 3), "adapter_model.safetensors"), b"corrupt")
-    got = fetch_latest_checkpoint(store, out, tmp_path / "resume")
+    got = fetch_latest_checkpoint(store, out, tmp_path / "resume").checkpoint
     assert got == tmp_path / "resume" / "checkpoint-2"
     assert not (tmp_path / "resume" / "checkpoint-3").exists()
 
@@ -466,7 +462,7 @@ def test_resume_fails_rather_than_start_over_when_the_store_is_down(tmp_path: Pa
 
 
 def test_resume_with_nothing_uploaded(tmp_path: Path) -> None:
-    assert fetch_latest_checkpoint(Store(), str(tmp_path / "never"), tmp_path / "resume") is None
+    assert fetch_latest_checkpoint(Store(), str(tmp_path / "never"), tmp_path / "resume").checkpoint is None
 
 
 # ---------------------------------------------------------------- lineage

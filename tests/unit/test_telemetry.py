@@ -419,6 +419,24 @@ def test_overfitting_stops_training_only_when_early_stopping_is_on(enabled):
         assert run.early_stop.stop_reason is None
 
 
+def test_the_final_evaluation_at_the_last_eval_step_keeps_the_runs_diagnosis():
+    """recipe.run calls trainer.evaluate() after training; when the last step was evaluated already, the
+    Trainer logs that step's eval loss a second time. The curve and the diagnosis must not change."""
+    run = Run(max_steps=10)
+    train = [1.0, 0.8, 0.6, 0.5, 0.4, 0.32, 0.25, 0.2, 0.16, 0.13]
+    evals = {2: 0.9, 4: 0.7, 6: 0.62, 8: 0.66, 10: 0.72}
+    for index, loss in enumerate(train, start=1):
+        run.step(loss=loss)
+        if index in evals:
+            run.call("on_log", logs={"eval_loss": evals[index]})
+    run.call("on_train_end")
+    assert run.telemetry.diagnosis.pattern == OVERFITTING
+
+    run.call("on_log", logs={"eval_loss": 0.72})  # trainer.evaluate() at step 10 again
+    assert run.telemetry.eval_losses == sorted(evals.items())  # one point per step on the loss curve
+    assert run.telemetry.diagnosis.pattern == OVERFITTING
+
+
 def test_diverging_stops_training_when_early_stopping_is_on():
     run = Run(early_stopping=True)
     for loss in [1.0, 0.8, 0.6, 0.5, 0.7, 0.9, 1.2]:

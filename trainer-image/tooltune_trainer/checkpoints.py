@@ -3,11 +3,15 @@
 Layout under the job's output URI:
 
     <output>/checkpoints/step-<N>/<every file of the trainer's checkpoint-<N> directory>
-    <output>/checkpoints/step-<N>/manifest.json     written last: step, and size + sha256 of every file
+    <output>/checkpoints/step-<N>/manifest.json     written last: step, size + sha256 of every file, and
+                                                    the source: what the checkpoint was made from
     <output>/final/lineage.json                      what went into the final model
 
 A checkpoint is complete only when its manifest exists and its files match it. Resume takes the newest
 complete one; anything else (a pod killed mid-upload, a server outage) is ignored and later pruned.
+Resume also compares the checkpoint's source (base model, LoRA shape or full fine-tune, chat format,
+tokenizer) with the run's: a checkpoint made from something else is never resumed, the run starts fresh
+and says why, and such checkpoints are deleted once the new run has a complete checkpoint of its own.
 Training waits only for the trainer's local save: `CheckpointSync.on_save` hard-links the checkpoint
 into a staging directory (so the trainer may rotate its local copy away) and a background thread
 uploads it.
@@ -26,14 +30,14 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tooltune_api import __version__
-from tooltune_api.models import TrainerContract, now_iso
+from tooltune_api.models import ToolTuneJobSpec, TrainerContract, now_iso
 from transformers import TrainerCallback
 
 from tooltune_trainer.storage import StorageError, Store, join
@@ -44,7 +48,8 @@ CHECKPOINTS_DIR = "checkpoints"
 STEP_PREFIX = "step-"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "tooltune.dev/checkpoint-v1"
-JOB = "job"  # manifest key: the ToolTuneJob that wrote the checkpoint (namespace, name, uid)
+JOB = "job"  # manifest key: the ToolTuneJob that wrote the checkpoint (namespace, name)
+SOURCE = "source"  # manifest key: what the checkpoint was made from (checkpoint_source)
 LINEAGE = "lineage.json"
 LINEAGE_FORMAT = "tooltune.dev/lineage-v1"
 FINAL_DIR = "final"
@@ -97,6 +102,74 @@ def build_manifest(step: int, local_dir: Path) -> dict[str, Any]:
     return {"format": MANIFEST_FORMAT, "step": step, "createdAt": now_iso(), "files": entries}
 
 
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 of the vocabulary (token → id, special tokens included) and the chat template: what the
+    token ids a checkpoint was trained on mean, and how conversations were laid out in them."""
+    document = {"vocab": tokenizer.get_vocab(), "chatTemplate": getattr(tokenizer, "chat_template", None)}
+    return hashlib.sha256(json.dumps(document, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def checkpoint_source(spec: ToolTuneJobSpec, tokenizer: Any, chat_format: str) -> dict[str, Any]:
+    """What a run's checkpoints are made from; resuming is safe only into a run with the same source.
+
+    The learning rate, epochs or batch size may change between attempts (a fixed spec resumes), but
+    weights trained from another base model, LoRA shape or tokenizer, or on another chat format, are
+    not a continuation of this run.
+    """
+    hyperparameters = spec.hyperparameters
+    lora = hyperparameters.lora
+    return {
+        "baseModel": spec.base_model,
+        "fullFineTune": hyperparameters.full_fine_tune,
+        "lora": None
+        if hyperparameters.full_fine_tune
+        else {"r": lora.r, "alpha": lora.alpha, "targetModules": sorted(lora.target_modules)},
+        "chatFormat": chat_format,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+    }
+
+
+def source_mismatch(recorded: Any, current: Mapping[str, Any]) -> str | None:
+    """Why a checkpoint with source `recorded` must not be resumed by a run with source `current`, as
+    "was made from …; this run has …" naming only what differs; None when they match."""
+    if not isinstance(recorded, Mapping):
+        return (
+            "records nothing of what it was made from (an older tooltune wrote it), so it cannot be told "
+            "apart from one made from another base model, LoRA shape or tokenizer"
+        )
+    was, now = [], []
+    for describe in (_describe_base_model, _describe_training, _describe_chat_format, _describe_tokenizer):
+        before, after = describe(recorded), describe(current)
+        if before != after:
+            was.append(before)
+            now.append(after)
+    return f"was made from {', '.join(was)}; this run has {', '.join(now)}" if was else None
+
+
+def _describe_base_model(source: Mapping[str, Any]) -> str:
+    return f"base model {source.get('baseModel')}"
+
+
+def _describe_training(source: Mapping[str, Any]) -> str:
+    if source.get("fullFineTune"):
+        return "a full fine-tune"
+    lora = source.get("lora")
+    if not isinstance(lora, Mapping):
+        return f"LoRA of unknown shape ({lora!r})"
+    modules = ",".join(lora.get("targetModules") or [])
+    return f"LoRA r={lora.get('r')} alpha={lora.get('alpha')} on {modules}"
+
+
+def _describe_chat_format(source: Mapping[str, Any]) -> str:
+    return f"chat format {source.get('chatFormat')!r}"
+
+
+def _describe_tokenizer(source: Mapping[str, Any]) -> str:
+    fingerprint = source.get("tokenizer")
+    short = fingerprint[:12] if isinstance(fingerprint, str) else fingerprint
+    return f"tokenizer {short} (sha256 of vocabulary and chat template)"
+
+
 def checkpoint_steps(names: Iterable[str]) -> dict[int, bool]:
     """From object names under <output>/checkpoints/: step → whether its manifest is there."""
     steps: dict[int, bool] = {}
@@ -114,17 +187,20 @@ def complete_steps(names: Iterable[str]) -> list[int]:
     return sorted((step for step, done in checkpoint_steps(names).items() if done), reverse=True)
 
 
-def steps_to_prune(names: Iterable[str], keep: int) -> list[int]:
+def steps_to_prune(names: Iterable[str], keep: int, superseded: Collection[int] = ()) -> list[int]:
     """Complete checkpoints beyond the newest `keep`, and incomplete ones older than the newest complete one.
 
-    The newest complete checkpoint is never returned, whatever `keep` says.
+    The newest complete checkpoint is never returned, whatever `keep` says. `superseded` are steps made
+    from another source (see source_mismatch): they go too, but only once a checkpoint of this run is
+    complete, and they never count as the newest, whatever their step.
     """
-    steps = checkpoint_steps(names)
+    steps = {s: done for s, done in checkpoint_steps(names).items() if s not in superseded}
     complete = sorted((s for s, done in steps.items() if done), reverse=True)
     if not complete:
         return []
     stale = [s for s, done in steps.items() if not done and s < complete[0]]
-    return sorted(complete[max(keep, 1) :] + stale)
+    present = set(checkpoint_steps(names))
+    return sorted(complete[max(keep, 1) :] + stale + [s for s in superseded if s in present])
 
 
 def manifest_problems(manifest: Any, local_dir: Path) -> list[str]:
@@ -158,7 +234,9 @@ class CheckpointSync(TrainerCallback):
     """Uploads every checkpoint the trainer saves to <output>/checkpoints/step-N/ in the background.
 
     `on_complete(step, uri, count)` runs on the upload thread after each checkpoint is complete and old ones
-    are pruned (count = complete checkpoints now kept). Call `wait()` before the process ends.
+    are pruned (count = complete checkpoints now kept). Call `wait()` before the process ends. `source`
+    (checkpoint_source) goes into every manifest; `supersede(steps)` marks checkpoints made from another
+    source for deletion once this run has a complete one.
     """
 
     def __init__(
@@ -169,6 +247,7 @@ class CheckpointSync(TrainerCallback):
         on_complete: OnComplete | None = None,
         retry: RetryPolicy | None = None,
         job: Mapping[str, Any] | None = None,
+        source: Mapping[str, Any] | None = None,
     ):
         self.store = store
         self.job = dict(job) if job is not None else None  # goes into every manifest (JOB)
@@ -176,6 +255,8 @@ class CheckpointSync(TrainerCallback):
         self.keep = keep
         self.on_complete = on_complete
         self.retry = retry or RetryPolicy()
+        self.source = dict(source) if source is not None else None
+        self.superseded: set[int] = set()
         self.completed: list[int] = []
         self.failures: list[str] = []
         self._queue: queue.Queue[_Pending] = queue.Queue()
@@ -183,6 +264,9 @@ class CheckpointSync(TrainerCallback):
         self._in_flight = 0
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def supersede(self, steps: Iterable[int]) -> None:
+        self.superseded.update(steps)
 
     # -- trainer side
 
@@ -288,15 +372,19 @@ class CheckpointSync(TrainerCallback):
             document = manifest.result()
         if self.job is not None:
             document[JOB] = self.job
+        if self.source is not None:
+            document[SOURCE] = self.source
         self.store.write_bytes(join(uri, MANIFEST), json.dumps(document, indent=1).encode())
 
     def _prune(self) -> int:
         root = join(self.output_uri, CHECKPOINTS_DIR)
+        superseded = self.superseded - set(self.completed)  # a step this run wrote again is its own now
         try:
-            for step in steps_to_prune(self.store.list(root), self.keep):
+            for step in steps_to_prune(self.store.list(root), self.keep, superseded):
                 uri = checkpoint_uri(self.output_uri, step)
                 self.store.delete(join(uri, MANIFEST))  # first, so a half-deleted checkpoint is incomplete
                 self.store.delete_prefix(uri)
+            self.superseded -= superseded
             return len(complete_steps(self.store.list(root)))
         except StorageError as error:
             log.warning("old checkpoints not pruned: %s", error)
@@ -353,19 +441,45 @@ def _link_or_copy(source: str, dest: str) -> str:
 # ---------------------------------------------------------------- resume
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """What fetch_latest_checkpoint found: the checkpoint to resume from (None: start fresh), and the
+    complete checkpoints it passed over because they were made from another source (step → why)."""
+
+    checkpoint: Path | None = None
+    mismatched: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def step(self) -> int | None:
+        return int(self.checkpoint.name.removeprefix(LOCAL_CHECKPOINT_PREFIX)) if self.checkpoint else None
+
+    @property
+    def fresh_start_reason(self) -> str | None:
+        """Why the run starts fresh although the output holds complete checkpoints (None otherwise)."""
+        if self.checkpoint is not None or not self.mismatched:
+            return None
+        newest = max(self.mismatched)
+        return f"checkpoint {STEP_PREFIX}{newest} {self.mismatched[newest]}: starting fresh"
+
+
 def fetch_latest_checkpoint(
-    store: Store, output_uri: str, dest_dir: Path, job: Mapping[str, Any] | None = None
-) -> Path | None:
-    """Download the newest complete checkpoint into dest_dir/checkpoint-<N> and return that directory.
+    store: Store,
+    output_uri: str,
+    dest_dir: Path,
+    source: Mapping[str, Any] | None = None,
+    job: Mapping[str, Any] | None = None,
+) -> ResumePoint:
+    """Download the newest complete checkpoint into dest_dir/checkpoint-<N>; the ResumePoint names it.
 
     Checkpoints without a manifest, or whose files do not match it, are skipped (with a warning); so are,
-    when `job` is given, checkpoints another ToolTuneJob wrote (their manifest's JOB names another
-    namespace, name or uid). None when there is nothing to resume from. Pass the result to
-    `trainer.train(resume_from_checkpoint=...)`.
+    when `source` is given, checkpoints whose recorded source differs (see source_mismatch), and, when `job`
+    is given, checkpoints another ToolTuneJob wrote (their manifest's JOB names another namespace or name),
+    before their files are fetched. Pass `.checkpoint` to `trainer.train(resume_from_checkpoint=...)`.
     Raises a retryable StorageError when the store cannot be read: starting over, or from an older checkpoint,
     because of an outage would throw away training.
     """
     root = join(output_uri, CHECKPOINTS_DIR)
+    mismatched: dict[int, str] = {}
     for step in complete_steps(store.list(root)):
         uri = checkpoint_uri(output_uri, step)
         target = dest_dir / f"{LOCAL_CHECKPOINT_PREFIX}{step}"
@@ -377,6 +491,11 @@ def fetch_latest_checkpoint(
             if job is not None and writer is not None and writer != dict(job):
                 log.warning("checkpoint %s not resumed: written by another job, %s", uri, writer)
                 continue
+            why = None if source is None else source_mismatch(manifest.get(SOURCE), source)
+            if why is not None:
+                log.warning("checkpoint %s not resumed: it %s", uri, why)
+                mismatched[step] = why
+                continue
             store.fetch_many((join(uri, name), target / name) for name in names)
             problems = manifest_problems(manifest, target)
         except (ValueError, KeyError, TypeError) as error:
@@ -387,10 +506,10 @@ def fetch_latest_checkpoint(
             problems = [str(error)]
         if not problems:
             log.info("resuming from %s", uri)
-            return target
+            return ResumePoint(target, mismatched)
         log.warning("checkpoint %s skipped: %s", uri, "; ".join(problems[:5]))
         shutil.rmtree(target, ignore_errors=True)
-    return None
+    return ResumePoint(None, mismatched)
 
 
 # ---------------------------------------------------------------- lineage of the final model

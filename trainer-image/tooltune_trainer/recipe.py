@@ -25,7 +25,9 @@ from transformers import PrinterCallback
 from tooltune_trainer import backends, pod, tiny
 from tooltune_trainer.checkpoints import (
     CheckpointSync,
+    ResumePoint,
     SaveOnTerminate,
+    checkpoint_source,
     fetch_latest_checkpoint,
     write_lineage,
 )
@@ -35,7 +37,7 @@ from tooltune_trainer.formatting import FormattingError, end_of_turn_id, templat
 from tooltune_trainer.plots import render_loss_curves
 from tooltune_trainer.serving import write_model_card
 from tooltune_trainer.storage import StorageError, join, open_store
-from tooltune_trainer.telemetry import StatusReporter, TrainingMetrics, telemetry_callbacks
+from tooltune_trainer.telemetry import EventRecorder, StatusReporter, TrainingMetrics, telemetry_callbacks
 from tooltune_trainer.tool_formats import ToolCallFormat, prepare_tokenizer
 
 log = logging.getLogger(__name__)
@@ -152,6 +154,10 @@ def run(
     validation_rows = training_rows(tokenizer, validation, max_length, fmt)
 
     on_stage("train")
+    source = checkpoint_source(spec, tokenizer, fmt.name)
+    # The job that writes this output, by name: a re-created ToolTuneJob (or its next attempt) resumes its own
+    # checkpoints, never another job's (the operator refuses two unfinished jobs on one output).
+    writer = {"namespace": contract.job.namespace, "name": contract.job.name}
     checkpoint_sync = CheckpointSync(
         store,
         spec.output.uri,
@@ -159,6 +165,8 @@ def run(
         on_complete=lambda step, uri, count: reporter.update(
             checkpoints={"latestStep": step, "latestUri": uri, "count": count}
         ),
+        source=source,
+        job=writer,
     )
     telemetry = telemetry_callbacks(contract, reporter, metrics)
     save_on_terminate = SaveOnTerminate()
@@ -174,8 +182,14 @@ def run(
     )
     if not print_logs:
         trainer.remove_callback(PrinterCallback)
-    resume_from = fetch_latest_checkpoint(store, spec.output.uri, workdir / "resume") if resume else None
-    trainer.train(resume_from_checkpoint=resume_from)
+    resume_point = (
+        fetch_latest_checkpoint(store, spec.output.uri, workdir / "resume", source, writer)
+        if resume
+        else ResumePoint()
+    )
+    _report_resume(resume_point, reporter, telemetry[0].events)
+    checkpoint_sync.supersede(resume_point.mismatched)
+    trainer.train(resume_from_checkpoint=resume_point.checkpoint)
     if save_on_terminate.requested.is_set():
         checkpoint_sync.close(TERMINATING_UPLOAD_TIMEOUT_SECONDS)
         reporter.flush()
@@ -235,6 +249,7 @@ def run(
             output={"uri": output_uri},
         )
         reporter.flush()
+        telemetry[0].events.flush()  # the evaluation after training may have changed the diagnosis
         metrics.close()
 
         return RunResult(
@@ -271,6 +286,18 @@ def _validated(
     if report.problems:
         raise InvalidDataset(report)
     return report.examples
+
+
+def _report_resume(resume: ResumePoint, reporter: StatusReporter, events: EventRecorder) -> None:
+    """Say where training starts: the status's checkpoints field, an Event, and for a fresh start over
+    checkpoints made from something else, a warning in the log."""
+    reason = resume.fresh_start_reason
+    reporter.update(checkpoints={"resumedFromStep": resume.step, "freshStartReason": reason})
+    if reason is not None:
+        log.warning("%s", reason)
+        events.record("CheckpointMismatch", reason, "Warning")
+    elif resume.step is not None:
+        events.record("ResumedFromCheckpoint", f"resuming from checkpoint step-{resume.step}")
 
 
 def _tokenizer(source: str) -> Any:

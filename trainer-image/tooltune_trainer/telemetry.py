@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, start_http_server
 from tooltune_api import API_VERSION, GROUP, KIND, PLURAL, VERSION
-from tooltune_api.diagnosis import CONVERGING, EARLY_STOP_PATTERNS, PATTERNS, diagnose
+from tooltune_api.diagnosis import CONVERGING, EARLY_STOP_PATTERNS, PATTERNS, by_step, diagnose
 from tooltune_api.models import Diagnosis, JobRef, Progress, TrainerContract, now_iso
 
 if TYPE_CHECKING:
@@ -437,9 +437,9 @@ class TelemetryCallback:
         values = {LOG_KEYS[key]: float(value) for key, value in logs.items() if key in LOG_KEYS}
         step = state.global_step
         if "train_loss" in values:
-            self.train_losses.append((step, values["train_loss"]))
+            self.train_losses = by_step([*self.train_losses, (step, values["train_loss"])])
         if "eval_loss" in values:
-            self.eval_losses.append((step, values["eval_loss"]))
+            self.eval_losses = by_step([*self.eval_losses, (step, values["eval_loss"])])
         tokens_per_second = self._tokens_per_second(logs, state)
         if tokens_per_second is not None:
             values["tokens_per_second"] = tokens_per_second

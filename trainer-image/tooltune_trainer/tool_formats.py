@@ -68,10 +68,21 @@ class ToolCallFormat:
         try:
             calls = self._read(text)
         except (ValueError, KeyError, TypeError):
-            return ParsedAnswer(malformed=[text.strip()] * max(1, self._attempts(text, [])))
+            blocks = self._blocks(text)
+            if len(blocks) < 2:
+                return ParsedAnswer(malformed=[text.strip()] * max(1, self._attempts(text, [])))
+            # one broken call among several: read each on its own, so the well-formed ones still count
+            each = [self.parse(block) for block in blocks]
+            return ParsedAnswer([c for p in each for c in p.calls], [m for p in each for m in p.malformed])
         return ParsedAnswer(
             calls=calls, malformed=[text.strip()] * (self._attempts(text, calls) - len(calls))
         )
+
+    def _blocks(self, text: str) -> list[str]:
+        if self.call_marker in (None, "{"):
+            return [text]
+        marker = str(self.call_marker)
+        return [marker + part for part in text.split(marker)[1:]]
 
     def _attempts(self, text: str, calls: list[ToolCall]) -> int:
         if self.call_marker is None:
