@@ -114,27 +114,13 @@ def score(turns: list[Turn], answers: list[str], fmt: ToolCallFormat = FORMATS[H
             len(with_call),
         ),
         "argumentsExactMatch": _share(
-            sum(_strict(p.calls) == _strict(t.expected) and not p.malformed for t, p in with_call),
+            sum(p.calls == t.expected and not p.malformed for t, p in with_call),
             len(with_call),
         ),
         "validJsonRate": _share(sum(len(p.calls) for p in parsed), attempted),
         "noCallRate": _share(sum(p.attempted == 0 for _, p in with_call), len(with_call)),
         "falseCallRate": _share(sum(p.attempted > 0 for _, p in without_call), len(without_call)),
     }
-
-
-def _strict(value: Any) -> Any:
-    """Calls (or argument values) to compare as JSON compares them: Python's == takes True for 1 and False
-    for 0, and a tool's schema does not. Numbers still compare by value (1 and 1.0 are the same number)."""
-    if isinstance(value, ToolCall):
-        return value.name, _strict(value.arguments)
-    if isinstance(value, bool):
-        return bool, value
-    if isinstance(value, dict):
-        return {key: _strict(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_strict(item) for item in value]
-    return value
 
 
 def _share(count: int, total: int) -> float | None:

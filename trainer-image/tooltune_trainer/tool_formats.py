@@ -36,10 +36,31 @@ class FormattingError(ValueError):
     """An example or chat template that cannot be trained as asked; the message names which and why."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ToolCall:
+    """One call. Two calls are equal as JSON compares them: Python's == takes True for 1 and False for 0, a
+    tool's schema does not; numbers still compare by value (1 and 1.0 are the same number)."""
+
     name: str
     arguments: dict[str, Any]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ToolCall) and (self.name, _as_json(self.arguments)) == (
+            other.name,
+            _as_json(other.arguments),
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # arguments are a dict
+
+
+def _as_json(value: Any) -> Any:
+    if isinstance(value, bool):
+        return bool, value
+    if isinstance(value, dict):
+        return {key: _as_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_json(item) for item in value]
+    return value
 
 
 @dataclass
