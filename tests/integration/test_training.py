@@ -198,6 +198,20 @@ def test_full_fine_tune_saves_all_weights_instead_of_an_adapter(tmp_path):
     assert resumed.steps == 2 and _logged_losses(tmp_path / "out") == losses  # no step was trained again
 
 
+def test_a_run_told_not_to_resume_replaces_an_earlier_longer_runs_checkpoints(tmp_path):
+    """`tooltune run` without --resume into an output an earlier, longer run left checkpoints in: the new
+    run's checkpoints are the newest (the old step-4 does not outrank them), and the old ones go."""
+    from tooltune_api.models import TrainerContract
+    from tooltune_trainer import recipe
+
+    data = write_jsonl(tmp_path / "tasks.jsonl", tool_calling_dataset(20))
+    longer = TrainerContract.model_validate(_contract(_spec(str(data), str(tmp_path / "out"), epochs=2)))
+    assert recipe.run(longer, tmp_path / "work", print_logs=False).steps == 4
+    shorter = TrainerContract.model_validate(_contract(_spec(str(data), str(tmp_path / "out"))))
+    assert recipe.run(shorter, tmp_path / "work-again", print_logs=False, resume=False).steps == 2
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["step-2"]
+
+
 def test_sigterm_checkpoints_the_current_step_and_the_next_run_resumes_there(tmp_path):
     """An eviction or preemption sends SIGTERM: the trainer saves the step it is on, uploads, and stops."""
     from tooltune_api.models import TrainerContract

@@ -462,6 +462,15 @@ class ResumePoint:
         return f"checkpoint {STEP_PREFIX}{newest} {self.mismatched[newest]}: starting fresh"
 
 
+def start_over(store: Store, output_uri: str) -> ResumePoint:
+    """A run told not to resume: the output's complete checkpoints are an earlier run's, passed over like
+    checkpoints of another source (never the newest, removed once this run has one of its own)."""
+    why = "is from an earlier run (not resumed)"
+    return ResumePoint(
+        mismatched=dict.fromkeys(complete_steps(store.list(join(output_uri, CHECKPOINTS_DIR))), why)
+    )
+
+
 def fetch_latest_checkpoint(
     store: Store,
     output_uri: str,

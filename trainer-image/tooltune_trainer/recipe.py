@@ -29,6 +29,7 @@ from tooltune_trainer.checkpoints import (
     SaveOnTerminate,
     checkpoint_source,
     fetch_latest_checkpoint,
+    start_over,
     write_lineage,
 )
 from tooltune_trainer.data import InvalidDataset, read_jsonl, split_examples, validate_examples
@@ -185,7 +186,7 @@ def run(
     resume_point = (
         fetch_latest_checkpoint(store, spec.output.uri, workdir / "resume", source, writer)
         if resume
-        else ResumePoint()
+        else start_over(store, spec.output.uri)
     )
     _report_resume(resume_point, reporter, telemetry[0].events)
     checkpoint_sync.supersede(resume_point.mismatched)
