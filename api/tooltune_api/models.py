@@ -7,6 +7,7 @@ Defaults are the lab's recommendations for tool-calling fine-tuning.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from pathlib import PurePosixPath
@@ -88,6 +89,16 @@ def checked_scheme(uri: str, schemes: tuple[str, ...]) -> str:
         allowed = ", ".join(f"{s}://" for s in schemes)
         raise ValueError(f"unsupported scheme {scheme}:// (got {uri!r}); use {allowed} or a local path")
     return uri
+
+
+HTTP_URL = r"^https?://[^/\s]+"  # a service tooltune talks to: http(s), with a host
+ServiceUrl = Annotated[str, Field(pattern=HTTP_URL)]  # the pattern is for the CRD; checked_http_url says why
+
+
+def checked_http_url(url: Any) -> Any:
+    if isinstance(url, str) and not re.match(HTTP_URL, url):
+        raise ValueError(f"must be an http:// or https:// URL with a host (got {url!r})")
+    return url
 
 
 class Dataset(Model):
@@ -189,7 +200,13 @@ class Output(Model):
 
 
 class Storage(Model):
-    endpoint: str | None = Field(None, description="S3 endpoint URL; unset means AWS.")
+    endpoint: ServiceUrl | None = Field(None, description="S3 endpoint URL; unset means AWS.")
+
+    @field_validator("endpoint", mode="before")
+    @classmethod
+    def _endpoint_is_a_url(cls, url: Any) -> Any:
+        return checked_http_url(url)
+
     region: str = "us-east-1"
     path_style: bool = Field(True, description="Path-style addressing (most S3-compatible servers need it).")
     credentials_secret: str | None = Field(
@@ -206,7 +223,13 @@ class OpenAI(Model):
     model: str = Field(min_length=1, description="Base model to fine-tune, e.g. gpt-4o-mini-2024-07-18.")
     api_key_secret: SecretKeyRef = Field(description="Secret holding the API key.")
     suffix: str | None = Field(None, max_length=64)
-    base_url: str | None = Field(None, description="API base URL, for compatible services.")
+    base_url: ServiceUrl | None = Field(None, description="API base URL, for compatible services.")
+
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _base_url_is_a_url(cls, url: Any) -> Any:
+        return checked_http_url(url)
+
     learning_rate_multiplier: float | None = Field(None, gt=0, le=100, description="Unset means 'auto'.")
     poll_seconds: int = Field(30, ge=1, le=3600)
 
