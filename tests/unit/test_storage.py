@@ -499,3 +499,20 @@ def test_lineage_names_everything_that_made_the_model(tmp_path: Path) -> None:
     uri = write_lineage(Store(), job, {"s3://datasets/train.jsonl": data}, {"eval_loss": 0.5})
     assert uri == f"{tmp_path}/out/final/lineage.json"
     assert json.loads(Path(uri).read_text())["datasets"][0]["sha256"] == sha256_file(data)
+    assert doc["toolCallFormat"] is None and doc["cost"] is None  # a CPU run: no GPU-hours to price
+
+
+def test_lineage_keeps_the_runs_format_and_gpu_cost_for_tooltune_compare(tmp_path: Path) -> None:
+    from tooltune_api.models import PriceTable
+    from tooltune_trainer.compare import read_run, run_row
+    from tooltune_trainer.telemetry import gpu_cost
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"messages": []}\n')
+    job = contract(str(tmp_path / "out"))
+    cost = gpu_cost(gpus=2, price=2.5, elapsed_seconds=5400, eta=0)  # 1.5 h on 2 GPUs at $2.50
+    write_lineage(Store(), job, {"d": data}, {"steps": 10}, "tool_tags", cost)
+    doc = json.loads((tmp_path / "out" / "final" / "lineage.json").read_text())
+    assert doc["toolCallFormat"] == "tool_tags"
+    assert doc["cost"]["gpuHours"] == 3.0 and doc["cost"]["spentUsd"] == 7.5
+    assert run_row(read_run(str(tmp_path / "out"), Store()), PriceTable())["costUsd"] == 7.5

@@ -529,8 +529,10 @@ def lineage_manifest(
     datasets: Mapping[str, Path],
     metrics: Mapping[str, Any],
     tool_call_format: str | None = None,
+    cost: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What went into the final model: base model, data (URI + sha256), hyperparameters, versions, results.
+    """What went into the final model: base model, data (URI + sha256), hyperparameters, versions, results,
+    and what the run cost (GPU-hours, and dollars where a price per GPU-hour is known).
 
     datasets maps each dataset URI as the spec wrote it to the local file that was trained on.
     """
@@ -552,6 +554,7 @@ def lineage_manifest(
         "seed": spec.dataset.seed,
         "output": spec.output.uri,
         "metrics": dict(metrics),
+        "cost": dict(cost) if cost else None,
     }
 
 
@@ -561,9 +564,10 @@ def write_lineage(
     datasets: Mapping[str, Path],
     metrics: Mapping[str, Any],
     tool_call_format: str | None = None,
+    cost: Mapping[str, Any] | None = None,
 ) -> str:
     """Write <output>/final/lineage.json and return its URI."""
     uri = join(contract.spec.output.uri, FINAL_DIR, LINEAGE)
-    document = lineage_manifest(contract, datasets, metrics, tool_call_format)
+    document = lineage_manifest(contract, datasets, metrics, tool_call_format, cost)
     store.write_bytes(uri, json.dumps(document, indent=1, sort_keys=True, default=str).encode())
     return uri

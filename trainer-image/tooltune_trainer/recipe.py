@@ -38,7 +38,13 @@ from tooltune_trainer.formatting import FormattingError, end_of_turn_id, templat
 from tooltune_trainer.plots import render_loss_curves
 from tooltune_trainer.serving import write_model_card
 from tooltune_trainer.storage import StorageError, join, open_store
-from tooltune_trainer.telemetry import EventRecorder, StatusReporter, TrainingMetrics, telemetry_callbacks
+from tooltune_trainer.telemetry import (
+    EventRecorder,
+    StatusReporter,
+    TrainingMetrics,
+    gpu_cost,
+    telemetry_callbacks,
+)
 from tooltune_trainer.tool_formats import ToolCallFormat, prepare_tokenizer
 
 log = logging.getLogger(__name__)
@@ -244,6 +250,7 @@ def run(
                 "steps": trainer.state.global_step,
             },
             fmt.name,
+            gpu_cost(spec.resources.gpus, telemetry[0].gpu_hour_price, time.monotonic() - started, 0),
         )
         reporter.update(
             evaluation={**_status_scores(scores), "reportUri": join(output_uri, EVALUATION_FILE)},
