@@ -194,7 +194,9 @@ def default_batching(device: str) -> Batching:
     Grouping by length (transformers' LengthGroupedSampler) cut padding from 46% to 15% on the Task API
     data, but it sorts megabatches of up to 50 batches by length, and length follows the kind of request:
     consecutive steps then trained on one kind each and the model learnt much slower (validation loss
-    about 1.5x a plain shuffled loop's after the same steps; tests/integration/test_learning_parity.py).
+    0.92 against a plain shuffled loop's 0.58 after 400 steps of 8 on 2000 generated examples; random
+    batches 0.58; tests/integration/test_learning_parity.py). Random batches of 16 are 46% padding; a random
+    step of 16 split into length-sorted micro-batches of 4 would be 12.5% (not yet measured for speed).
     """
     return Batching()
 
