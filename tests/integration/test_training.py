@@ -146,9 +146,15 @@ def test_tooltune_run_trains_lora_with_transformers_and_writes_the_layout(transf
         "What tasks do I have due this week?",
         "Mark the budget task as complete",
     ]
+    # A model trained 4 steps is wrong on nearly everything: every wrong answer says what kind it is.
+    wrong_calls = round(metrics["expectedCalls"] * (1 - metrics["argumentsExactMatch"]))
+    assert wrong_calls <= len(report["wrongAnswers"]) <= metrics["examples"]
+    assert all(answer["errors"] for answer in report["wrongAnswers"])
+    assert sum(report["errors"].values()) >= len(report["wrongAnswers"])
     history = json.loads((final / "train_log.json").read_text())
     assert [entry["step"] for entry in history if "loss" in entry] == [1, 2, 3, 4]
     assert "Run summary" in printed and "tool-name accuracy" in printed and "Smoke prompts" in printed
+    assert "call when none was expected" in printed and "wrong answers by kind" in printed
     assert f"loss curve: {final / 'loss_curve.png'}" in printed  # it says where the picture is
 
 

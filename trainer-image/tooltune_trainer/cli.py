@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -334,6 +336,7 @@ def run(
     console = Console(highlight=False)
     from tooltune_trainer import backends
 
+    _quiet_library_warnings()
     backends.prepare(backends.detect_device())  # Unsloth, when used, must be imported before transformers
     _quiet_library_progress_bars()
     from tooltune_trainer import recipe
@@ -360,6 +363,7 @@ def train(
 ) -> None:
     """The training pod's entrypoint: exit 0 done, 2 invalid data or config, anything else retryable."""
     exit_on_sigterm()
+    _quiet_library_warnings()
     from tooltune_trainer import backends
 
     backends.prepare(backends.detect_device())
@@ -373,6 +377,26 @@ def exit_on_sigterm() -> None:
     period for its SIGKILL: exit at once instead. While training, a handler that checkpoints first
     (checkpoints.SaveOnTerminate) stands in for this one."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+# (logger, part of the message) of warnings about optional pieces tooltune never uses, logged when
+# transformers and peft import them: torchao's CUDA/other-ABI kernels, the pytree registrations torchao
+# makes on import, bitsandbytes' optional CPU 4-bit kernel. Nothing a user can or needs to act on.
+IRRELEVANT_WARNINGS = (
+    ("torchao", "Failed to load "),
+    ("torch.utils._pytree", "is an Enum subclass and is now natively supported by torch.compile"),
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),
+)
+
+
+def _quiet_library_warnings() -> None:
+    """Drop exactly the IRRELEVANT_WARNINGS; every other warning of those libraries still shows."""
+
+    def keep(text: str) -> Callable[[logging.LogRecord], bool]:
+        return lambda record: text not in record.getMessage()
+
+    for name, text in IRRELEVANT_WARNINGS:
+        logging.getLogger(name).addFilter(keep(text))
 
 
 def _quiet_library_progress_bars() -> None:
@@ -434,22 +458,26 @@ def _print_run_summary(console: Any, result: Any) -> None:
     from tooltune_trainer.storage import join
 
     scores = result.evaluation["metrics"]
+    expecting = f"of {scores['expectedCalls']} validation turns that expect a call"
     table = Table(title="Run summary", show_header=False, title_justify="left")
-    table.add_column("what")
-    table.add_column("value", justify="right")
+    table.add_column("what", no_wrap=True)
+    table.add_column("value", justify="right", no_wrap=True)
+    table.add_column("meaning")  # the one that wraps in a narrow terminal
+    m = {key: _fmt(value) for key, value in scores.items() if key not in ("examples", "expectedCalls")}
     rows = [
-        ("backend / device", f"{result.backend} / {result.device}"),
-        ("tool-call format", result.evaluation["toolCallFormat"]),
-        ("examples (train / validation)", f"{result.train_examples} / {result.validation_examples}"),
-        ("steps", str(result.steps)),
-        ("time", f"{result.seconds:.0f} s"),
-        ("final train loss", _fmt(result.train_loss)),
-        ("eval loss", _fmt(result.eval_loss)),
-        ("tool-name accuracy", _fmt(scores["toolNameAccuracy"])),
-        ("arguments exact match", _fmt(scores["argumentsExactMatch"])),
-        ("valid JSON rate", _fmt(scores["validJsonRate"])),
-        ("no call when one was expected", _fmt(scores["noCallRate"])),
-    ]
+        ("backend / device", f"{result.backend} / {result.device}", ""),
+        ("tool-call format", result.evaluation["toolCallFormat"], "how the model writes its calls"),
+        ("examples (train / validation)", f"{result.train_examples} / {result.validation_examples}", ""),
+        ("steps", str(result.steps), ""),
+        ("time", f"{result.seconds:.0f} s", "training and evaluation, without installing"),
+        ("final train loss", _fmt(result.train_loss), "last logged; loss covers the assistant's output only"),
+        ("eval loss", _fmt(result.eval_loss), "the same loss on the validation split"),
+        ("tool-name accuracy", m["toolNameAccuracy"], f"share {expecting} answered with the right tools"),
+        ("arguments exact match", m["argumentsExactMatch"], "those with every argument right too"),
+        ("valid JSON rate", m["validJsonRate"], "share of attempted calls that parse as JSON"),
+        ("no call when one was expected", m["noCallRate"], f"share {expecting} answered in text"),
+        ("call when none was expected", m["falseCallRate"], "share of turns expecting text that call a tool"),
+    ]  # fmt: skip
     for row in rows:
         table.add_row(*row)
     console.print(table)
@@ -457,6 +485,8 @@ def _print_run_summary(console: Any, result: Any) -> None:
     console.print(f"model: {result.output_uri}", soft_wrap=True)
     console.print(f"loss curve: {join(result.output_uri, LOSS_CURVE_FILE)}", soft_wrap=True)
     console.print(f"evaluation report: {join(result.output_uri, EVALUATION_FILE)}", soft_wrap=True)
+    errors = ", ".join(f"{count} {kind}" for kind, count in result.evaluation["errors"].items() if count)
+    console.print(f"wrong answers by kind (details under wrongAnswers in the report): {errors or 'none'}")
     smoke = Table(title="Smoke prompts", title_justify="left")
     smoke.add_column("prompt")
     smoke.add_column("answer")

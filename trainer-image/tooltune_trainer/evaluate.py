@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tooltune_trainer.answer_errors import classify, count_kinds, training_values
 from tooltune_trainer.formatting import chat_messages, expected_calls, normalize_example
 from tooltune_trainer.tool_formats import FORMATS, HERMES, ParsedAnswer, ToolCall, ToolCallFormat
 
@@ -165,15 +166,36 @@ def evaluate(
         }
         for t, answer in zip(turns, turn_answers, strict=True)
     ][:SAMPLES_IN_REPORT]
+    wrong = wrong_answers(turns, turn_answers, context_examples, fmt)
     return {
         "toolCallFormat": fmt.name,
         "metrics": score(turns, turn_answers, fmt),
+        "errors": count_kinds([answer["errors"] for answer in wrong]),
         "smokeTests": [
             {"prompt": prompt, "answer": answer, "toolCalls": _calls_json(fmt.parse(answer).calls)}
             for prompt, answer in zip(smoke_prompts, smoke_answers, strict=True)
         ],
         "samples": samples,
+        "wrongAnswers": wrong,
     }
+
+
+def wrong_answers(
+    turns: list[Turn],
+    answers: list[str],
+    train: list[dict[str, Any]],
+    fmt: ToolCallFormat = FORMATS[HERMES],
+) -> list[dict[str, Any]]:
+    """Every wrong answer with the kinds of error it has (answer_errors.classify)."""
+    seen = training_values(train)
+    wrong = []
+    for turn, answer in zip(turns, answers, strict=True):
+        errors = classify(turn.messages, turn.expected, fmt.parse(answer), seen)
+        if errors:
+            prompt = next((m.get("content") for m in reversed(turn.messages) if m.get("role") == "user"), "")
+            expected = _calls_json(turn.expected) or turn.expected_text
+            wrong.append({"prompt": prompt, "expected": expected, "answer": answer, "errors": errors})
+    return wrong
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:
