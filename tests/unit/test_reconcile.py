@@ -77,23 +77,7 @@ def test_a_refused_job_shows_the_api_servers_reason_and_is_retried(monkeypatch: 
         status_writer=StatusWriter(kube, OperatorMetrics(CollectorRegistry())),  # type: ignore[arg-type]
         rbac_namespaces=set(),
     )
-    raw = {
-        "apiVersion": "tooltune.dev/v1alpha1",
-        "kind": "ToolTuneJob",
-        "metadata": {
-            "name": "demo",
-            "namespace": "ns",
-            "uid": "u-1",
-            "generation": 1,
-            "resourceVersion": "3",
-        },
-        "spec": {
-            "baseModel": "org/model",
-            "dataset": {"train": "s3://b/t.jsonl"},
-            "output": {"uri": "s3://b/o/"},
-        },
-        "status": {},
-    }
+    raw = tooltunejob()
     with pytest.raises(kopf.TemporaryError, match="priorityClassName"):
         reconcile.converge(memo, raw, {}, {}, restart=True)
     (status,) = kube.status_patches
