@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tooltune_trainer.answer_errors import classify, count_kinds, training_values
-from tooltune_trainer.formatting import ToolCall, parse_tool_calls
+from tooltune_trainer.tool_formats import FORMATS, ToolCall
 
 from tests.fixtures.tiny import call_message
 
@@ -12,7 +12,7 @@ SYSTEM = {"role": "system", "content": "You manage the user's tasks. Today is 20
 
 def _errors(user: str, expected: list[ToolCall], answer: str, seen: frozenset[str] = frozenset()) -> list:
     return classify(
-        [SYSTEM, {"role": "user", "content": user}], expected, parse_tool_calls(answer), set(seen)
+        [SYSTEM, {"role": "user", "content": user}], expected, FORMATS["hermes"].parse(answer), set(seen)
     )
 
 

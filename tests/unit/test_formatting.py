@@ -11,13 +11,12 @@ from tooltune_trainer.formatting import (
     FormattingError,
     ToolCall,
     normalize_example,
-    parse_tool_calls,
     templated_length,
     tokenize_example,
     training_rows,
     trl_conversation,
 )
-from tooltune_trainer.tool_formats import FORMATS, LLAMA3_JSON, prepare_tokenizer
+from tooltune_trainer.tool_formats import FORMATS, HERMES, LLAMA3_JSON, prepare_tokenizer
 
 from tests.fixtures.tiny import SYSTEM, TOOLS, call_message
 
@@ -106,7 +105,7 @@ def test_parse_tool_calls_reads_tagged_calls_in_order():
         '<tool_call>{"name": "create_task", "arguments": {"title": "A"}}</tool_call>'
         '<tool_call>{"name": "list_tasks", "arguments": {}}</tool_call>'
     )
-    parsed = parse_tool_calls(text)
+    parsed = FORMATS[HERMES].parse(text)
     assert parsed.calls == [ToolCall("create_task", {"title": "A"}), ToolCall("list_tasks", {})]
     assert parsed.malformed == [] and parsed.attempted == 2
 
@@ -121,18 +120,18 @@ def test_parse_tool_calls_reads_tagged_calls_in_order():
     ],
 )
 def test_parse_tool_calls_counts_malformed_attempts(text):
-    parsed = parse_tool_calls(text)
+    parsed = FORMATS[HERMES].parse(text)
     assert parsed.calls == [] and parsed.attempted == 1
 
 
 def test_parse_tool_calls_plain_text_and_llama_json():
-    assert parse_tool_calls("Sure, I can help with that.").attempted == 0
+    assert FORMATS[HERMES].parse("Sure, I can help with that.").attempted == 0
     llama = FORMATS[LLAMA3_JSON]
-    bare = parse_tool_calls('{"name": "complete_task", "parameters": {"task_id": "t1"}}<|eot_id|>', llama)
+    bare = llama.parse('{"name": "complete_task", "parameters": {"task_id": "t1"}}<|eot_id|>')
     assert bare.calls == [ToolCall("complete_task", {"task_id": "t1"})]
-    assert parse_tool_calls('{"name": "complete_task", "parameters": {"task_id": <|eot_id|>', llama).malformed
-    assert parse_tool_calls("Sure.<|eot_id|>", llama).attempted == 0
-    as_string = parse_tool_calls('<tool_call>{"name": "x", "arguments": "{\\"a\\": 1}"}</tool_call>')
+    assert llama.parse('{"name": "complete_task", "parameters": {"task_id": <|eot_id|>').malformed
+    assert llama.parse("Sure.<|eot_id|>").attempted == 0
+    as_string = FORMATS[HERMES].parse('<tool_call>{"name": "x", "arguments": "{\\"a\\": 1}"}</tool_call>')
     assert as_string.calls == [ToolCall("x", {"a": 1})]
 
 

@@ -20,7 +20,8 @@ import json
 from collections import Counter
 from typing import Any
 
-from tooltune_trainer.formatting import ParsedAnswer, ToolCall, expected_calls, normalize_example
+from tooltune_trainer.formatting import expected_calls, normalize_example
+from tooltune_trainer.tool_formats import ParsedAnswer, ToolCall
 
 KINDS = (
     "no_call",

@@ -27,11 +27,6 @@ IGNORE_INDEX = -100  # label of tokens that carry no loss (the transformers conv
 __all__ = ["FormattingError", "ParsedAnswer", "ToolCall", "ToolCallFormat"]
 
 
-def parse_tool_calls(text: str, fmt: ToolCallFormat = FORMATS[HERMES]) -> ParsedAnswer:
-    """The tool calls in an answer as generated, read with the format's parser."""
-    return fmt.parse(text)
-
-
 def expected_calls(message: dict[str, Any]) -> list[ToolCall]:
     """The calls of an assistant message in OpenAI format (arguments as a JSON string)."""
     calls = []
