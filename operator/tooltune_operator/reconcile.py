@@ -72,7 +72,7 @@ def converge(
     if spec is not None and job is not None and not of_attempt(known, attempt):
         known.append(job_view(job))  # created a moment ago: the index has not seen it yet
     sighting = writer.observe(raw, known, pods.get(key), attempt)
-    sighting.seen.refused = refused
+    sighting.seen.refused, sighting.seen.reconciled = refused, True
     if holder is not None:
         sighting.seen.output_holder = "{namespace}/{name}".format(**holder["metadata"])
     writer.sync(sighting)

@@ -19,6 +19,8 @@ Transitions, checked top to bottom (the first row that matches wins):
     no Job (was running before)                           Failed      JobLost
     no Job, the API server refused to create it           Pending     JobRefused
     no Job, an older unfinished job writes to its output  Pending     OutputInUse
+    no Job, not seen by the reconciler, previously one    (kept)      (kept)
+      of the two rows above
     no Job yet                                            Pending     JobCreated
     a pod runs and the trainer reports steps              Running     Training
     a pod runs, no step reported yet                      Validating  ValidatingData
@@ -68,6 +70,8 @@ class Observed:
     now: str = ""
     refused: str | None = None  # why the API server refused to create the attempt's children
     output_holder: str | None = None  # namespace/name of an older unfinished job writing to the same output
+    # refused and output_holder are known only to the reconciler; a sighting from an event leaves them unset
+    reconciled: bool = False
     pod_events: list[dict[str, Any]] = field(default_factory=list)  # Warning Events of the attempt's pods
 
 
@@ -155,6 +159,9 @@ def decide_phase(seen: Observed) -> tuple[Phase, str, str]:
                 f"spec.output.uri is also written by ToolTuneJob {holder}, which has not finished: this job "
                 "starts when it does (or give this job another output.uri)"
             )  # fmt: skip
+        waiting = previous.reason in {c.JOB_REFUSED, c.OUTPUT_IN_USE} and previous.attempts == seen.attempt
+        if waiting and not seen.reconciled:  # an event cannot tell; the reconciler's answer stands
+            return Phase(previous.phase or Phase.PENDING), str(previous.reason), previous.message or ""
         return Phase.PENDING, c.JOB_CREATED, "creating the training Job"
     if any((p.get("status") or {}).get("phase") == "Running" for p in seen.pods):
         if previous.progress and previous.progress.total_steps:

@@ -77,6 +77,11 @@ CANCELLED_REMOTE = ToolTuneJobStatus.model_validate(
 )
 
 # (case, observed, expected phase, expected reason, expected message fragment)
+WAITING_FOR_OUTPUT = ToolTuneJobStatus(
+    phase="Pending", reason=c.OUTPUT_IN_USE, attempts=1,
+    message="spec.output.uri is also written by ToolTuneJob default/first, which has not finished",
+)  # fmt: skip
+
 TABLE = [
     (
         "invalid spec",
@@ -86,6 +91,20 @@ TABLE = [
         "spec.baseModel",
     ),
     ("no job yet", Observed(1), "Pending", c.JOB_CREATED, "creating"),
+    (
+        "an event while the output is held: only the reconciler knows, its answer stands",
+        Observed(1, previous=WAITING_FOR_OUTPUT),
+        "Pending",
+        c.OUTPUT_IN_USE,
+        "ToolTuneJob default/first",
+    ),
+    (
+        "the reconciler finds the output free",
+        Observed(1, previous=WAITING_FOR_OUTPUT, reconciled=True),
+        "Pending",
+        c.JOB_CREATED,
+        "creating",
+    ),
     (
         "pod waits for a secret",
         Observed(1, job=job(), pods=[pod("Pending")]),
@@ -251,7 +270,7 @@ def test_transition_table(case: str, seen: Observed, phase: str, reason: str, fr
         assert fragment in (status.message or "")
         blocked = next(cond for cond in status.conditions if cond.type == c.BLOCKED)
         assert (blocked.status == "True") == (
-            reason in {c.CONFIG_MISSING, c.IMAGE_PULL_FAILED, c.UNSCHEDULABLE}
+            reason in {c.CONFIG_MISSING, c.IMAGE_PULL_FAILED, c.UNSCHEDULABLE, c.OUTPUT_IN_USE}
         )
     assert status.observed_generation == seen.generation
 
