@@ -33,6 +33,7 @@ from tooltune_operator.status_writer import StatusWriter
 from tooltune_operator.views import job_condition, job_generation, job_view, of_attempt
 
 REFUSED_RETRY_SECONDS = 60.0
+BUSY_RETRY_SECONDS = 2.0
 
 
 def converge(
@@ -63,6 +64,9 @@ def converge(
             if holder is None:
                 job = ensure_children(memo, raw, spec, attempt, job, restart)
         except ApiException as error:
+            if error.status == 429:  # throttled: nothing was refused, try again shortly
+                busy = "the API server asked to slow down (429)"
+                raise kopf.TemporaryError(busy, delay=BUSY_RETRY_SECONDS) from None
             if not 400 <= error.status < 500:
                 raise
             refused = api_message(error)
