@@ -65,18 +65,23 @@ class RefusingKube:
         }
 
 
+def operator_memo(kube: Any) -> kopf.Memo:
+    """What the operator's startup puts in memo, around a fake API."""
+    return kopf.Memo(
+        kube=kube,
+        settings=Settings(),
+        status_writer=StatusWriter(kube, OperatorMetrics(CollectorRegistry())),
+        rbac_namespaces=set(),
+    )
+
+
 def test_a_refused_job_shows_the_api_servers_reason_and_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     events: list[tuple[str, str, str]] = []
     monkeypatch.setattr(
         kopf, "event", lambda _, *, type, reason, message: events.append((type, reason, message))
     )
     kube = RefusingKube()
-    memo = kopf.Memo(
-        kube=kube,
-        settings=Settings(),
-        status_writer=StatusWriter(kube, OperatorMetrics(CollectorRegistry())),  # type: ignore[arg-type]
-        rbac_namespaces=set(),
-    )
+    memo = operator_memo(kube)
     raw = tooltunejob()
     with pytest.raises(kopf.TemporaryError, match="priorityClassName"):
         reconcile.converge(memo, raw, {}, {}, restart=True)
@@ -116,12 +121,7 @@ def test_a_crash_before_the_handover_is_repaired_when_the_operator_comes_back(
 ) -> None:
     monkeypatch.setattr(kopf, "event", lambda *_, **__: None)
     kube = CrashingKube()
-    memo = kopf.Memo(
-        kube=kube,
-        settings=Settings(),
-        status_writer=StatusWriter(kube, OperatorMetrics(CollectorRegistry())),  # type: ignore[arg-type]
-        rbac_namespaces=set(),
-    )
+    memo = operator_memo(kube)
     raw = tooltunejob()
     with pytest.raises(kopf.TemporaryError):
         reconcile.converge(memo, raw, {}, {}, restart=True)
