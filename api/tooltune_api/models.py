@@ -74,6 +74,8 @@ LAB_SMOKE_PROMPTS = [
     "Mark the budget task as complete",
 ]
 
+# A Kubernetes label value that is also a DNS label (what Kueue's queue and priority class names must be).
+LabelValue = Annotated[str, Field(max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")]
 
 # What the trainer's storage can read datasets from and write models to (a URI without a scheme is a
@@ -281,7 +283,22 @@ class ToolTuneJobSpec(Model):
     openai: OpenAI | None = Field(None, validate_default=True)
     resources: Resources = Field(default_factory=Resources)
     image: str | None = Field(None, description="Trainer image; the operator's default when unset.")
-    suspend: bool = False
+    suspend: bool = Field(
+        False,
+        description="Stop the job's pod (it resumes from the last checkpoint when set back to false). With a "
+        "Kueue queue the operator deactivates the Job's Workload instead of touching the Job.",
+    )
+    queue_name: LabelValue | None = Field(
+        None,
+        description="Kueue LocalQueue in the job's namespace that admits its Job (label "
+        "kueue.x-k8s.io/queue-name); unset: the operator's default queue, if any (Helm kueue.defaultQueue).",
+    )
+    workload_priority_class_name: LabelValue | None = Field(
+        None,
+        description="Kueue WorkloadPriorityClass (label kueue.x-k8s.io/priority-class): the job's priority in "
+        "its queue and for preemption, without changing the pod's priority; unset: the operator's default "
+        "(Helm kueue.defaultPriorityClass), else Kueue uses resources.priorityClassName.",
+    )
     backoff_limit: int = Field(3, ge=0, le=100, description="Retries of the training pod.")
     active_deadline_seconds: int | None = Field(None, ge=1)
     ttl_seconds_after_finished: int | None = Field(None, ge=0)
@@ -307,6 +324,7 @@ class Phase(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
+    QUEUED = "Queued"  # Kueue has not admitted the Job (no quota yet, admission checks, or preempted)
     CANCELLED = "Cancelled"
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import kopf
 
-from tooltune_operator.handlers import registry
+from tooltune_operator.handlers import registry, watch_workloads
 from tooltune_operator.settings import Settings
 
 
 def main() -> None:
     settings = Settings.from_env()
     kopf.configure(verbose=settings.debug)
+    if settings.kueue_enabled:
+        watch_workloads(registry)
     kopf.run(
         registry=registry,
         memo=kopf.Memo(settings=settings),

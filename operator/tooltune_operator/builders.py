@@ -2,7 +2,8 @@
 
 Per attempt N the operator creates a ConfigMap ``<job>-<N>-contract`` carrying the operator↔trainer
 contract and a batch/v1 Job ``<job>-<N>`` whose pod runs ``tooltune train`` (or ``tooltune submit``
-for the OpenAI backend). Per namespace it creates the trainer's ServiceAccount, Role and RoleBinding.
+for the OpenAI backend); with a Kueue queue the Job carries Kueue's labels and starts suspended
+(``kueue``). Per namespace it creates the trainer's ServiceAccount, Role and RoleBinding.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tooltune_api import (
 )
 from tooltune_api.models import Backend, JobRef, ToolTuneJobSpec, TrainerContract
 
+from tooltune_operator import kueue
 from tooltune_operator.settings import Settings
 
 CONTAINER = "trainer"
@@ -233,9 +235,11 @@ def training_job(
         pod_spec["tolerations"] = [t.dump() for t in spec.resources.tolerations]
     if spec.resources.priority_class_name:
         pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    queued = kueue.job_labels(spec, settings.kueue_default_queue, settings.kueue_default_priority_class)
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,
-        "suspend": spec.suspend,
+        # Queued: created suspended, as Kueue's webhook would make it; Kueue unsuspends it on admission.
+        "suspend": spec.suspend or bool(queued),
         # A replacement starts only once the old pod has ended: never two trainers writing one output.
         "podReplacementPolicy": "Failed",
         "podFailurePolicy": {
@@ -264,7 +268,7 @@ def training_job(
         "metadata": {
             "name": child_name(name, attempt),
             "namespace": namespace,
-            "labels": job_labels,
+            "labels": {**job_labels, **queued},
             "annotations": {
                 ANNOTATION_GENERATION: str(body["metadata"].get("generation", 1)),
                 ANNOTATION_JOB_NAME: name,

@@ -6,6 +6,7 @@ RUNNING = "Running"  # a trainer or submitter pod is working on the job
 SUCCEEDED = "Succeeded"  # the model (or the remote fine-tune) is done
 FAILED = "Failed"  # the job stopped for good; the reason says why
 SUSPENDED = "Suspended"  # spec.suspend is true: no pod runs
+QUEUED = "Queued"  # Kueue holds the Job: the reason and message are the Workload's (kueue.queue_state)
 BLOCKED = "Blocked"  # the pod cannot start: the reason says why (a Secret, an image, no node) and what to do
 
 # Reasons.
@@ -29,4 +30,5 @@ DEADLINE_EXCEEDED = "DeadlineExceeded"  # activeDeadlineSeconds ran out
 CANCELLED = "Cancelled"  # the remote fine-tuning job was cancelled
 JOB_LOST = "JobLost"  # the Job vanished before finishing (deleted by hand)
 SUSPENDED_BY_USER = "SuspendedByUser"
+SUSPEND_IGNORED = "SuspendIgnored"  # spec.suspend of a Kueue-managed Job while the operator cannot reach Kueue
 SPEC_CHANGE_DEFERRED = "SpecChangeDeferred"  # spec edited mid-run: the running attempt keeps its spec

@@ -6,6 +6,7 @@
 - create / resume / spec change / periodic resync of a ToolTuneJob → ``reconcile.converge``;
 - any event of a ToolTuneJob, or of a Job or Pod it owns → the status writer (``memo.status_writer``);
 - a pod that stays Pending → the status writer reads its Events (what the kubelet says nowhere else);
+- any event of a Kueue Workload (only with Kueue support on: ``watch_workloads``) → the status writer;
 - delete → ``reconcile.clean_up``.
 
 The handlers live in ``registry``, not in kopf's global default one: ``__main__`` runs it, and a test
@@ -22,6 +23,8 @@ from tooltune_api import GROUP, LABEL_JOB, LABEL_MANAGED_BY, PLURAL, VERSION
 from tooltune_operator import reconcile as reconciler
 from tooltune_operator import startup
 from tooltune_operator.builders import job_label
+from tooltune_operator.kueue import GROUP as GROUP_KUEUE
+from tooltune_operator.kueue import LABEL_JOB_UID, WORKLOADS
 from tooltune_operator.metrics import METRICS
 from tooltune_operator.status import needs_resync
 from tooltune_operator.views import job_view, owner_view, pod_view
@@ -129,6 +132,25 @@ async def on_pod_event(
         type, body, memo.settings.pod_events_seconds, tooltunejobs, trainer_jobs, trainer_pods
     )
     await writer.child_event(tooltunejobs.get(key), trainer_jobs.get(key), trainer_pods.get(key))
+
+
+async def on_workload_event(
+    type: str, body: kopf.Body, memo: kopf.Memo, tooltunejobs: kopf.Index, trainer_jobs: kopf.Index,
+    trainer_pods: kopf.Index, **_: Any,
+) -> None:  # fmt: skip
+    """A Kueue Workload changed (queued, admitted, evicted): the status of the job whose Job it is for."""
+    key = memo.status_writer.workload_event(type, body)
+    if key is not None:
+        await memo.status_writer.child_event(tooltunejobs.get(key), trainer_jobs.get(key), trainer_pods.get(key))
+
+
+def watch_workloads(target: kopf.OperatorRegistry) -> None:
+    """Add the watch of Kueue's Workloads to a registry: only when the operator's Kueue support is on
+    (Settings.kueue_enabled), so that without it the operator never asks for a resource the cluster may not
+    serve and its RBAC does not grant. The Workload's version is the one the cluster prefers (v1beta2 on
+    Kueue 0.15+); the fields read are the same in each."""
+    on_event = kopf.on.event(GROUP_KUEUE, WORKLOADS, labels={LABEL_JOB_UID: kopf.PRESENT}, registry=target)
+    on_event(METRICS.reconciled("status")(on_workload_event))
 
 
 @kopf.on.cleanup(registry=registry)

@@ -15,6 +15,8 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from tooltune_operator import kueue
+
 # apiVersion/kind → plural, for the kinds the operator creates, reads or patches.
 PLURALS = {
     ("v1", "ConfigMap"): "configmaps",
@@ -26,6 +28,7 @@ PLURALS = {
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
     ("tooltune.dev/v1alpha1", "ToolTuneJob"): "tooltunejobs",
+    **{(version, "Workload"): "workloads" for version in kueue.API_VERSIONS},
 }
 RETRY_DELAY_SECONDS = 2.0
 

@@ -3,7 +3,8 @@
 - ``converge`` (create, resume, spec change, the periodic resync): check the spec, pick the attempt
   (``status.retry_wanted`` is the one rule for a new one), make sure its Job and contract ConfigMap
   exist (deterministic names, so an operator restart never starts a second run), apply ``spec.suspend``
-  to the Job, then hand the status to the status writer.
+  to the Job (to its Kueue Workload's ``spec.active`` when Kueue manages the Job: ``kueue``), then hand the
+  status to the status writer.
 - ``note_spec_change``: tell the user what a spec edit does to a running or finished attempt.
 - ``clean_up`` (delete): stop the pods now and cancel a remote OpenAI job; owner references take care
   of the rest, and data in S3 is never deleted.
@@ -23,7 +24,7 @@ import kopf
 from kubernetes.client.rest import ApiException
 from tooltune_api.models import Backend, InvalidSpec, Phase, ToolTuneJobSpec, ToolTuneJobStatus, parse_spec
 
-from tooltune_operator import builders
+from tooltune_operator import builders, kueue
 from tooltune_operator import conditions as c
 from tooltune_operator.kube import Kube
 from tooltune_operator.metrics import METRICS
@@ -185,6 +186,8 @@ def ensure_children(
         previous = ToolTuneJobStatus.model_validate(raw["status"] or {})
         if previous.phase in TERMINAL and previous.attempts == attempt:
             return None  # finished and cleaned up (ttlSecondsAfterFinished): nothing to recreate
+        if spec.suspend and kueue.job_labels(spec, settings.kueue_default_queue):
+            return None  # Kueue would admit a queued Job at once: it is created when the job is resumed
         ensure_trainer_rbac(memo, namespace)
         kube.create(builders.contract_configmap(raw, spec, attempt, settings))
         job = kube.create(builders.training_job(raw, spec, attempt, settings))
@@ -194,14 +197,39 @@ def ensure_children(
         return job
     if restart and "uid" in job["metadata"] and not job_condition(job, "Complete"):
         kube.patch("v1", "ConfigMap", namespace, contract, builders.owned_by(job))
-    if bool(job["spec"].get("suspend")) != spec.suspend and not job_condition(job, "Complete"):
-        apply_suspend(kube, raw, spec, job)
+    if job_condition(job, "Complete"):
+        return job
+    if kueue.queue_of(job):  # Kueue writes this Job's suspend; the user's goes to its Workload
+        suspend_workload(memo, raw, spec, job)
+    elif bool(job["spec"].get("suspend")) != spec.suspend:
+        kube.patch("batch/v1", "Job", namespace, job["metadata"]["name"], {"spec": {"suspend": spec.suspend}})
+        report_suspend(kube, raw, spec)
     return job
 
 
-def apply_suspend(kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec, job: dict[str, Any]) -> None:
-    namespace, name = raw["metadata"]["namespace"], job["metadata"]["name"]
-    kube.patch("batch/v1", "Job", namespace, name, {"spec": {"suspend": spec.suspend}})
+def suspend_workload(memo: kopf.Memo, raw: dict[str, Any], spec: ToolTuneJobSpec, job: dict[str, Any]) -> None:
+    """spec.suspend of a job Kueue queues, as its Workload's spec.active: false evicts it (Kueue suspends the
+    Job, the trainer checkpoints on SIGTERM) and keeps it from being admitted; true requeues it."""
+    writer: StatusWriter = memo.status_writer
+    if not writer.kueue_reading:
+        told = (raw["metadata"].get("uid", ""), f"{c.SUSPEND_IGNORED}/{job['metadata']['name']}")
+        if spec.suspend and told not in writer.warned:
+            writer.warned.add(told)
+            kopf.warn(raw, reason=c.SUSPEND_IGNORED, message=(
+                "spec.suspend cannot stop a Job Kueue manages while the operator's Kueue support is off (Helm "
+                "value kueue.enabled): Kueue would undo it; deactivate its Workload, or turn the support on"
+            ))  # fmt: skip
+        return
+    workload = writer.workloads.get(job["metadata"].get("uid") or "")
+    if workload is None or workload["spec"]["active"] != spec.suspend:
+        return  # no Workload yet: the next resync, or it agrees already
+    meta = workload["metadata"]
+    patch = {"spec": {"active": not spec.suspend}}
+    memo.kube.patch(workload["apiVersion"], "Workload", meta["namespace"], meta["name"], patch)
+    report_suspend(memo.kube, raw, spec)
+
+
+def report_suspend(kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec) -> None:
     if spec.suspend:
         message = "suspended: the pod stops, the next one resumes from the last checkpoint"
         kopf.event(raw, type="Normal", reason="Suspended", message=message)

@@ -41,6 +41,10 @@ class Settings:
     # a trainer pod Pending this long has its Events read (FailedMount, FailedScheduling, image pulls), and
     # again as often while it stays Pending
     pod_events_seconds: float = 5.0
+    # Kueue support (Helm kueue.*): read the Workloads of queued Jobs; off, the operator never asks for them
+    kueue_enabled: bool = False
+    kueue_default_queue: str = ""  # LocalQueue of jobs that name none; empty: such jobs bypass Kueue
+    kueue_default_priority_class: str = ""  # WorkloadPriorityClass of queued jobs that name none
     liveness_endpoint: str = "http://0.0.0.0:8081/healthz"  # kopf's probe; empty: none (local runs)
     debug: bool = False  # kopf's verbose logging
 
@@ -64,6 +68,9 @@ class Settings:
             prices=price_table(env),
             resync_seconds=positive(env, "TOOLTUNE_RESYNC_SECONDS", float, cls.resync_seconds),
             pod_events_seconds=positive(env, "TOOLTUNE_POD_EVENTS_SECONDS", float, cls.pod_events_seconds),
+            kueue_enabled=env.get("TOOLTUNE_KUEUE_ENABLED", "").lower() in {"1", "true"},
+            kueue_default_queue=env.get("TOOLTUNE_KUEUE_DEFAULT_QUEUE", ""),
+            kueue_default_priority_class=env.get("TOOLTUNE_KUEUE_DEFAULT_PRIORITY_CLASS", ""),
             liveness_endpoint=env.get("TOOLTUNE_LIVENESS_ENDPOINT", cls.liveness_endpoint),
             debug=env.get("TOOLTUNE_DEBUG") == "1",
         )

@@ -32,7 +32,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
         memo.settings = Settings.from_env()
     if "kube" not in memo:
         memo.kube = Kube(make_api_client())
-    memo.status_writer = writer = StatusWriter(memo.kube)
+    memo.status_writer = writer = StatusWriter(memo.kube, kueue_reading=memo.settings.kueue_enabled)
     memo.rbac_namespaces = set()
     METRICS.watch_jobs(lambda: dict(writer.phases))
     if "metrics_server" not in memo:  # once per process: a restarted operator keeps serving

@@ -22,12 +22,18 @@ Transitions, checked top to bottom (the first row that matches wins):
     no Job, not seen by the reconciler, previously one    (kept)      (kept)
       of the two rows above
     no Job yet                                            Pending     JobCreated
+    the Job is Kueue's (queue label) and suspended        Queued      kueue.queue_state: why it waits
+                                                                      (WaitingForQuota, Preempted, ...)
     a pod runs and the trainer reports steps              Running     Training
     a pod runs, no step reported yet                      Validating  ValidatingData
     the pod cannot start: a Secret, ConfigMap or key missing  Pending  ConfigMissing
     ... the image cannot be pulled                        Pending     ImagePullFailed
     ... no node fits (GPUs, selector, taints)             Pending     Unschedulable
     otherwise (the pod waits to start)                    Pending     PodPending
+
+A queued Job that Kueue admits is unsuspended and goes on through the rows below it; an eviction by Kueue
+(preemption) suspends it again, which is Queued again, with Kueue's reason: the pods it deleted are no
+failures, so no retry is counted, and the next pod resumes from the checkpoint made on SIGTERM.
 
 The three blocked rows read the pod's status and the kubelet's and scheduler's Events (pod_problems);
 they set the Blocked condition, whose message says what to do.
@@ -45,7 +51,7 @@ from typing import Any
 from tooltune_api.models import Condition, Phase, ToolTuneJobStatus
 
 from tooltune_operator import conditions as c
-from tooltune_operator import pod_problems
+from tooltune_operator import kueue, pod_problems
 from tooltune_operator.views import job_condition, job_generation, termination
 
 TERMINAL = {Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED}
@@ -73,6 +79,8 @@ class Observed:
     # refused and output_holder are known only to the reconciler; a sighting from an event leaves them unset
     reconciled: bool = False
     pod_events: list[dict[str, Any]] = field(default_factory=list)  # Warning Events of the attempt's pods
+    workload: dict[str, Any] | None = None  # Kueue's Workload of the Job (kueue.workload_view), when read
+    kueue_reading: bool = False  # whether the operator reads Workloads (its Kueue support is on)
 
 
 def retry_wanted(ended_badly: bool, generation: int, built_from: int | None, suspend: bool) -> bool:
@@ -163,6 +171,9 @@ def decide_phase(seen: Observed) -> tuple[Phase, str, str]:
         if waiting and not seen.reconciled:  # an event cannot tell; the reconciler's answer stands
             return Phase(previous.phase or Phase.PENDING), str(previous.reason), previous.message or ""
         return Phase.PENDING, c.JOB_CREATED, "creating the training Job"
+    queue = kueue.queue_of(seen.job)
+    if queue and (seen.job.get("spec") or {}).get("suspend"):
+        return Phase.QUEUED, *kueue.queue_state(seen.workload, queue, seen.kueue_reading)
     if any((p.get("status") or {}).get("phase") == "Running" for p in seen.pods):
         if previous.progress and previous.progress.total_steps:
             return Phase.RUNNING, c.TRAINING, "training"
@@ -188,6 +199,7 @@ def build_conditions(phase: Phase, reason: str, message: str, seen: Observed) ->
         (c.SUCCEEDED, phase == Phase.SUCCEEDED, reason),
         (c.FAILED, phase in {Phase.FAILED, Phase.CANCELLED}, reason),
         (c.SUSPENDED, phase == Phase.SUSPENDED, reason),
+        (c.QUEUED, phase == Phase.QUEUED, reason),
         (c.BLOCKED, reason in BLOCKING, reason),
     ]
     old = {cond.type: cond for cond in seen.previous.conditions}

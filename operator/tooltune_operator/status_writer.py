@@ -27,6 +27,7 @@ from tooltune_api import API_VERSION, LABEL_JOB
 from tooltune_api.models import Backend, InvalidSpec, Phase, ToolTuneJobStatus, now_iso, parse_spec
 
 from tooltune_operator import conditions as c
+from tooltune_operator import kueue
 from tooltune_operator.builders import job_label
 from tooltune_operator.kube import Kube
 from tooltune_operator.metrics import METRICS, OperatorMetrics
@@ -60,6 +61,11 @@ class StatusWriter:
     pod_events: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
     # (uid, what) of the pod problems already told to the user with an Event on the ToolTuneJob
     warned: set[tuple[str, str]] = field(default_factory=set)
+    # whether Kueue's Workloads are watched (Settings.kueue_enabled); job uid → its Workload (kueue.workload_view)
+    kueue_reading: bool = False
+    workloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Job uid → (namespace, LABEL_JOB) of its ToolTuneJob: whose status a Workload event changes
+    job_keys: dict[str, tuple[str, str]] = field(default_factory=dict)
     # uid → the lock its status patches take: the reconciler's threads and the event handlers race
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     # pod uid → the task reading the Events of that Pending pod
@@ -138,6 +144,23 @@ class StatusWriter:
             if not owner["metadata"].get("deletionTimestamp"):
                 await self.sync_soon(self.observe(owner, jobs, pods))
 
+    def workload_event(self, type: str, body: Any) -> tuple[str, str] | None:
+        """Any event of a Kueue Workload: keep its view; returns the key of the ToolTuneJob whose Job it is
+        for, when known (an unknown one is some other Job's, or a Job not yet seen: its own events read the
+        view kept here)."""
+        view = kueue.workload_view(body)
+        job_uid = view["metadata"]["jobUid"] or ""
+        kept = self.workloads.get(job_uid)
+        if type == "DELETED":
+            if kept is not None and kept["metadata"]["name"] == view["metadata"]["name"]:
+                self.workloads.pop(job_uid, None)
+                return self.job_keys.pop(job_uid, None)
+        elif kept is None or (kept["metadata"]["creationTimestamp"] or "") <= (
+            view["metadata"]["creationTimestamp"] or ""
+        ):  # a Job's newest Workload is the one Kueue acts on
+            self.workloads[job_uid] = view
+        return self.job_keys.get(job_uid)
+
     def observe(self, raw: dict[str, Any], jobs: Any, pods: Any, attempt: int | None = None) -> Sighting:
         """What the status depends on, from the indexed Jobs and Pods of the job's current attempt."""
         meta = raw["metadata"]
@@ -149,6 +172,10 @@ class StatusWriter:
             problems = None
         except InvalidSpec as error:
             problems = error.problems
+        job = current[0] if current else None
+        job_uid = (job or {}).get("metadata", {}).get("uid")
+        if job_uid:
+            self.job_keys[job_uid] = (meta["namespace"], job_label(meta["name"]))
         attempt_pods = of_attempt(pods, attempt)
         events = self.pod_events.get((meta["namespace"], job_label(meta["name"])), {})
         seen = Observed(
@@ -157,10 +184,12 @@ class StatusWriter:
             spec_problems=problems,
             suspend=bool((raw["spec"] or {}).get("suspend")),
             attempt=attempt,
-            job=current[0] if current else None,
+            job=job,
             pods=attempt_pods,
             previous=ToolTuneJobStatus.model_validate(status),
             now=now_iso(),
+            workload=self.workloads.get(job_uid or ""),
+            kueue_reading=self.kueue_reading,
         )
         return Sighting(raw, status, seen)
 
@@ -228,11 +257,24 @@ class StatusWriter:
             self.metrics.job_retried(backend)
         if new.phase in TERMINAL and reported_phase != new.phase:  # one Event per transition
             self._report_end(raw, seen, new, backend)
+        self._report_queue(raw, seen.previous, new)
         path = (API_VERSION, "ToolTuneJob", meta["namespace"], meta["name"])
         answer = self.kube.patch(*path, {"status": patch}, "status") or {}
         version, uid = answer.get("metadata", {}).get("resourceVersion"), meta.get("uid", "")
         if version and (uid not in self.patched or at_least(version, self.patched[uid][0])):
             self.patched[uid] = (version, answer.get("status") or {})
+
+    @staticmethod
+    def _report_queue(raw: dict[str, Any], previous: ToolTuneJobStatus, new: ToolTuneJobStatus) -> None:
+        """Kueue's decisions as Events on the ToolTuneJob: queued (and why, when that changes), preempted or
+        evicted, admitted."""
+        if new.phase == Phase.QUEUED and (previous.phase, previous.reason) != (new.phase, new.reason):
+            evicted = new.reason in {kueue.PREEMPTED, kueue.EVICTED}
+            kind, reason = ("Warning", str(new.reason)) if evicted else ("Normal", "Queued")
+            if new.reason != kueue.ADMITTED:  # a moment before the Job starts: the Admitted Event follows
+                kopf.event(raw, type=kind, reason=reason, message=new.message or "")
+        elif previous.phase == Phase.QUEUED and new.phase not in {Phase.QUEUED, *TERMINAL, Phase.SUSPENDED}:
+            kopf.event(raw, type="Normal", reason="Admitted", message="admitted by Kueue: the Job starts")
 
     def _report_end(self, raw: dict[str, Any], seen: Observed, new: ToolTuneJobStatus, backend: str) -> None:
         reason = next(

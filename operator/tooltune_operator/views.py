@@ -13,6 +13,8 @@ from typing import Any
 
 from tooltune_api import ANNOTATION_GENERATION, LABEL_ATTEMPT, LABEL_JOB
 
+from tooltune_operator.kueue import LABEL_QUEUE
+
 # What the status writer and kopf.event read of a ToolTuneJob's metadata.
 OWNER_METADATA = (
     "name",
@@ -44,7 +46,8 @@ def job_view(job: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "metadata": {
             "name": meta.get("name"),
-            "labels": _picked(meta.get("labels"), (LABEL_JOB, LABEL_ATTEMPT)),
+            "uid": meta.get("uid"),  # what Kueue's Workload of the Job names it by
+            "labels": _picked(meta.get("labels"), (LABEL_JOB, LABEL_ATTEMPT, LABEL_QUEUE)),
             "annotations": {ANNOTATION_GENERATION: generation} if generation else {},
         },
         "spec": {"suspend": bool((job.get("spec") or {}).get("suspend"))},
