@@ -295,8 +295,8 @@ class ToolTuneJobSpec(Model):
     )
     workload_priority_class_name: LabelValue | None = Field(
         None,
-        description="Kueue WorkloadPriorityClass (label kueue.x-k8s.io/priority-class): the job's priority in "
-        "its queue and for preemption, without changing the pod's priority; unset: the operator's default "
+        description="Kueue WorkloadPriorityClass (label kueue.x-k8s.io/priority-class): the job's priority "
+        "in its queue and for preemption, without changing the pod's priority; unset: the operator's default "
         "(Helm kueue.defaultPriorityClass), else Kueue uses resources.priorityClassName.",
     )
     backoff_limit: int = Field(3, ge=0, le=100, description="Retries of the training pod.")

@@ -30,5 +30,5 @@ DEADLINE_EXCEEDED = "DeadlineExceeded"  # activeDeadlineSeconds ran out
 CANCELLED = "Cancelled"  # the remote fine-tuning job was cancelled
 JOB_LOST = "JobLost"  # the Job vanished before finishing (deleted by hand)
 SUSPENDED_BY_USER = "SuspendedByUser"
-SUSPEND_IGNORED = "SuspendIgnored"  # spec.suspend of a Kueue-managed Job while the operator cannot reach Kueue
+SUSPEND_IGNORED = "SuspendIgnored"  # spec.suspend of a Kueue Job, Kueue support off
 SPEC_CHANGE_DEFERRED = "SpecChangeDeferred"  # spec edited mid-run: the running attempt keeps its spec

@@ -139,9 +139,10 @@ async def on_workload_event(
     trainer_pods: kopf.Index, **_: Any,
 ) -> None:  # fmt: skip
     """A Kueue Workload changed (queued, admitted, evicted): the status of the job whose Job it is for."""
-    key = memo.status_writer.workload_event(type, body)
+    writer = memo.status_writer
+    key = writer.workload_event(type, body)
     if key is not None:
-        await memo.status_writer.child_event(tooltunejobs.get(key), trainer_jobs.get(key), trainer_pods.get(key))
+        await writer.child_event(tooltunejobs.get(key), trainer_jobs.get(key), trainer_pods.get(key))
 
 
 def watch_workloads(target: kopf.OperatorRegistry) -> None:

@@ -47,12 +47,12 @@ EVICTED = "Evicted"  # evicted for another reason Kueue gives (PodsReadyTimeout,
 WAITING = {WAITING_FOR_KUEUE, WAITING_FOR_QUOTA, INADMISSIBLE, WAITING_FOR_ADMISSION_CHECKS}
 
 
-def job_labels(spec: ToolTuneJobSpec, default_queue: str = "", default_priority_class: str = "") -> dict[str, str]:
+def job_labels(spec: ToolTuneJobSpec, default_queue: str = "", default_priority: str = "") -> dict[str, str]:
     """The Kueue labels of a job's Job: none when neither the job nor the operator names a queue."""
     queue = spec.queue_name or default_queue
     if not queue:
         return {}
-    priority = spec.workload_priority_class_name or default_priority_class
+    priority = spec.workload_priority_class_name or default_priority
     return {LABEL_QUEUE: queue, **({LABEL_PRIORITY_CLASS: priority} if priority else {})}
 
 
@@ -102,16 +102,16 @@ def holds(workload: Mapping[str, Any] | None, kind: str) -> bool:
 def queue_state(workload: Mapping[str, Any] | None, queue: str, reading: bool) -> tuple[str, str]:
     """Why a Job Kueue holds suspended waits: (reason, message), in Kueue's own words where it has them.
 
-        Workload                                       reason
-        ---------------------------------------------  -------------------------
-        not read (the operator's Kueue support is off) WaitingForKueue
-        none yet                                       WaitingForKueue
-        Evicted=True, reason Preempted                 Preempted
-        Evicted=True, another reason                   Evicted
-        QuotaReserved not True, reason Inadmissible    Inadmissible
-        QuotaReserved not True                         WaitingForQuota
-        QuotaReserved=True, Admitted not True          WaitingForAdmissionChecks
-        Admitted=True                                  Admitted
+    Workload                                       reason
+    ---------------------------------------------  -------------------------
+    not read (the operator's Kueue support is off) WaitingForKueue
+    none yet                                       WaitingForKueue
+    Evicted=True, reason Preempted                 Preempted
+    Evicted=True, another reason                   Evicted
+    QuotaReserved not True, reason Inadmissible    Inadmissible
+    QuotaReserved not True                         WaitingForQuota
+    QuotaReserved=True, Admitted not True          WaitingForAdmissionChecks
+    Admitted=True                                  Admitted
     """
     if not reading:
         return WAITING_FOR_KUEUE, (
@@ -126,19 +126,21 @@ def queue_state(workload: Mapping[str, Any] | None, queue: str, reading: bool) -
     quota = condition(workload, "QuotaReserved") or {}
     waiting = quota.get("message") if quota.get("status") != "True" else None
     evicted = condition(workload, "Evicted") or {}
-    if evicted.get("status") == "True":
+    resumed = evicted.get("reason") == "Deactivated" and workload["spec"]["active"]  # spec.suspend undone
+    if evicted.get("status") == "True" and not resumed:
         then = f"; now {waiting}" if waiting and waiting != evicted.get("message") else ""
         resumes = "the job resumes from its last checkpoint when Kueue admits it again"
         if evicted.get("reason") == "Preempted":
             return PREEMPTED, f"preempted by Kueue: {evicted.get('message') or ''}{then}; {resumes}"
-        return EVICTED, f"evicted by Kueue ({evicted.get('reason')}): {evicted.get('message') or ''}{then}; {resumes}"
+        why = f"({evicted.get('reason')}): {evicted.get('message') or ''}"
+        return EVICTED, f"evicted by Kueue {why}{then}; {resumes}"
     if quota.get("status") != "True":
         reason = INADMISSIBLE if quota.get("reason") == "Inadmissible" else WAITING_FOR_QUOTA
         return reason, f"LocalQueue {queue}: {waiting or 'waiting for a quota reservation'}"
     cluster_queue = workload["status"].get("clusterQueue") or "?"
     if not holds(workload, "Admitted"):
         checks = ", ".join(
-            f"{check['name']} {check.get('state')}" + (f" ({check['message']})" if check.get("message") else "")
+            f"{check['name']} {check.get('state')}" + (f" ({check['message']})" * bool(check.get("message")))
             for check in workload["status"].get("admissionChecks") or []
             if check.get("state") != "Ready"
         )

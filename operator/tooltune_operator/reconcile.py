@@ -207,7 +207,9 @@ def ensure_children(
     return job
 
 
-def suspend_workload(memo: kopf.Memo, raw: dict[str, Any], spec: ToolTuneJobSpec, job: dict[str, Any]) -> None:
+def suspend_workload(
+    memo: kopf.Memo, raw: dict[str, Any], spec: ToolTuneJobSpec, job: dict[str, Any]
+) -> None:
     """spec.suspend of a job Kueue queues, as its Workload's spec.active: false evicts it (Kueue suspends the
     Job, the trainer checkpoints on SIGTERM) and keeps it from being admitted; true requeues it."""
     writer: StatusWriter = memo.status_writer
@@ -216,8 +218,8 @@ def suspend_workload(memo: kopf.Memo, raw: dict[str, Any], spec: ToolTuneJobSpec
         if spec.suspend and told not in writer.warned:
             writer.warned.add(told)
             kopf.warn(raw, reason=c.SUSPEND_IGNORED, message=(
-                "spec.suspend cannot stop a Job Kueue manages while the operator's Kueue support is off (Helm "
-                "value kueue.enabled): Kueue would undo it; deactivate its Workload, or turn the support on"
+                "spec.suspend cannot stop a Job Kueue manages while the operator's Kueue support is off "
+                "(Helm value kueue.enabled): Kueue would undo it; deactivate its Workload, or turn it on"
             ))  # fmt: skip
         return
     workload = writer.workloads.get(job["metadata"].get("uid") or "")

@@ -61,7 +61,7 @@ class StatusWriter:
     pod_events: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
     # (uid, what) of the pod problems already told to the user with an Event on the ToolTuneJob
     warned: set[tuple[str, str]] = field(default_factory=set)
-    # whether Kueue's Workloads are watched (Settings.kueue_enabled); job uid → its Workload (kueue.workload_view)
+    # whether Kueue's Workloads are watched (Settings.kueue_enabled); Job uid → its Workload's view
     kueue_reading: bool = False
     workloads: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Job uid → (namespace, LABEL_JOB) of its ToolTuneJob: whose status a Workload event changes

@@ -29,7 +29,9 @@ server-side apply, ``dryRun`` (refused with 400), protobuf bodies (kubectl's imp
 ``limit``/``continue`` paging, namespaces' existence on create, graceful pod deletion (pods go at once;
 the kubelet then stops the process).
 What is served is declared in `RESOURCES` (a CustomResourceDefinition posted to the emulator is stored,
-not served). kmock's ``emulator.objects`` stays empty: read the store with `get_object`/`list_objects`.
+not served); `serve` adds a resource to one emulator, as installing its CRD does (tests/harness/kueue.py).
+`admission_hooks` play mutating webhooks: each sees every object created or updated before it is stored.
+kmock's ``emulator.objects`` stays empty: read the store with `get_object`/`list_objects`.
 Everything runs on the emulator's event loop; other threads go through `RunningCluster` (``call``, ``get``,
 ``list``, ``create``, ``patch``, ``delete``).
 """
@@ -371,6 +373,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     request_counts: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     _request_ids: Iterator[int] = attrs.field(factory=itertools.count, init=False)
     _own_reactions: int = attrs.field(default=0, init=False)  # kmock reactions this class registers
+    served: dict[str, kmock.ResourceInfo] = attrs.field(factory=lambda: dict(RESOURCES), init=False)
+    # (resource, object, created) → None: a mutating webhook's change to an object before it is stored
+    admission_hooks: list[Callable[[str, dict[str, Any], bool], None]] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -384,6 +389,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             **self.printer_columns,
         }
         self.schemas = {TTJ: crd_schema.served_schema(crd_schema.load_crd()), **self.schemas}
+
+    def serve(self, key: str, info: kmock.ResourceInfo) -> None:
+        """Serve one more resource (group/version/plural) from now on, as a newly installed CRD is."""
+        self.served[key] = self.resources[key] = info
 
     # ------------------------------------------------------------ the store (call on the emulator's loop)
 
@@ -450,7 +459,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             select_job_pods(obj)
         meta.pop("deletionTimestamp", None)
         self._validate(obj)
-        self._admit(resource, obj)
+        self._admit(resource, obj, created=True)
         return self._commit(key, obj, "ADDED")
 
     def patch_object(
@@ -504,9 +513,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     # ------------------------------------------------------------ store internals
 
     def _info(self, resource: str) -> kmock.ResourceInfo:
-        if resource not in RESOURCES:
+        if resource not in self.served:
             raise ApiError(404, "NotFound", f"the server could not find the requested resource ({resource})")
-        return RESOURCES[resource]
+        return self.served[resource]
 
     def _namespaced(self, resource: str) -> bool:
         return bool(self._info(resource).namespaced)
@@ -568,8 +577,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if problems:
             raise ApiError(422, "Invalid", validation.invalid_message(obj, problems))
 
-    def _admit(self, resource: str, obj: dict[str, Any]) -> None:
-        """Server-side rules clients rely on: Secret stringData, Job restartPolicy, CRD defaults, pruning."""
+    def _admit(self, resource: str, obj: dict[str, Any], created: bool = False) -> None:
+        """Server-side rules clients rely on: Secret stringData, Job restartPolicy, CRD defaults, pruning;
+        then the admission hooks."""
         if resource == SECRETS and "stringData" in obj:
             data = dict(obj.get("data") or {})  # a copy: the stored object may share it
             for name, value in obj.pop("stringData").items():
@@ -600,6 +610,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             defaulted = crd_schema.default_and_prune(obj, self.schemas[resource])
             obj.clear()
             obj.update(defaulted)
+        for hook in self.admission_hooks:
+            hook(resource, obj, created)
 
     def _commit(self, key: Any, obj: dict[str, Any], kind: str) -> dict[str, Any]:
         self._revision += 1
@@ -980,7 +992,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if request.resource.group
             else (request.resource.version or "")
         )
-        served = {key: info for key, info in RESOURCES.items() if api_version_of(key) == prefix}
+        served = {key: info for key, info in self.served.items() if api_version_of(key) == prefix}
         if not served:
             raise kmock.KubernetesResourceNotFoundError()
         entries: list[dict[str, Any]] = []

@@ -233,6 +233,30 @@ def test_namespace_scoped_mode_uses_a_role_and_watches_one_namespace(helm: str, 
 def test_chart_and_plain_manifests_grant_the_same(helm: str, chart: Path) -> None:
     (role,) = by_kind(render(helm, chart))["ClusterRole"]
     assert grants(role["rules"]) == grants(manifest("rbac/operator-clusterrole.yaml")["rules"])
+    # With Kueue support on: the plain manifests plus manifests/kueue/, and the switch reaches the operator.
+    (role,) = by_kind(render(helm, chart, "kueue.enabled=true"))["ClusterRole"]
+    kueue_role = next(
+        yaml.safe_load_all((MANIFESTS / "kueue" / "operator-kueue-clusterrole.yaml").read_text())
+    )
+    plain = manifest("rbac/operator-clusterrole.yaml")["rules"] + kueue_role["rules"]
+    assert grants(role["rules"]) == grants(plain)
+
+
+def test_kueue_values_reach_the_operator_and_default_off(helm: str, chart: Path) -> None:
+    def env(*settings: str) -> dict[str, str]:
+        (deployment,) = by_kind(render(helm, chart, *settings))["Deployment"]
+        return {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    assert not {name for name in env() if "KUEUE" in name}
+    values = ["kueue.enabled=true", "kueue.defaultQueue=team-a", "kueue.defaultPriorityClass=low"]
+    settings = Settings.from_env(env(*values))
+    assert (settings.kueue_enabled, settings.kueue_default_queue, settings.kueue_default_priority_class) == (
+        True, "team-a", "low",
+    )  # fmt: skip
+    (role,) = by_kind(render(helm, chart, "namespaceScoped=true", "kueue.enabled=true"))["Role"]
+    assert grants(role["rules"])[("kueue.x-k8s.io", "workloads")] == {"get", "list", "watch", "patch"}
+    refused = run([helm, "template", RELEASE, str(chart), "--set", "kueue.defaultQueue=Team_A"])
+    assert refused.returncode != 0 and "defaultQueue" in refused.stderr
 
 
 def test_chart_and_plain_manifests_run_the_operator_the_same_way(helm: str, chart: Path) -> None:

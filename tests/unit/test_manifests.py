@@ -155,8 +155,8 @@ def test_kustomization_lists_every_installable_manifest() -> None:
     present = {
         str(p.relative_to(MANIFESTS))
         for p in MANIFESTS.rglob("*.yaml")
-        if p.parent.name != "examples" and p.name != "kustomization.yaml"
-    }
+        if p.parent.name not in {"examples", "kueue"} and p.name != "kustomization.yaml"
+    }  # kueue/: opt-in, applied with the operator's Kueue support switched on
     assert listed == present
 
 
@@ -164,6 +164,14 @@ def test_operator_cluster_role_holds_exactly_what_the_operator_needs() -> None:
     (role,) = documents(CLUSTER_ROLE)
     granted = grants(role["rules"])
     assert granted == OPERATOR_NEEDS
+
+
+def test_kueue_role_only_reads_workloads_and_sets_their_active_flag() -> None:
+    role, binding = documents(MANIFESTS / "kueue" / "operator-kueue-clusterrole.yaml")
+    assert grants(role["rules"]) == {("kueue.x-k8s.io", "workloads"): {"get", "list", "watch", "patch"}}
+    (operator_binding,) = documents(MANIFESTS / "rbac" / "operator-clusterrolebinding.yaml")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == operator_binding["subjects"]
 
 
 def test_operator_holds_everything_the_trainer_role_grants() -> None:

@@ -94,6 +94,12 @@ get+patch, events create): Kubernetes lets a role grant only what its creator ho
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, create, patch]
+{{- if .Values.kueue.enabled }}
+# Kueue's Workloads of the operator's Jobs: why a job waits; spec.active carries spec.suspend.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [get, list, watch, patch]
+{{- end }}
 {{- end }}
 
 {{/* kopf notices CRDs and namespaces appearing and going; only meaningful cluster-wide. */}}
