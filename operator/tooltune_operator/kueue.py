@@ -107,7 +107,8 @@ def queue_state(workload: Mapping[str, Any] | None, queue: str, reading: bool) -
     not read (the operator's Kueue support is off) WaitingForKueue
     none yet                                       WaitingForKueue
     Evicted=True, reason Preempted                 Preempted
-    Evicted=True, another reason                   Evicted
+    Evicted=True, another reason (Deactivated only Evicted
+      while spec.active is false)
     QuotaReserved not True, reason Inadmissible    Inadmissible
     QuotaReserved not True                         WaitingForQuota
     QuotaReserved=True, Admitted not True          WaitingForAdmissionChecks
