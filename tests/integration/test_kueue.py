@@ -320,7 +320,10 @@ def test_a_training_job_preempted_mid_run_resumes_from_the_step_it_checkpointed_
     s3_server.client().put_object(Bucket=bucket, Key="data/train.jsonl", Body=lines.encode())
     k8s.cluster.create(SECRETS, s3_server.credentials_secret("s3-credentials"), NS)
     kueue.set_quota(cpu="1")
-    kubelet = Kubelet(k8s.cluster, tmp_path / "kubelet", env={"OMP_NUM_THREADS": "1"}).start()
+    # The pod's grace period (Kubernetes' default 30 s): the trainer saves and uploads the step it is on.
+    kubelet = Kubelet(
+        k8s.cluster, tmp_path / "kubelet", env={"OMP_NUM_THREADS": "1"}, max_grace_seconds=30
+    ).start()
     try:
         api, token = operator_identity(k8s, tmp_path, kueue=True)
         settings = Settings(

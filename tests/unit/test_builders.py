@@ -51,6 +51,7 @@ GPU_JOB = {
     "activeDeadlineSeconds": 86400,
     "ttlSecondsAfterFinished": 3600,
 }
+QUEUED_JOB = {**GPU_JOB, "queueName": "team-a", "workloadPriorityClassName": "low"}
 OPENAI_JOB = {
     "backend": "openai",
     "baseModel": "gpt-4o-mini-2024-07-18",
@@ -72,6 +73,7 @@ CASES = {
         lambda r, s: builders.contract_configmap(r, s, 1, SETTINGS),
     ),
     "openai-job": (OPENAI_JOB, lambda r, s: builders.training_job(r, s, 2, SETTINGS)),
+    "queued-job": (QUEUED_JOB, lambda r, s: builders.training_job(r, s, 1, SETTINGS)),
 }
 
 
@@ -93,6 +95,46 @@ def test_children_match_golden_files(name: str) -> None:
 
 def test_trainer_rbac_matches_golden_file() -> None:
     check_golden("trainer-rbac", builders.trainer_rbac("ml", SETTINGS))
+
+
+def test_a_queued_job_is_labelled_for_kueue_and_created_suspended() -> None:
+    queued = builders.training_job(resource(QUEUED_JOB), parse_spec(QUEUED_JOB), 1, SETTINGS)
+    assert queued["spec"]["suspend"] is True
+    assert {k: v for k, v in queued["metadata"]["labels"].items() if k.startswith("kueue.x-k8s.io/")} == {
+        "kueue.x-k8s.io/queue-name": "team-a",
+        "kueue.x-k8s.io/priority-class": "low",
+    }
+    assert not any(k.startswith("kueue") for k in queued["spec"]["template"]["metadata"]["labels"])
+    # The Job's controller is the ToolTuneJob, a kind Kueue does not manage: Kueue admits the Job itself.
+    (owner,) = queued["metadata"]["ownerReferences"]
+    assert (owner["apiVersion"], owner["kind"], owner["controller"]) == (
+        "tooltune.dev/v1alpha1",
+        "ToolTuneJob",
+        True,
+    )
+    # No queue anywhere: no Kueue label, and not suspended.
+    plain = builders.training_job(resource(GPU_JOB), parse_spec(GPU_JOB), 1, SETTINGS)
+    assert plain["spec"]["suspend"] is False and not any(
+        k.startswith("kueue") for k in plain["metadata"]["labels"]
+    )
+
+
+def test_the_operators_default_queue_and_priority_apply_to_jobs_that_name_none() -> None:
+    defaults = Settings(
+        kueue_enabled=True, kueue_default_queue="shared", kueue_default_priority_class="batch"
+    )
+    job = builders.training_job(resource(GPU_JOB), parse_spec(GPU_JOB), 1, defaults)
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "shared"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "batch"
+    own = builders.training_job(resource(QUEUED_JOB), parse_spec(QUEUED_JOB), 1, defaults)
+    assert own["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"  # the job's own wins
+
+
+@pytest.mark.parametrize("queue", ["Team_A", "a" * 64, "-lead"])
+def test_a_queue_name_that_cannot_be_a_label_value_is_refused_naming_the_field(queue: str) -> None:
+    with pytest.raises(ValueError, match="queueName"):
+        parse_spec({**GPU_JOB, "queueName": queue})
 
 
 def test_credentials_are_referenced_never_inlined() -> None:
