@@ -319,7 +319,7 @@ def test_a_training_job_preempted_mid_run_resumes_from_the_step_it_checkpointed_
     lines = "".join(json.dumps(example) + "\n" for example in tool_calling_dataset(48))
     s3_server.client().put_object(Bucket=bucket, Key="data/train.jsonl", Body=lines.encode())
     k8s.cluster.create(SECRETS, s3_server.credentials_secret("s3-credentials"), NS)
-    kueue.set_quota(cpu="1")
+    seen: dict[str, str] = {}
     # The pod's grace period (Kubernetes' default 30 s): the trainer saves and uploads the step it is on.
     kubelet = Kubelet(
         k8s.cluster, tmp_path / "kubelet", env={"OMP_NUM_THREADS": "1"}, max_grace_seconds=30
@@ -346,11 +346,15 @@ def test_a_training_job_preempted_mid_run_resumes_from_the_step_it_checkpointed_
             "backoffLimit": 0,  # a preemption counted as a failure would fail the job
         }  # fmt: skip
         k8s.create_tooltunejob("preempted", spec)
+        wait_for(in_phase(k8s, "preempted", "Queued", "WaitingForQuota"), SEEN_WITHIN, what="Queued")
+        seen["queued"] = get_ttj(k8s)
+        kueue.set_quota(cpu="1")
         stepping = lambda: (status(k8s, "preempted").get("progress") or {}).get("step", 0) >= 3  # noqa: E731
         wait_for(
             stepping, 300, what="training steps", describe=lambda: status(k8s, "preempted"), interval=0.2
         )
         (first,) = pods_of(k8s, "preempted")
+        seen["admitted"] = get_ttj(k8s)
         k8s.cluster.create(JOBS, rival_job("urgent"), NS)
         wait_for(in_phase(k8s, "preempted", "Queued", "Preempted"), SEEN_WITHIN, what="Preempted")
         assert (
@@ -362,7 +366,11 @@ def test_a_training_job_preempted_mid_run_resumes_from_the_step_it_checkpointed_
         )
         assert terminated, kubelet.logs(first["metadata"]["name"])[-3000:]
 
+        seen["preempted"] = get_ttj(k8s)
         k8s.cluster.delete(JOBS, NS, "urgent", propagation="Background")
+        resumed_step = lambda: (status(k8s, "preempted").get("checkpoints") or {}).get("resumedFromStep")  # noqa: E731
+        wait_for(lambda: in_phase(k8s, "preempted", "Running")() and resumed_step(), 120, what="resumed")
+        seen["resumed"] = get_ttj(k8s)
         wait_for(in_phase(k8s, "preempted", "Succeeded"), 400, what="Succeeded", interval=0.5,
                  describe=lambda: status(k8s, "preempted"))  # fmt: skip
         (second,) = [
@@ -376,5 +384,6 @@ def test_a_training_job_preempted_mid_run_resumes_from_the_step_it_checkpointed_
         assert (final["attempts"], final["retries"]) == (1, 0)
         assert final["checkpoints"]["resumedFromStep"] == int(terminated.group(1))
         assert k8s.cluster.emulator.request_counts["patch jobs"] == 0
+        print("\n".join(f"--- {state}\n{table}" for state, table in seen.items()))
     finally:
         kubelet.stop()
