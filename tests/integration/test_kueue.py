@@ -338,25 +338,23 @@ def test_a_training_job_preempted_mid_run_resumes_from_the_step_it_checkpointed_
                                 "maxSeqLength": 256, "loggingSteps": 1, "lora": {"r": 8, "alpha": 16}},
             "checkpoints": {"everySteps": 50, "keep": 2},  # the SIGTERM checkpoint is the only one before it
             "evaluation": {"everySteps": 50, "maxExamples": 4},
-            "output": {"uri": f"s3://{bucket}/models/preempted/"},
+            "output": {"uri": f"s3://{bucket}/models/tune/"},
             "storage": {"endpoint": s3_server.endpoint, "credentialsSecret": "s3-credentials"},
             "resources": {"gpus": 0, "cpu": "1"},
             "queueName": QUEUE,
             "workloadPriorityClassName": "low",
             "backoffLimit": 0,  # a preemption counted as a failure would fail the job
         }  # fmt: skip
-        k8s.create_tooltunejob("preempted", spec)
-        wait_for(in_phase(k8s, "preempted", "Queued", "WaitingForQuota"), SEEN_WITHIN, what="Queued")
+        k8s.create_tooltunejob("tune", spec)
+        wait_for(in_phase(k8s, "tune", "Queued", "WaitingForQuota"), SEEN_WITHIN, what="Queued")
         seen["queued"] = get_ttj(k8s)
         kueue.set_quota(cpu="1")
-        stepping = lambda: (status(k8s, "preempted").get("progress") or {}).get("step", 0) >= 3  # noqa: E731
-        wait_for(
-            stepping, 300, what="training steps", describe=lambda: status(k8s, "preempted"), interval=0.2
-        )
-        (first,) = pods_of(k8s, "preempted")
+        stepping = lambda: (status(k8s, "tune").get("progress") or {}).get("step", 0) >= 3  # noqa: E731
+        wait_for(stepping, 300, what="training steps", describe=lambda: status(k8s, "tune"), interval=0.2)
+        (first,) = pods_of(k8s, "tune")
         seen["admitted"] = get_ttj(k8s)
         k8s.cluster.create(JOBS, rival_job("urgent"), NS)
-        wait_for(in_phase(k8s, "preempted", "Queued", "Preempted"), SEEN_WITHIN, what="Preempted")
+        wait_for(in_phase(k8s, "tune", "Queued", "Preempted"), SEEN_WITHIN, what="Preempted")
         assert (
             wait_for(lambda: kubelet.exit_code(first["metadata"]["name"]), 120, what="the trainer's exit")
             == 143
@@ -368,22 +366,23 @@ def test_a_training_job_preempted_mid_run_resumes_from_the_step_it_checkpointed_
 
         seen["preempted"] = get_ttj(k8s)
         k8s.cluster.delete(JOBS, NS, "urgent", propagation="Background")
-        resumed_step = lambda: (status(k8s, "preempted").get("checkpoints") or {}).get("resumedFromStep")  # noqa: E731
-        wait_for(lambda: in_phase(k8s, "preempted", "Running")() and resumed_step(), 120, what="resumed")
+        resumed_step = lambda: (status(k8s, "tune").get("checkpoints") or {}).get("resumedFromStep")  # noqa: E731
+        wait_for(lambda: in_phase(k8s, "tune", "Running")() and resumed_step(), 120, what="resumed")
         seen["resumed"] = get_ttj(k8s)
-        wait_for(in_phase(k8s, "preempted", "Succeeded"), 400, what="Succeeded", interval=0.5,
-                 describe=lambda: status(k8s, "preempted"))  # fmt: skip
+        wait_for(in_phase(k8s, "tune", "Succeeded"), 400, what="Succeeded", interval=0.5,
+                 describe=lambda: status(k8s, "tune"))  # fmt: skip
         (second,) = [
             p["metadata"]["name"]
-            for p in pods_of(k8s, "preempted")
+            for p in pods_of(k8s, "tune")
             if p["metadata"]["name"] != first["metadata"]["name"]
         ]
         resumed = re.search(r"resuming from \S+/checkpoints/step-(\d+)", kubelet.logs(second))
         assert resumed and resumed.group(1) == terminated.group(1), kubelet.logs(second)[-3000:]
-        final = status(k8s, "preempted")
+        final = status(k8s, "tune")
         assert (final["attempts"], final["retries"]) == (1, 0)
         assert final["checkpoints"]["resumedFromStep"] == int(terminated.group(1))
         assert k8s.cluster.emulator.request_counts["patch jobs"] == 0
         print("\n".join(f"--- {state}\n{table}" for state, table in seen.items()))
+        print(f"terminated at step {terminated.group(1)}, resumed from step {resumed.group(1)}")
     finally:
         kubelet.stop()
