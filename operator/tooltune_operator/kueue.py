@@ -61,6 +61,11 @@ def queue_of(job: Mapping[str, Any] | None) -> str | None:
     return ((job or {}).get("metadata", {}).get("labels") or {}).get(LABEL_QUEUE)
 
 
+def priority_of(job: Mapping[str, Any] | None) -> str | None:
+    """The WorkloadPriorityClass a Job names."""
+    return ((job or {}).get("metadata", {}).get("labels") or {}).get(LABEL_PRIORITY_CLASS)
+
+
 def workload_view(body: Mapping[str, Any]) -> dict[str, Any]:
     """What the operator reads of a Workload."""
     meta, spec, status = body.get("metadata") or {}, body.get("spec") or {}, body.get("status") or {}
@@ -99,7 +104,9 @@ def holds(workload: Mapping[str, Any] | None, kind: str) -> bool:
     return (condition(workload, kind) or {}).get("status") == "True"
 
 
-def queue_state(workload: Mapping[str, Any] | None, queue: str, reading: bool) -> tuple[str, str]:
+def queue_state(
+    workload: Mapping[str, Any] | None, queue: str, reading: bool, priority_class: str | None = None
+) -> tuple[str, str]:
     """Why a Job Kueue holds suspended waits: (reason, message), in Kueue's own words where it has them.
 
     Workload                                       reason
@@ -120,10 +127,15 @@ def queue_state(workload: Mapping[str, Any] | None, queue: str, reading: bool) -
             "(Helm value kueue.enabled) to see why it waits"
         )
     if workload is None:
+        missing = (  # Kueue creates no Workload for a Job naming a class that does not exist
+            f"; does WorkloadPriorityClass {priority_class} exist (kubectl get workloadpriorityclasses)?"
+            if priority_class
+            else ""
+        )
         return WAITING_FOR_KUEUE, (
             f"waiting for Kueue to create the Job's Workload (LocalQueue {queue}): is Kueue installed and "
-            "managing this namespace?"
-        )
+            f"managing this namespace{missing}"
+        ) + ("" if missing else "?")
     quota = condition(workload, "QuotaReserved") or {}
     waiting = quota.get("message") if quota.get("status") != "True" else None
     evicted = condition(workload, "Evicted") or {}

@@ -173,7 +173,8 @@ def decide_phase(seen: Observed) -> tuple[Phase, str, str]:
         return Phase.PENDING, c.JOB_CREATED, "creating the training Job"
     queue = kueue.queue_of(seen.job)
     if queue and (seen.job.get("spec") or {}).get("suspend"):
-        return Phase.QUEUED, *kueue.queue_state(seen.workload, queue, seen.kueue_reading)
+        priority = kueue.priority_of(seen.job)
+        return Phase.QUEUED, *kueue.queue_state(seen.workload, queue, seen.kueue_reading, priority)
     if any((p.get("status") or {}).get("phase") == "Running" for p in seen.pods):
         if previous.progress and previous.progress.total_steps:
             return Phase.RUNNING, c.TRAINING, "training"

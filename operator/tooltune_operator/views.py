@@ -13,7 +13,7 @@ from typing import Any
 
 from tooltune_api import ANNOTATION_GENERATION, LABEL_ATTEMPT, LABEL_JOB
 
-from tooltune_operator.kueue import LABEL_QUEUE
+from tooltune_operator.kueue import LABEL_PRIORITY_CLASS, LABEL_QUEUE
 
 # What the status writer and kopf.event read of a ToolTuneJob's metadata.
 OWNER_METADATA = (
@@ -47,7 +47,9 @@ def job_view(job: Mapping[str, Any]) -> dict[str, Any]:
         "metadata": {
             "name": meta.get("name"),
             "uid": meta.get("uid"),  # what Kueue's Workload of the Job names it by
-            "labels": _picked(meta.get("labels"), (LABEL_JOB, LABEL_ATTEMPT, LABEL_QUEUE)),
+            "labels": _picked(
+                meta.get("labels"), (LABEL_JOB, LABEL_ATTEMPT, LABEL_QUEUE, LABEL_PRIORITY_CLASS)
+            ),
             "annotations": {ANNOTATION_GENERATION: generation} if generation else {},
         },
         "spec": {"suspend": bool((job.get("spec") or {}).get("suspend"))},

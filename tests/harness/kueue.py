@@ -10,7 +10,8 @@ emulator's event loop, like the test kubelet:
 - job controller: one Workload per managed Job, named ``job-<job>-<5 hex>``, owned by the Job (controller),
   labelled ``kueue.x-k8s.io/job-uid``, with ``spec.queueName``, ``spec.active`` and one podSet ``main``
   (count = parallelism, the pod template); priority from the ``kueue.x-k8s.io/priority-class`` label's
-  WorkloadPriorityClass (an unknown class leaves it Pending, as Kueue does);
+  WorkloadPriorityClass. A class that does not exist gets the Job no Workload at all, only a Warning Event
+  ``WorkloadPriorityClassNotFound`` on the Job (Kueue's reconciler fails before creating it);
 - scheduler: pending active Workloads in priority order (then age) reserve quota in the one ClusterQueue
   when the requests of their pods (requests, else limits) fit its nominal quota minus what admitted ones
   use: ``QuotaReserved`` and ``Admitted`` True, ``status.admission`` with the flavor. Otherwise
@@ -45,7 +46,7 @@ from typing import Any
 import kmock
 from kubernetes.utils import parse_quantity
 
-from tests.harness.emulator import JOBS, PODS, RunningCluster, now_iso
+from tests.harness.emulator import EVENTS, JOBS, PODS, RunningCluster, now_iso
 
 GROUP = "kueue.x-k8s.io"
 WORKLOADS = f"{GROUP}/v1beta2/workloads"
@@ -134,6 +135,7 @@ class Kueue:
         self._task: asyncio.Future[None] | None = None
         self._stopping = False
         self._originals: dict[str, dict[str, Any]] = {}  # Job uid → its template's nodeSelector/tolerations
+        self._warned: set[str] = set()  # Job uids told of a missing WorkloadPriorityClass
         self.errors: list[BaseException] = []
 
     def start(self) -> Kueue:
@@ -192,6 +194,10 @@ class Kueue:
                     self.emulator.delete_object(WORKLOADS, meta["namespace"], meta["name"])
         for uid, job in jobs.items():
             if uid not in workloads:
+                priority_class = (job["metadata"].get("labels") or {}).get(LABEL_PRIORITY)
+                if priority_class and priority_class not in self.queue.priorities:
+                    self._warn_missing_priority(job, priority_class)
+                    continue
                 workloads[uid] = self.emulator.create_object(WORKLOADS, self._new_workload(job))
             self._sync_job(job, workloads[uid])
         self._schedule()
@@ -207,6 +213,22 @@ class Kueue:
         """Kueue's mutating webhook for Jobs: a managed Job is created suspended."""
         if resource == JOBS and created and self._manages(obj):
             obj["spec"]["suspend"] = True
+
+    def _warn_missing_priority(self, job: dict[str, Any], priority_class: str) -> None:
+        meta = job["metadata"]
+        if meta["uid"] in self._warned:
+            return
+        self._warned.add(meta["uid"])
+        event = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta["uid"]},
+            "type": "Warning",
+            "reason": "WorkloadPriorityClassNotFound",
+            "message": f'WorkloadPriorityClass "{priority_class}" not found',
+            "source": {"component": "kueue-job-controller"},
+        }  # fmt: skip
+        self.emulator.create_object(EVENTS, event)
 
     def _new_workload(self, job: dict[str, Any]) -> dict[str, Any]:
         meta, spec = job["metadata"], job["spec"]
@@ -307,10 +329,6 @@ class Kueue:
             queue_name = workload["spec"]["queueName"]
             if (namespace, queue_name) not in self.queue.local_queues:
                 self._wait(workload, "Inadmissible", f"LocalQueue {queue_name} doesn't exist")
-                continue
-            priority_class = (workload["spec"].get("priorityClassRef") or {}).get("name")
-            if priority_class and priority_class not in self.queue.priorities:
-                self._wait(workload, "Inadmissible", f'workloadPriorityClass "{priority_class}" not found')
                 continue
             short = self._shortfall(workload, admitted)
             if short and self.queue.preempt_lower_priority:

@@ -242,6 +242,20 @@ def test_suspend_deactivates_the_workload_and_resume_requeues_it(
     assert counts["patch jobs"] == counts["update jobs"] == 0, dict(counts)
 
 
+def test_a_priority_class_that_does_not_exist_gets_no_workload_and_the_job_says_what_to_check(
+    k8s: K8s, kueue: Kueue, node: Kubelet, kopf_operator: Callable[..., KopfRunner], tmp_path: Path
+) -> None:
+    kueue.set_quota(cpu="1")
+    start_operator(k8s, tmp_path, kopf_operator)
+    spec = scripted_spec("run", queueName=QUEUE, workloadPriorityClassName="urgent", resources={"gpus": 0})
+    k8s.create_tooltunejob("typo", spec)
+    waiting = wait_for(in_phase(k8s, "typo", "Queued", "WaitingForKueue"), SEEN_WITHIN, what="Queued")
+    assert "WorkloadPriorityClass urgent exist" in waiting["message"]
+    kueue_says = [e for e in k8s.cluster.list(EVENTS) if e["reason"] == "WorkloadPriorityClassNotFound"]
+    assert kueue_says and kueue_says[0]["involvedObject"]["name"] == "typo-1"
+    assert not k8s.cluster.list(WORKLOADS, NS) and not pods_of(k8s, "typo")
+
+
 def test_without_kueue_support_a_queued_job_still_runs_and_says_what_it_waits_for(
     k8s: K8s, kueue: Kueue, node: Kubelet, kopf_operator: Callable[..., KopfRunner], tmp_path: Path
 ) -> None:

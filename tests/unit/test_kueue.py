@@ -95,6 +95,11 @@ def test_queue_state_follows_its_table(seen: dict[str, Any] | None, reason: str,
     assert got_reason == reason and words in message, (got_reason, message)
 
 
+def test_no_workload_for_a_job_naming_a_priority_class_points_at_the_class() -> None:
+    reason, message = kueue.queue_state(None, QUEUE, reading=True, priority_class="urgent")
+    assert reason == kueue.WAITING_FOR_KUEUE and "does WorkloadPriorityClass urgent exist" in message
+
+
 def test_without_reading_workloads_the_state_says_how_to_see_why() -> None:
     reason, message = kueue.queue_state(workload(PENDING), QUEUE, reading=False)
     assert reason == kueue.WAITING_FOR_KUEUE and "kueue.enabled" in message
