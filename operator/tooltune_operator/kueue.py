@@ -44,7 +44,6 @@ WAITING_FOR_ADMISSION_CHECKS = "WaitingForAdmissionChecks"  # quota reserved, an
 ADMITTED = "Admitted"  # admitted; Kueue is about to unsuspend the Job
 PREEMPTED = "Preempted"  # evicted to make room for another workload; resumes from its checkpoint
 EVICTED = "Evicted"  # evicted for another reason Kueue gives (PodsReadyTimeout, AdmissionCheck, ...)
-WAITING = {WAITING_FOR_KUEUE, WAITING_FOR_QUOTA, INADMISSIBLE, WAITING_FOR_ADMISSION_CHECKS}
 
 
 def job_labels(spec: ToolTuneJobSpec, default_queue: str = "", default_priority: str = "") -> dict[str, str]:

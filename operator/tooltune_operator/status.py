@@ -15,7 +15,8 @@ Transitions, checked top to bottom (the first row that matches wins):
     Job Failed by podFailurePolicy (exit code 2)          Failed      InvalidData
     Job Failed, backoffLimit reached                      Failed      BackoffLimitExceeded
     Job Failed, activeDeadlineSeconds reached             Failed      DeadlineExceeded
-    spec.suspend                                          Suspended   SuspendedByUser
+    spec.suspend (unless Kueue runs the Job and the       Suspended   SuspendedByUser
+      operator cannot reach its Workload: support off)
     no Job (was running before)                           Failed      JobLost
     no Job, the API server refused to create it           Pending     JobRefused
     no Job, an older unfinished job writes to its output  Pending     OutputInUse
@@ -154,7 +155,12 @@ def decide_phase(seen: Observed) -> tuple[Phase, str, str]:
             "DeadlineExceeded": c.DEADLINE_EXCEEDED,
         }
         return Phase.FAILED, by_job_reason.get(failed.get("reason", ""), c.BACKOFF_LIMIT_EXCEEDED), reason
-    if seen.suspend:
+    running_anyway = (  # spec.suspend of a Kueue Job cannot reach its Workload: reconcile says SuspendIgnored
+        kueue.queue_of(seen.job)
+        and not seen.kueue_reading
+        and not (seen.job or {}).get("spec", {}).get("suspend")
+    )
+    if seen.suspend and not running_anyway:
         return Phase.SUSPENDED, c.SUSPENDED_BY_USER, "spec.suspend is true; set it to false to resume"
     if seen.job is None:
         if previous.phase in {Phase.RUNNING, Phase.VALIDATING}:

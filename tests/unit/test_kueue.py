@@ -125,9 +125,16 @@ def test_a_suspended_queued_job_is_queued_and_an_admitted_one_goes_on_as_usual()
     assert decide_phase(admitted)[0] == Phase.VALIDATING
 
 
-def test_spec_suspend_wins_over_the_queue() -> None:
-    seen = Observed(generation=1, suspend=True, job=queued_job(True), workload=workload(PENDING))
+def test_spec_suspend_wins_over_the_queue_unless_it_cannot_reach_the_workload() -> None:
+    seen = Observed(
+        generation=1, suspend=True, job=queued_job(True), workload=workload(PENDING), kueue_reading=True
+    )
     assert decide_phase(seen)[0] == Phase.SUSPENDED
+    running = [{"metadata": {"labels": {"tooltune.dev/attempt": "1"}}, "status": {"phase": "Running"}}]
+    unreachable = Observed(generation=1, suspend=True, job=queued_job(False), pods=running)
+    assert (
+        decide_phase(unreachable)[0] == Phase.VALIDATING
+    )  # Kueue runs it: the status does not say otherwise
 
 
 def test_the_writer_keeps_each_jobs_newest_workload_and_finds_its_owner() -> None:
