@@ -36,7 +36,8 @@ SPEC_RULES = [
 ]
 EVALUATION_RULES = [
     {
-        "rule": "!has(self.references) || self.references.all(r, self.references.exists_one(x, x.name == r.name))",
+        "rule": "!has(self.references) "
+        "|| self.references.all(r, self.references.exists_one(x, x.name == r.name))",
         "message": "evaluation.references: names must be unique",
         "fieldPath": ".references",
     },

@@ -204,7 +204,7 @@ class Reference(Model):
         min_length=1, max_length=63, pattern=REFERENCE_NAME,
         description="How the reference is shown and named in gate rules (lowercase, digits, '-').",
     )  # fmt: skip
-    model: str = Field(min_length=1, description="The model to ask, e.g. ft:gpt-4o-mini-2024-07-18:acme::abc.")
+    model: str = Field(min_length=1, description="The model to ask, e.g. ft:gpt-4o-mini-2024-07-18:acme::x1.")
     base_url: ServiceUrl = Field(description="The API's base URL, e.g. https://api.openai.com/v1.")
     api_key_secret: SecretKeyRef | None = Field(
         None, description="Secret holding the API key; unset for a server without keys."
@@ -233,8 +233,8 @@ class GateRule(Model):
     no_worse_than: str | None = Field(
         None,
         min_length=1,
-        description="'base' or a reference's name: the tuned score may be worse than its by tolerance at most "
-        "(lower is better for noCallRate and falseCallRate).",
+        description="'base' or a reference's name: the tuned score may be worse than its by tolerance at "
+        "most (lower is better for noCallRate and falseCallRate).",
     )
     tolerance: float = Field(0.0, ge=0, le=1, description="How much worse than noWorseThan's score passes.")
 
@@ -250,14 +250,14 @@ class Evaluation(Model):
     max_examples: int | None = Field(
         None,
         ge=1,
-        description="Cap on validation examples used for the tool-call evaluations (base, tuned, references).",
+        description="Cap on validation examples of the tool-call evaluations (base, tuned, references).",
     )
     smoke_prompts: list[str] = Field(default_factory=lambda: list(LAB_SMOKE_PROMPTS), max_length=20)
     early_stopping: bool = Field(
         False, description="Stop training when the diagnosis says Overfitting or Diverging."
     )
     evaluate_base: bool = Field(
-        True, description="Evaluate the base model on the same turns before training, to show what tuning did."
+        True, description="Evaluate the base model on the same turns before training: what tuning did."
     )
     references: list[Reference] = Field(
         default_factory=list,
@@ -280,7 +280,9 @@ class Evaluation(Model):
 
     @field_validator("gate")
     @classmethod
-    def _gate_compares_with_what_is_evaluated(cls, gate: list[GateRule], info: ValidationInfo) -> list[GateRule]:
+    def _gate_compares_with_what_is_evaluated(
+        cls, gate: list[GateRule], info: ValidationInfo
+    ) -> list[GateRule]:
         references = [reference.name for reference in info.data.get("references") or []]
         for index, rule in enumerate(gate):
             other = rule.no_worse_than
@@ -288,7 +290,7 @@ class Evaluation(Model):
                 raise ValueError(f"[{index}].noWorseThan: base needs evaluation.evaluateBase: true")
             if other is not None and other != BASE and other not in references:
                 known = ", ".join([BASE, *references])
-                raise ValueError(f"[{index}].noWorseThan: {other!r} names no evaluated model; use one of: {known}")
+                raise ValueError(f"[{index}].noWorseThan: {other!r} names no evaluated model; use {known}")
         return gate
 
 
@@ -499,7 +501,7 @@ class EvaluationStatus(Scores):
     base: Scores | None = None
     references: list[ReferenceScores] | None = None
     gate: GateStatus | None = None
-    promoted: bool | None = Field(None, description="The gate passed (or there is none): the model may be used.")
+    promoted: bool | None = Field(None, description="The gate passed (or there is none): use the model.")
 
 
 class OpenAIStatus(Model):

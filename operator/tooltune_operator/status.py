@@ -12,6 +12,9 @@ Transitions, checked top to bottom (the first row that matches wins):
     previous phase terminal and no newer attempt started  (kept)      (kept)
     Job condition Complete                                Succeeded   Completed
     Job Failed, remote job cancelled (openai)             Cancelled   Cancelled
+    Job Failed by podFailurePolicy, the pod's termination Failed      EvaluationGateFailed
+      message says gate_failed (the model missed
+      spec.evaluation.gate; it is kept, not promoted)
     Job Failed by podFailurePolicy (exit code 2)          Failed      InvalidData
     Job Failed, backoffLimit reached                      Failed      BackoffLimitExceeded
     Job Failed, activeDeadlineSeconds reached             Failed      DeadlineExceeded
@@ -42,6 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tooltune_api import GATE_FAILED_OUTCOME
 from tooltune_api.models import Condition, Phase, ToolTuneJobStatus
 
 from tooltune_operator import conditions as c
@@ -145,6 +149,8 @@ def decide_phase(seen: Observed) -> tuple[Phase, str, str]:
             "BackoffLimitExceeded": c.BACKOFF_LIMIT_EXCEEDED,
             "DeadlineExceeded": c.DEADLINE_EXCEEDED,
         }
+        if failed.get("reason") == "PodFailurePolicy" and reason.startswith(f"{GATE_FAILED_OUTCOME}: "):
+            return Phase.FAILED, c.EVALUATION_GATE_FAILED, reason.removeprefix(f"{GATE_FAILED_OUTCOME}: ")
         return Phase.FAILED, by_job_reason.get(failed.get("reason", ""), c.BACKOFF_LIMIT_EXCEEDED), reason
     if seen.suspend:
         return Phase.SUSPENDED, c.SUSPENDED_BY_USER, "spec.suspend is true; set it to false to resume"

@@ -67,7 +67,11 @@ def example_jobs() -> list[Any]:
     return found
 
 
-REFERENCE = {"name": "gpt", "model": "ft:gpt-4o-mini-2024-07-18:acme::abc", "baseUrl": "https://api.openai.com/v1"}
+REFERENCE = {
+    "name": "gpt",
+    "model": "ft:gpt-4o-mini-2024-07-18:acme::abc",
+    "baseUrl": "https://api.openai.com/v1",
+}
 
 
 def with_spec(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -143,15 +147,21 @@ def test_bad_jobs_are_refused_naming_the_field(job, field, words):
             "spec.evaluation",
             "unsloth trainer only",
         ),
-        (with_spec(MINIMAL, "evaluation.references", [REFERENCE, REFERENCE]), "spec.evaluation.references",
-         "unique"),  # fmt: skip
+        (
+            with_spec(MINIMAL, "evaluation.references", [REFERENCE, REFERENCE]),
+            "spec.evaluation.references",
+            "unique",
+        ),
         (
             with_spec(MINIMAL, "evaluation.gate", [{"metric": "noCallRate", "noWorseThan": "gpt"}]),
             "spec.evaluation.gate",
             "name base or one of",
         ),
-        (with_spec(MINIMAL, "evaluation.gate", [{"metric": "noCallRate"}]), "spec.evaluation.gate[0]",
-         "needs atLeast, atMost or noWorseThan"),  # fmt: skip
+        (
+            with_spec(MINIMAL, "evaluation.gate", [{"metric": "noCallRate"}]),
+            "spec.evaluation.gate[0]",
+            "needs atLeast, atMost or noWorseThan",
+        ),
         (with_spec(MINIMAL, "backend", "openai"), "spec.openai", "required when backend is openai"),
         (with_spec(MINIMAL, "openai", OPENAI["spec"]["openai"]), "spec.openai", "only allowed then"),
         (
