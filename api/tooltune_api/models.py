@@ -287,10 +287,10 @@ class Evaluation(Model):
         for index, rule in enumerate(gate):
             other = rule.no_worse_than
             if other == BASE and not info.data.get("evaluate_base", True):
-                raise ValueError(f"[{index}].noWorseThan: base needs evaluation.evaluateBase: true")
+                raise ValueError(f"rule {index}: noWorseThan base needs evaluation.evaluateBase: true")
             if other is not None and other != BASE and other not in references:
                 known = ", ".join([BASE, *references])
-                raise ValueError(f"[{index}].noWorseThan: {other!r} names no evaluated model; use {known}")
+                raise ValueError(f"rule {index}: noWorseThan {other!r} names no evaluated model; use {known}")
         return gate
 
 
