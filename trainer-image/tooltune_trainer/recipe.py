@@ -187,7 +187,6 @@ def run(
     train_rows = training_rows(tokenizer, train, max_length, fmt)
     validation_rows = training_rows(tokenizer, validation, max_length, fmt)
 
-    on_stage("train")
     source = checkpoint_source(spec, tokenizer, fmt.name)
     # The job that writes this output, by name: a re-created ToolTuneJob (or its next attempt) resumes its own
     # checkpoints, never another job's (the operator refuses two unfinished jobs on one output).
@@ -225,6 +224,7 @@ def run(
             base = evaluate(trainer.model, tokenizer, turns, [], train, fmt)
         log.info("base model: %s (%.1f s)", base.report["metrics"], base.report["seconds"])
         reporter.update(evaluation={"base": _status_scores(base.report["metrics"])})
+    on_stage("train")
     resume_point = (
         fetch_latest_checkpoint(store, spec.output.uri, workdir / "resume", source, writer)
         if resume
@@ -243,7 +243,7 @@ def run(
         _stop_at_end_of_turn(trainer.model, tokenizer, fmt)
         eval_loss = trainer.evaluate()["eval_loss"] if validation_rows else None
 
-        on_stage("evaluate tool calls")
+        on_stage(f"evaluate the tuned model on {len(turns)} validation turns")
         tuned = evaluate(trainer.model, tokenizer, turns, spec.evaluation.smoke_prompts, train, fmt)
         scores = tuned.report["metrics"]
         metrics.observe(**{name: scores[key] for key, name in EVALUATION_METRICS.items()})
@@ -453,10 +453,13 @@ def _evaluate_references(
         }
         try:
             report, parsed, texts = evaluate_reference(reference, api_key(index, reference), turns, train)
-        except ReferenceFailed as error:
-            log.warning("reference %s: %s", reference.name, error)
-            events.record("ReferenceFailed", f"reference {reference.name}: {error}", "Warning")
-            results.append(entry | {"error": str(error)})
+        except Exception as error:  # whatever a remote service does, the tuned model is not lost over it
+            if not isinstance(error, ReferenceFailed):
+                log.exception("reference %s", reference.name)
+            reason = str(error) if isinstance(error, ReferenceFailed) else f"{type(error).__name__}: {error}"
+            log.warning("reference %s: %s", reference.name, reason)
+            events.record("ReferenceFailed", f"reference {reference.name}: {reason}", "Warning")
+            results.append(entry | {"error": reason})
             continue
         differ = [
             {"prompt": prompt_of(turn), "tuned": mine, "reference": theirs}
