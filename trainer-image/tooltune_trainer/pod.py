@@ -36,10 +36,9 @@ EXIT_RETRYABLE = 1
 EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
 SUCCEEDED, INVALID, TERMINATED, RETRYABLE = "succeeded", "invalid", "terminated", "retryable"
 GATE_FAILED = GATE_FAILED_OUTCOME  # the operator reads it as the reason EvaluationGateFailed
-EXIT_CODES = {
+EXIT_CODES = {  # one outcome per exit code: outcome_of reads them back
     SUCCEEDED: EXIT_OK,
     INVALID: EXIT_INVALID,
-    GATE_FAILED: EXIT_INVALID,
     TERMINATED: EXIT_TERMINATED,
     RETRYABLE: EXIT_RETRYABLE,
 }
@@ -93,7 +92,7 @@ def outcome_of(exit_code: int) -> str:
 def finish(outcome: str, reason: str | BaseException) -> int:
     """Write ``<outcome>: <reason>`` to the termination log; returns the outcome's exit code."""
     write_termination_message(f"{outcome}: {one_line(reason)}")
-    return EXIT_CODES[outcome]
+    return EXIT_INVALID if outcome == GATE_FAILED else EXIT_CODES[outcome]  # gate_failed: fail at once
 
 
 def write_termination_message(message: str) -> None:
