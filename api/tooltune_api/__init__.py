@@ -17,6 +17,9 @@ __version__ = "0.1.0"
 EXIT_OK = 0
 EXIT_INVALID = 2  # invalid data or config: retrying cannot help, the Job fails at once
 # any other non-zero exit is retryable (OOM, lost node, storage hiccup)
+# The termination message of a trainer whose model missed spec.evaluation.gate starts with this outcome
+# (exit code EXIT_INVALID: retrying would train the same model again); the operator's reason for it.
+GATE_FAILED_OUTCOME = "gate_failed"
 
 # Where the operator mounts the contract and where the pod writes its one-line failure reason.
 CONTRACT_ENV = "TOOLTUNE_CONFIG"
@@ -33,3 +36,8 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 ANNOTATION_GENERATION = f"{GROUP}/generation"  # on a Job: the ToolTuneJob generation it was built from
 ANNOTATION_JOB_NAME = f"{GROUP}/job-name"  # the ToolTuneJob's whole name, when a label had to shorten it
+
+
+def reference_key_env(index: int) -> str:
+    """The pod's variable holding spec.evaluation.references[index]'s API key (from its Secret)."""
+    return f"TOOLTUNE_REFERENCE_{index}_API_KEY"

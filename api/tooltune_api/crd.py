@@ -26,6 +26,33 @@ SPEC_RULES = [
         "and only allowed then",
         "fieldPath": ".openai",
     },
+    {
+        "rule": "!(has(self.backend) && self.backend == 'openai') || !has(self.evaluation) "
+        "|| ((!has(self.evaluation.references) || size(self.evaluation.references) == 0) "
+        "&& (!has(self.evaluation.gate) || size(self.evaluation.gate) == 0))",
+        "message": "evaluation.references and evaluation.gate are evaluated by the unsloth trainer only",
+        "fieldPath": ".evaluation",
+    },
+]
+EVALUATION_RULES = [
+    {
+        "rule": "!has(self.references) "
+        "|| self.references.all(r, self.references.exists_one(x, x.name == r.name))",
+        "message": "evaluation.references: names must be unique",
+        "fieldPath": ".references",
+    },
+    {
+        "rule": "!has(self.gate) || self.gate.all(g, !has(g.noWorseThan) || g.noWorseThan == 'base' "
+        "|| (has(self.references) && self.references.exists(r, r.name == g.noWorseThan)))",
+        "message": "evaluation.gate[].noWorseThan: name base or one of evaluation.references",
+        "fieldPath": ".gate",
+    },
+]
+GATE_RULE_RULES = [
+    {
+        "rule": "has(self.atLeast) || has(self.atMost) || has(self.noWorseThan)",
+        "message": "a gate rule needs atLeast, atMost or noWorseThan",
+    },
 ]
 DATASET_SCHEMES_MESSAGE = "unsupported scheme; use s3://, https://, http://, configmap://, file:// or a path"
 DATASET_RULES = [
@@ -127,6 +154,9 @@ def open_api_schema() -> dict[str, Any]:
     spec["x-kubernetes-validations"] = SPEC_RULES
     spec["properties"]["dataset"]["x-kubernetes-validations"] = DATASET_RULES
     spec["properties"]["output"]["x-kubernetes-validations"] = OUTPUT_RULES
+    evaluation = spec["properties"]["evaluation"]
+    evaluation["x-kubernetes-validations"] = EVALUATION_RULES
+    evaluation["properties"]["gate"]["items"]["x-kubernetes-validations"] = GATE_RULE_RULES
     return {
         "type": "object",
         "required": ["spec"],

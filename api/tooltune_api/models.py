@@ -13,7 +13,15 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from tooltune_api import API_VERSION, KIND, POD_WORKDIR
@@ -176,15 +184,116 @@ class Checkpoints(Model):
     keep: int = Field(3, ge=1, le=100, description="How many complete checkpoints to keep.")
 
 
+class Score(StrEnum):
+    """The tool-call scores of an evaluation (tooltune_trainer/evaluate.py says how each is counted)."""
+
+    TOOL_NAME_ACCURACY = "toolNameAccuracy"
+    ARGUMENTS_EXACT_MATCH = "argumentsExactMatch"
+    VALID_JSON_RATE = "validJsonRate"
+    NO_CALL_RATE = "noCallRate"  # lower is better
+    FALSE_CALL_RATE = "falseCallRate"  # lower is better
+
+
+LOWER_IS_BETTER = frozenset({Score.NO_CALL_RATE.value, Score.FALSE_CALL_RATE.value})
+BASE = "base"  # what spec.evaluation.gate[].noWorseThan calls the base model
+REFERENCE_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class Reference(Model):
+    """A model behind an OpenAI-compatible chat completions endpoint, scored beside the tuned one."""
+
+    name: str = Field(
+        min_length=1, max_length=63, pattern=REFERENCE_NAME,
+        description="How the reference is shown and named in gate rules (lowercase, digits, '-').",
+    )  # fmt: skip
+    model: str = Field(min_length=1, description="The model to ask, e.g. ft:gpt-4o-mini-2024-07-18:acme::x1.")
+    base_url: ServiceUrl = Field(description="The API's base URL, e.g. https://api.openai.com/v1.")
+    api_key_secret: SecretKeyRef | None = Field(
+        None, description="Secret holding the API key; unset for a server without keys."
+    )
+    timeout_seconds: int = Field(60, ge=1, le=600, description="Per request.")
+
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _base_url_is_a_url(cls, url: Any) -> Any:
+        return checked_http_url(url)
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name == BASE:
+            raise ValueError(f"{BASE!r} is the base model's name in gate rules; pick another")
+        return name
+
+
+class GateRule(Model):
+    """One condition a tuned model must meet to be promoted."""
+
+    metric: Score
+    at_least: float | None = Field(None, ge=0, le=1, description="The score must be at least this.")
+    at_most: float | None = Field(None, ge=0, le=1, description="The score must be at most this.")
+    no_worse_than: str | None = Field(
+        None,
+        min_length=1,
+        description="'base' or a reference's name: the tuned score may be worse than its by tolerance at "
+        "most (lower is better for noCallRate and falseCallRate).",
+    )
+    tolerance: float = Field(0.0, ge=0, le=1, description="How much worse than noWorseThan's score passes.")
+
+    @model_validator(mode="after")
+    def _one_condition_at_least(self) -> GateRule:
+        if self.at_least is None and self.at_most is None and self.no_worse_than is None:
+            raise ValueError("a gate rule needs atLeast, atMost or noWorseThan")
+        return self
+
+
 class Evaluation(Model):
     every_steps: int = Field(50, ge=1, le=1000000)
     max_examples: int | None = Field(
-        None, ge=1, description="Cap on validation examples used for the tool-call evaluation after training."
+        None,
+        ge=1,
+        description="Cap on validation examples of the tool-call evaluations (base, tuned, references).",
     )
     smoke_prompts: list[str] = Field(default_factory=lambda: list(LAB_SMOKE_PROMPTS), max_length=20)
     early_stopping: bool = Field(
         False, description="Stop training when the diagnosis says Overfitting or Diverging."
     )
+    evaluate_base: bool = Field(
+        True, description="Evaluate the base model on the same turns before training: what tuning did."
+    )
+    references: list[Reference] = Field(
+        default_factory=list,
+        max_length=5,
+        description="Models behind OpenAI-compatible chat endpoints, scored on the same turns.",
+    )
+    gate: list[GateRule] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Rules a tuned model must pass to be promoted; a miss ends the run EvaluationGateFailed.",
+    )
+
+    @field_validator("references")
+    @classmethod
+    def _unique_names(cls, references: list[Reference]) -> list[Reference]:
+        names = [reference.name for reference in references]
+        if len(set(names)) != len(names):
+            raise ValueError("names must be unique")
+        return references
+
+    @field_validator("gate")
+    @classmethod
+    def _gate_compares_with_what_is_evaluated(
+        cls, gate: list[GateRule], info: ValidationInfo
+    ) -> list[GateRule]:
+        references = [reference.name for reference in info.data.get("references") or []]
+        for index, rule in enumerate(gate):
+            other = rule.no_worse_than
+            if other == BASE and not info.data.get("evaluate_base", True):
+                raise ValueError(f"rule {index}: noWorseThan base needs evaluation.evaluateBase: true")
+            if other is not None and other != BASE and other not in references:
+                known = ", ".join([BASE, *references])
+                raise ValueError(f"rule {index}: noWorseThan {other!r} names no evaluated model; use {known}")
+        return gate
 
 
 class Output(Model):
@@ -313,6 +422,16 @@ class ToolTuneJobSpec(Model):
             raise ValueError("is only allowed with backend: openai")
         return openai
 
+    @field_validator("evaluation")
+    @classmethod
+    def _trainer_evaluates(cls, evaluation: Evaluation, info: ValidationInfo) -> Evaluation:
+        if info.data.get("backend") == Backend.OPENAI and (evaluation.references or evaluation.gate):
+            raise ValueError(
+                "references and gate are evaluated by the unsloth trainer only; with backend: openai remove "
+                "them, or train with backend: unsloth and name the OpenAI model as a reference"
+            )
+        return evaluation
+
 
 # ---------------------------------------------------------------- status
 
@@ -370,13 +489,37 @@ class CheckpointStatus(Model):
     )
 
 
-class EvaluationStatus(Model):
+class Scores(Model):
     examples: int | None = None
     tool_name_accuracy: float | None = None
     arguments_exact_match: float | None = None
     valid_json_rate: float | None = None
     no_call_rate: float | None = None
+    false_call_rate: float | None = None
+
+
+class ReferenceScores(Scores):
+    name: str
+    model: str | None = None
+    agreement: float | None = Field(
+        None, description="Share of turns where the tuned model made the same calls (or none) as this one."
+    )
+    error: str | None = Field(None, description="Why the reference could not be scored.")
+
+
+class GateStatus(Model):
+    passed: bool
+    message: str = ""
+
+
+class EvaluationStatus(Scores):
+    """The tuned model's scores, with the base model's and each reference's beside them."""
+
     report_uri: str | None = None
+    base: Scores | None = None
+    references: list[ReferenceScores] | None = None
+    gate: GateStatus | None = None
+    promoted: bool | None = Field(None, description="The gate passed (or there is none): use the model.")
 
 
 class OpenAIStatus(Model):

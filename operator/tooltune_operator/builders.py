@@ -30,6 +30,7 @@ from tooltune_api import (
     POD_WORKDIR,
     TERMINATION_LOG_PATH,
     WORKDIR_ENV,
+    reference_key_env,
 )
 from tooltune_api.models import Backend, JobRef, ToolTuneJobSpec, TrainerContract
 
@@ -153,6 +154,10 @@ def environment(spec: ToolTuneJobSpec, settings: Settings) -> list[dict[str, Any
         env.append(
             secret_env("OPENAI_API_KEY", spec.openai.api_key_secret.name, spec.openai.api_key_secret.key)
         )
+    for index, reference in enumerate(spec.evaluation.references):  # keys by reference, as the one above
+        if reference.api_key_secret is not None:
+            secret = reference.api_key_secret
+            env.append(secret_env(reference_key_env(index), secret.name, secret.key))
     return env
 
 

@@ -25,6 +25,7 @@ VALIDATING_DATA = "ValidatingData"  # the pod runs and has not reported a traini
 TRAINING = "Training"  # the trainer reports steps
 COMPLETED = "Completed"
 INVALID_DATA = "InvalidData"  # the trainer exited 2: retrying cannot help
+EVALUATION_GATE_FAILED = "EvaluationGateFailed"  # the model missed spec.evaluation.gate: kept, not promoted
 BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"  # every retry failed
 DEADLINE_EXCEEDED = "DeadlineExceeded"  # activeDeadlineSeconds ran out
 CANCELLED = "Cancelled"  # the remote fine-tuning job was cancelled

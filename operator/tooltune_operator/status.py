@@ -12,6 +12,9 @@ Transitions, checked top to bottom (the first row that matches wins):
     previous phase terminal and no newer attempt started  (kept)      (kept)
     Job condition Complete                                Succeeded   Completed
     Job Failed, remote job cancelled (openai)             Cancelled   Cancelled
+    Job Failed by podFailurePolicy, the pod's termination Failed      EvaluationGateFailed
+      message says gate_failed (the model missed
+      spec.evaluation.gate; it is kept, not promoted)
     Job Failed by podFailurePolicy (exit code 2)          Failed      InvalidData
     Job Failed, backoffLimit reached                      Failed      BackoffLimitExceeded
     Job Failed, activeDeadlineSeconds reached             Failed      DeadlineExceeded
@@ -49,6 +52,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tooltune_api import GATE_FAILED_OUTCOME
 from tooltune_api.models import Condition, Phase, ToolTuneJobStatus
 
 from tooltune_operator import conditions as c
@@ -154,6 +158,8 @@ def decide_phase(seen: Observed) -> tuple[Phase, str, str]:
             "BackoffLimitExceeded": c.BACKOFF_LIMIT_EXCEEDED,
             "DeadlineExceeded": c.DEADLINE_EXCEEDED,
         }
+        if failed.get("reason") == "PodFailurePolicy" and reason.startswith(f"{GATE_FAILED_OUTCOME}: "):
+            return Phase.FAILED, c.EVALUATION_GATE_FAILED, reason.removeprefix(f"{GATE_FAILED_OUTCOME}: ")
         return Phase.FAILED, by_job_reason.get(failed.get("reason", ""), c.BACKOFF_LIMIT_EXCEEDED), reason
     running_anyway = (  # spec.suspend of a Kueue Job cannot reach its Workload: reconcile says SuspendIgnored
         kueue.queue_of(seen.job)

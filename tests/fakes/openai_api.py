@@ -5,6 +5,13 @@ metadata filter, events, checkpoints, cancel), models (list, retrieve, with ``sh
 completions, checks the Bearer key, and counts what it was asked to do so tests can assert "exactly one
 job was created" or "nothing was uploaded".
 
+Chat completions answer in OpenAI's wire format: ``choices[0].message.tool_calls[].function.arguments`` as
+a JSON string and ``finish_reason`` "tool_calls", or text and "stop". A model neither in the catalogue, nor
+fine-tuned here, nor in ``chat_models`` is a 404 ``model_not_found``; a request without messages, or with an
+empty ``tools`` array, a 400. ``chat_script`` maps a prompt (the last user message) to the answer: a list
+of (name, arguments) calls, arguments a dict or the raw string to send, or a text; other prompts get a call
+guessed from the prompt's verb. ``chat_delay`` holds every chat answer back that many seconds (timeouts).
+
 OpenAI's wind-down, as the real service behaves: the fine-tunable models carry a ``shutdown_date`` (OpenAI
 announced 2027-01-14 for the gpt-4o and gpt-4.1 families; here it stays 44 days after today, as it was on
 2026-12-01, so tests do not depend on the calendar); a job on a model past its shutdown, or on one the
@@ -110,6 +117,11 @@ class FakeOpenAI(LocalServer):
         self.file_contents: dict[str, bytes] = {}
         self.jobs: dict[str, FakeJob] = {}
         self.chat_requests: list[dict[str, Any]] = []
+        self.chat_models: set[str] = (
+            set()
+        )  # served for chat besides the catalogue and this server's fine-tunes
+        self.chat_script: dict[str, str | list[tuple[str, dict[str, Any] | str]]] = {}
+        self.chat_delay = 0.0
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status answered)
         self.cancel_requests = 0
         self.filters_metadata = True  # False: list every job, as a compatible service without the filter may
@@ -301,9 +313,30 @@ class FakeOpenAI(LocalServer):
         self._finish(job, "cancelled")
         return 200, _public(job.body)
 
+    def _chat_model(self, model_id: str) -> bool:
+        fine_tuned = {job.body["fine_tuned_model"] for job in self.jobs.values()}
+        return model_id in self.models or model_id in fine_tuned or model_id in self.chat_models
+
     def chat_completion(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         self.chat_requests.append(request)
+        if not request.get("model"):
+            return 400, _error("you must provide a model parameter", None)
+        if not request.get("messages"):
+            return 400, _error(
+                "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
+            )
+        if "tools" in request and not request["tools"]:
+            message = (
+                "Invalid 'tools': empty array. Expected an array with minimum length 1, "
+                "but got an empty array instead."
+            )
+            return 400, _error(message, "tools", "empty_array")
+        if not self._chat_model(request["model"]):
+            message = f"The model `{request['model']}` does not exist or you do not have access to it."
+            return 404, _error(message, None, "model_not_found")
         prompt = next((m["content"] for m in reversed(request["messages"]) if m["role"] == "user"), "")
+        if prompt in self.chat_script:
+            return 200, self._completion(request, self._scripted(self.chat_script[prompt]))
         tool = _pick_tool(prompt, request.get("tools") or [])
         if tool is None:
             message: dict[str, Any] = {
@@ -311,7 +344,6 @@ class FakeOpenAI(LocalServer):
                 "content": "I can only help with tasks.",
                 "tool_calls": None,
             }
-            finish = "stop"
         else:
             required = tool.get("parameters", {}).get("required", [])
             arguments = {name: prompt for name in required}
@@ -321,13 +353,36 @@ class FakeOpenAI(LocalServer):
                 "function": {"name": tool["name"], "arguments": json.dumps(arguments)},
             }
             message = {"role": "assistant", "content": None, "tool_calls": [call]}
-            finish = "tool_calls"
-        return 200, {
+        return 200, self._completion(request, message)
+
+    def _scripted(self, answer: str | list[tuple[str, dict[str, Any] | str]]) -> dict[str, Any]:
+        if isinstance(answer, str):
+            return {"role": "assistant", "content": answer, "tool_calls": None}
+        calls = [
+            {
+                "id": self._new_id("call"),
+                "type": "function",
+                "function": {"name": name, "arguments": args if isinstance(args, str) else json.dumps(args)},
+            }
+            for name, args in answer
+        ]
+        return {"role": "assistant", "content": None, "tool_calls": calls}
+
+    def _completion(self, request: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
+        finish = "tool_calls" if message.get("tool_calls") else "stop"
+        return {
             "id": self._new_id("chatcmpl"),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": request["model"],
-            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {**message, "refusal": None},
+                    "finish_reason": finish,
+                    "logprobs": None,
+                }
+            ],
             "usage": {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60},
         }
 
@@ -474,6 +529,8 @@ class _Handler(JsonHandler):
     def _serve(self) -> None:
         url = urlparse(self.path)
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if url.path.endswith("/chat/completions") and self.api.chat_delay:
+            time.sleep(self.api.chat_delay)  # outside the lock: other requests are answered meanwhile
         status, payload, extra = self.api.handle(
             self.command, url.path, parse_qs(url.query), self.headers, body
         )

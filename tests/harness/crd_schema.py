@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+from tooltune_api.crd import EVALUATION_RULES, GATE_RULE_RULES, SPEC_RULES
 
 from tests.harness import tables
 from tests.harness.tables import CRD_PATH
@@ -39,6 +40,18 @@ CEL_RULES: dict[str, Callable[[dict[str, Any]], bool]] = {
     "!self.uri.contains('://') || self.uri.matches('^(s3|file)://')": lambda output: _scheme_in(
         output["uri"], r"(s3|file)"
     ),
+    SPEC_RULES[1]["rule"]: lambda spec: (
+        spec.get("backend") != "openai"
+        or not (spec.get("evaluation", {}).get("references") or spec.get("evaluation", {}).get("gate"))
+    ),
+    EVALUATION_RULES[0]["rule"]: lambda evaluation: (
+        len({r["name"] for r in evaluation.get("references", [])}) == len(evaluation.get("references", []))
+    ),
+    EVALUATION_RULES[1]["rule"]: lambda evaluation: all(
+        rule.get("noWorseThan") in {None, "base", *(r["name"] for r in evaluation.get("references", []))}
+        for rule in evaluation.get("gate", [])
+    ),
+    GATE_RULE_RULES[0]["rule"]: lambda rule: bool({"atLeast", "atMost", "noWorseThan"} & set(rule)),
 }
 
 

@@ -4,6 +4,7 @@ The script is the contract's baseModel (`script/<behaviour>`), so each test pick
 
     script/succeed       report progress through the real StatusReporter, then exit 0
     script/invalid-data  write a one-line reason to the termination log and exit 2
+    script/gate-failed   report progress and a missed evaluation gate, end as the trainer does (pod.finish)
     script/crash         exit 1 (retryable)
     script/run           report progress, then keep running until killed
 
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from tooltune_api.models import TrainerContract
+from tooltune_trainer import pod
 from tooltune_trainer.telemetry import StatusReporter
 
 
@@ -39,6 +41,12 @@ def main() -> int:
     reporter.flush()
     if behaviour == "run":
         time.sleep(120)
+    if behaviour == "gate-failed":
+        message = "evaluation gate failed: toolNameAccuracy 0.5 < 0.9 (atLeast 0.9)"
+        reporter.update(evaluation={"toolNameAccuracy": 0.5, "gate": {"passed": False, "message": message},
+                                    "promoted": False})  # fmt: skip
+        reporter.flush()
+        return pod.finish(pod.GATE_FAILED, f"{message}; the model is kept at s3://b/o/final")
     return 0
 
 

@@ -132,6 +132,37 @@ def test_invalid_data_exit_code_fails_at_once_with_the_reason(cluster: K8s, oper
     )
 
 
+def test_a_missed_evaluation_gate_fails_at_once_as_evaluation_gate_failed(
+    cluster: K8s, operator: KopfRunner
+) -> None:
+    cluster.create_tooltunejob("gated", scripted_spec("gate-failed", backoffLimit=3))
+    wait_for(
+        phase_is(cluster, "gated", "Failed"),
+        timeout=30,
+        what="Failed",
+        describe=lambda: ttj(cluster, "gated"),
+    )
+    status = ttj(cluster, "gated")["status"]
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert (status["reason"], failed["reason"]) == ("EvaluationGateFailed", "EvaluationGateFailed")
+    assert failed["message"] == (
+        "evaluation gate failed: toolNameAccuracy 0.5 < 0.9 (atLeast 0.9); the model is kept at s3://b/o/final"
+    )
+    assert status["evaluation"]["promoted"] is False and status["evaluation"]["gate"]["passed"] is False
+    pods = [
+        p for p in cluster.cluster.list(PODS) if p["metadata"]["labels"].get("tooltune.dev/job") == "gated"
+    ]
+    assert len(pods) == 1, "a missed gate is not retried: the same training would make the same model"
+    wait_for(
+        lambda: any(
+            e["reason"] == "EvaluationGateFailed" and "toolNameAccuracy 0.5 < 0.9" in e["message"]
+            for e in events_of(cluster, "gated")
+        ),
+        timeout=5,
+        what="an EvaluationGateFailed Event with the numbers",
+    )
+
+
 def test_invalid_spec_fails_with_an_event_naming_the_field_and_creates_nothing(
     cluster: K8s, operator: KopfRunner
 ) -> None:

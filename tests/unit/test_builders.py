@@ -147,6 +147,24 @@ def test_credentials_are_referenced_never_inlined() -> None:
     assert all("value" not in e for e in env.values() if e["name"].startswith("AWS_"))
 
 
+def test_each_reference_key_comes_from_its_secret_by_reference() -> None:
+    references = [
+        {"name": "ft", "model": "ft:gpt-4o-mini-2024-07-18:acme::x1", "baseUrl": "https://api.openai.com/v1",
+         "apiKeySecret": {"name": "openai", "key": "OPENAI_API_KEY"}},
+        {"name": "vllm", "model": "qwen", "baseUrl": "http://vllm.serving:8000/v1"},  # a server without keys
+        {"name": "other", "model": "m", "baseUrl": "https://llm.example/v1", "apiKeySecret": {"name": "llm"}},
+    ]  # fmt: skip
+    spec = {**GPU_JOB, "evaluation": {"references": references}}
+    job = builders.training_job(resource(spec), parse_spec(spec), 1, SETTINGS)
+    env = [e for e in job["spec"]["template"]["spec"]["containers"][0]["env"] if "REFERENCE" in e["name"]]
+    assert env == [
+        {"name": "TOOLTUNE_REFERENCE_0_API_KEY",
+         "valueFrom": {"secretKeyRef": {"name": "openai", "key": "OPENAI_API_KEY"}}},
+        {"name": "TOOLTUNE_REFERENCE_2_API_KEY",
+         "valueFrom": {"secretKeyRef": {"name": "llm", "key": "OPENAI_API_KEY"}}},
+    ]  # fmt: skip
+
+
 def test_invalid_data_fails_the_job_at_once_and_disruptions_do_not_count() -> None:
     job = builders.training_job(resource(GPU_JOB), parse_spec(GPU_JOB), 1, SETTINGS)
     rules = job["spec"]["podFailurePolicy"]["rules"]

@@ -67,6 +67,13 @@ def example_jobs() -> list[Any]:
     return found
 
 
+REFERENCE = {
+    "name": "gpt",
+    "model": "ft:gpt-4o-mini-2024-07-18:acme::abc",
+    "baseUrl": "https://api.openai.com/v1",
+}
+
+
 def with_spec(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     """A copy of `base` with spec.<path> set to `value` (``...`` deletes it)."""
     obj = copy.deepcopy(base)
@@ -135,6 +142,26 @@ def test_bad_jobs_are_refused_naming_the_field(job, field, words):
 @pytest.mark.parametrize(
     ("job", "field", "words"),
     [
+        (
+            with_spec(OPENAI, "evaluation.gate", [{"metric": "toolNameAccuracy", "atLeast": 0.5}]),
+            "spec.evaluation",
+            "unsloth trainer only",
+        ),
+        (
+            with_spec(MINIMAL, "evaluation.references", [REFERENCE, REFERENCE]),
+            "spec.evaluation.references",
+            "unique",
+        ),
+        (
+            with_spec(MINIMAL, "evaluation.gate", [{"metric": "noCallRate", "noWorseThan": "gpt"}]),
+            "spec.evaluation.gate",
+            "name base or one of",
+        ),
+        (
+            with_spec(MINIMAL, "evaluation.gate", [{"metric": "noCallRate"}]),
+            "spec.evaluation.gate[0]",
+            "needs atLeast, atMost or noWorseThan",
+        ),
         (with_spec(MINIMAL, "backend", "openai"), "spec.openai", "required when backend is openai"),
         (with_spec(MINIMAL, "openai", OPENAI["spec"]["openai"]), "spec.openai", "only allowed then"),
         (
@@ -153,6 +180,10 @@ def test_bad_jobs_are_refused_naming_the_field(job, field, words):
         ),
     ],
     ids=[
+        "openai-backend-with-gate",
+        "duplicate-reference-names",
+        "gate-names-unknown-model",
+        "gate-rule-without-condition",
         "openai-backend-without-settings",
         "openai-settings-on-unsloth",
         "two-validation-sources",

@@ -31,6 +31,14 @@ def test_a_long_reason_is_cut_to_what_kubernetes_keeps(termination_log: Path) ->
     assert len(termination_log.read_bytes()) == pod.TERMINATION_MESSAGE_LIMIT
 
 
+def test_a_missed_gate_fails_the_job_at_once_under_its_own_outcome(termination_log: Path) -> None:
+    assert pod.finish(pod.GATE_FAILED, "evaluation gate failed: noCallRate 0.4 > 0.05 (atMost 0.05)") == 2
+    assert (
+        termination_log.read_text()
+        == "gate_failed: evaluation gate failed: noCallRate 0.4 > 0.05 (atMost 0.05)"
+    )
+
+
 def test_exit_codes_map_back_to_outcomes() -> None:
     for outcome, code in pod.EXIT_CODES.items():
         assert pod.outcome_of(code) == outcome

@@ -186,6 +186,23 @@ TABLE = [
         "",
     ),
     (
+        "exit 2 with gate_failed: the model missed its evaluation gate",
+        Observed(
+            1,
+            job=job(("Failed", "PodFailurePolicy")),
+            pods=[
+                pod(
+                    "Failed",
+                    2,
+                    "gate_failed: evaluation gate failed: toolNameAccuracy 0.5 < 0.9 (atLeast 0.9)",
+                )
+            ],
+        ),
+        "Failed",
+        c.EVALUATION_GATE_FAILED,
+        "evaluation gate failed: toolNameAccuracy 0.5 < 0.9",
+    ),
+    (
         "exit 2: invalid data",
         Observed(
             1,

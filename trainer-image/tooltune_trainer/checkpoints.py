@@ -530,6 +530,7 @@ def lineage_manifest(
     metrics: Mapping[str, Any],
     tool_call_format: str | None = None,
     cost: Mapping[str, Any] | None = None,
+    promotion: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What went into the final model: base model, data (URI + sha256), hyperparameters, versions, results,
     and what the run cost (GPU-hours, and dollars where a price per GPU-hour is known).
@@ -555,6 +556,7 @@ def lineage_manifest(
         "output": spec.output.uri,
         "metrics": dict(metrics),
         "cost": dict(cost) if cost else None,
+        **dict(promotion or {}),
     }
 
 
@@ -565,9 +567,10 @@ def write_lineage(
     metrics: Mapping[str, Any],
     tool_call_format: str | None = None,
     cost: Mapping[str, Any] | None = None,
+    promotion: Mapping[str, Any] | None = None,
 ) -> str:
-    """Write <output>/final/lineage.json and return its URI."""
+    """Write <output>/final/lineage.json and return its URI; promotion: the gate verdict (promoted, gate)."""
     uri = join(contract.spec.output.uri, FINAL_DIR, LINEAGE)
-    document = lineage_manifest(contract, datasets, metrics, tool_call_format, cost)
+    document = lineage_manifest(contract, datasets, metrics, tool_call_format, cost, promotion)
     store.write_bytes(uri, json.dumps(document, indent=1, sort_keys=True, default=str).encode())
     return uri

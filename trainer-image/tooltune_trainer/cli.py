@@ -330,7 +330,8 @@ def run(
         typer.Option("--resume", help="Continue from the newest checkpoint in output.uri, as a pod would."),
     ] = False,
 ) -> None:
-    """Train a ToolTuneJob here with the pod's recipe (no cluster); a relative output.uri is under cwd."""
+    """Train a ToolTuneJob here with the pod's recipe (no cluster); a relative output.uri is under cwd.
+    Exits 2 when the spec is invalid or the model misses spec.evaluation.gate (kept, not promoted)."""
     from rich.console import Console
 
     console = Console(highlight=False)
@@ -353,6 +354,8 @@ def run(
         console.print(f"[red]invalid job:[/red] {error}", markup=True)
         raise typer.Exit(EXIT_INVALID) from None
     _print_run_summary(console, result)
+    if not result.promoted:  # the model is saved; spec.evaluation.gate says it is not good enough
+        raise typer.Exit(EXIT_INVALID)
 
 
 @app.command()
@@ -450,6 +453,15 @@ def _training_progress(console: Any) -> Any:
     return RichProgress()
 
 
+SCORE_ROWS = (  # (key, label, meaning); {expecting} is filled in
+    ("toolNameAccuracy", "tool-name accuracy", "share {expecting} answered with the right tools"),
+    ("argumentsExactMatch", "arguments exact match", "those with every argument right too"),
+    ("validJsonRate", "valid JSON rate", "share of attempted calls that parse as JSON"),
+    ("noCallRate", "no call when one was expected", "share {expecting} answered in text"),
+    ("falseCallRate", "call when none was expected", "share of turns expecting text that call a tool"),
+)
+
+
 def _print_run_summary(console: Any, result: Any) -> None:
     from rich.table import Table
     from rich.text import Text
@@ -457,42 +469,95 @@ def _print_run_summary(console: Any, result: Any) -> None:
     from tooltune_trainer.recipe import EVALUATION_FILE, LOSS_CURVE_FILE
     from tooltune_trainer.storage import join
 
-    scores = result.evaluation["metrics"]
-    expecting = f"of {scores['expectedCalls']} validation turns that expect a call"
+    report = result.evaluation
     table = Table(title="Run summary", show_header=False, title_justify="left")
     table.add_column("what", no_wrap=True)
     table.add_column("value", justify="right", no_wrap=True)
     table.add_column("meaning")  # the one that wraps in a narrow terminal
-    m = {key: _fmt(value) for key, value in scores.items() if key not in ("examples", "expectedCalls")}
     rows = [
         ("backend / device", f"{result.backend} / {result.device}", ""),
-        ("tool-call format", result.evaluation["toolCallFormat"], "how the model writes its calls"),
+        ("tool-call format", report["toolCallFormat"], "how the model writes its calls"),
         ("examples (train / validation)", f"{result.train_examples} / {result.validation_examples}", ""),
         ("steps", str(result.steps), ""),
         ("time", f"{result.seconds:.0f} s", "training and evaluation, without installing"),
         ("final train loss", _fmt(result.train_loss), "last logged; loss covers the assistant's output only"),
         ("eval loss", _fmt(result.eval_loss), "the same loss on the validation split"),
-        ("tool-name accuracy", m["toolNameAccuracy"], f"share {expecting} answered with the right tools"),
-        ("arguments exact match", m["argumentsExactMatch"], "those with every argument right too"),
-        ("valid JSON rate", m["validJsonRate"], "share of attempted calls that parse as JSON"),
-        ("no call when one was expected", m["noCallRate"], f"share {expecting} answered in text"),
-        ("call when none was expected", m["falseCallRate"], "share of turns expecting text that call a tool"),
     ]  # fmt: skip
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    console.print(_scores_table(report))
     # Paths on lines of their own, never cropped by the table's width.
     console.print(f"model: {result.output_uri}", soft_wrap=True)
     console.print(f"loss curve: {join(result.output_uri, LOSS_CURVE_FILE)}", soft_wrap=True)
     console.print(f"evaluation report: {join(result.output_uri, EVALUATION_FILE)}", soft_wrap=True)
-    errors = ", ".join(f"{count} {kind}" for kind, count in result.evaluation["errors"].items() if count)
+    errors = ", ".join(f"{count} {kind}" for kind, count in report["errors"].items() if count)
     console.print(f"wrong answers by kind (details under wrongAnswers in the report): {errors or 'none'}")
+    for line in _breakdown_lines(report["breakdown"]):
+        console.print(line, soft_wrap=True)
+    for reference in report.get("references") or []:
+        if "error" in reference:
+            console.print(f"reference {reference['name']} not scored: {reference['error']}", soft_wrap=True)
+    gate = report["gate"]
+    if result.promoted:
+        console.print(f"promoted ({gate['message']}): {report['promotionUri']}", soft_wrap=True)
+    else:
+        console.print(f"NOT promoted: {gate['message']}", soft_wrap=True)
     smoke = Table(title="Smoke prompts", title_justify="left")
     smoke.add_column("prompt")
     smoke.add_column("answer")
-    for test in result.evaluation["smokeTests"]:
+    for test in report["smokeTests"]:
         smoke.add_row(Text(test["prompt"]), Text(test["answer"]))  # model output is text, never markup
     console.print(smoke)
+
+
+def _scores_table(report: dict[str, Any]) -> Any:
+    """The tuned model's scores beside the base model's and each reference's, on the same turns."""
+    from rich.table import Table
+
+    columns = [("tuned", report["metrics"])]
+    if report.get("base"):
+        columns.insert(0, ("base", report["base"]["metrics"]))
+    references = [r for r in report.get("references") or [] if "metrics" in r]
+    columns += [(r["name"], r["metrics"]) for r in references]
+    expecting = f"of {report['metrics']['expectedCalls']} validation turns that expect a call"
+    table = Table(title="Tool calls on the validation split", title_justify="left")
+    table.add_column("score", no_wrap=True)
+    for name, _ in columns:
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("meaning")
+    for key, label, meaning in SCORE_ROWS:
+        table.add_row(
+            label, *(_fmt(scores.get(key)) for _, scores in columns), meaning.format(expecting=expecting)
+        )
+    if references:
+        same = ["", *([""] if report.get("base") else []), *(_fmt(r["agreement"]) for r in references)]
+        table.add_row("agreement with tuned", *same, "share of turns with the same calls (or none) as tuned")
+    seconds = [report.get("base", {}).get("seconds")] if report.get("base") else []
+    seconds += [report.get("seconds"), *(r.get("seconds") for r in references)]
+    table.add_row("evaluation time", *("—" if s is None else f"{s:.0f} s" for s in seconds), "")
+    return table
+
+
+def _breakdown_lines(breakdown: dict[str, Any], shown: int = 3) -> list[str]:
+    """The tuned model's worst argument fields and most frequent tool confusions, one line each."""
+    fields = sorted(
+        ((name, c) for name, c in breakdown["perArgument"].items() if c["missing"] + c["wrong"] + c["extra"]),
+        key=lambda item: -(item[1]["missing"] + item[1]["wrong"] + item[1]["extra"]),
+    )[:shown]
+    lines = []
+    if fields:
+        lines.append("argument fields most often wrong: " + "; ".join(
+            f"{name} {c['wrong']} wrong, {c['missing']} missing of {c['expected']}"
+            + (f", {c['extra']} extra" if c["extra"] else "")
+            for name, c in fields
+        ))  # fmt: skip
+    confusions = breakdown["confusions"][:shown]
+    if confusions:
+        lines.append("tool confusions (asked for → called): " + "; ".join(
+            f"{c['expected']} → {c['called']} ×{c['count']}" for c in confusions
+        ))  # fmt: skip
+    return lines
 
 
 def _fmt(value: float | None) -> str:

@@ -114,7 +114,9 @@ def run_row(files: RunFiles, prices: PriceTable) -> dict[str, Any]:
     if row["costUsd"] is None and smoke.get("trainedTokens") and price is not None:
         row["costUsd"] = dollars(int(smoke["trainedTokens"]), price)  # OpenAI bills trained_tokens
     gate = evaluation.get("gate")
-    if isinstance(gate, dict) and isinstance(gate.get("passed"), bool):
+    if isinstance(gate, dict) and gate.get("checks") == []:
+        pass  # the run had no gate rules: nothing to show
+    elif isinstance(gate, dict) and isinstance(gate.get("passed"), bool):
         row["gate"] = "passed" if gate["passed"] else "failed"
     elif isinstance(lineage.get("promoted"), bool):
         row["gate"] = "passed" if lineage["promoted"] else "failed"

@@ -3,11 +3,13 @@
 - read the operator↔trainer contract from the file the operator mounts (``TOOLTUNE_CONFIG``);
 - log one line per record to stderr, which `kubectl logs` shows;
 - end with an exit code the Job's podFailurePolicy reads: 0 done, 2 invalid (data, config, credentials:
-  retrying cannot help, the Job fails at once), 143 stopped by SIGTERM after a checkpoint, 1 anything
-  else (the Job retries);
+  retrying cannot help, the Job fails at once) or the model missed its evaluation gate (retrying would
+  train the same model again), 143 stopped by SIGTERM after a checkpoint, 1 anything else (the Job
+  retries);
 - and write one line to the termination log, in one format: ``<outcome>: <reason>`` with outcome one of
-  ``succeeded``, ``invalid``, ``terminated``, ``retryable``. `kubectl describe pod` shows it, and the
-  operator copies it into the ToolTuneJob's status when the pod fails.
+  ``succeeded``, ``invalid``, ``gate_failed``, ``terminated``, ``retryable``. `kubectl describe pod` shows
+  it, and the operator copies it into the ToolTuneJob's status when the pod fails (and reads the outcome
+  ``gate_failed`` as the reason EvaluationGateFailed).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tooltune_api import (
     CONTRACT_PATH,
     EXIT_INVALID,
     EXIT_OK,
+    GATE_FAILED_OUTCOME,
     TERMINATION_LOG_ENV,
     TERMINATION_LOG_PATH,
 )
@@ -32,7 +35,8 @@ from tooltune_api.models import TrainerContract, describe_validation_error
 EXIT_RETRYABLE = 1
 EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
 SUCCEEDED, INVALID, TERMINATED, RETRYABLE = "succeeded", "invalid", "terminated", "retryable"
-EXIT_CODES = {
+GATE_FAILED = GATE_FAILED_OUTCOME  # the operator reads it as the reason EvaluationGateFailed
+EXIT_CODES = {  # one outcome per exit code: outcome_of reads them back
     SUCCEEDED: EXIT_OK,
     INVALID: EXIT_INVALID,
     TERMINATED: EXIT_TERMINATED,
@@ -88,7 +92,7 @@ def outcome_of(exit_code: int) -> str:
 def finish(outcome: str, reason: str | BaseException) -> int:
     """Write ``<outcome>: <reason>`` to the termination log; returns the outcome's exit code."""
     write_termination_message(f"{outcome}: {one_line(reason)}")
-    return EXIT_CODES[outcome]
+    return EXIT_INVALID if outcome == GATE_FAILED else EXIT_CODES[outcome]  # gate_failed: fail at once
 
 
 def write_termination_message(message: str) -> None:

@@ -1,4 +1,5 @@
-"""The training recipe, top to bottom like the lab: data, split, format, model, train, evaluate, save.
+"""The training recipe, top to bottom like the lab: data, split, format, model, evaluate the base, train,
+evaluate the tuned model (and the references), save, gate.
 
 `run(contract, workdir)` is the whole job; the pod entrypoint (`tooltune train`) and the local runner
 (`tooltune run`) both call it. Errors a user can fix (bad data, bad settings) raise `InvalidJob`
@@ -11,7 +12,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -19,7 +21,14 @@ from typing import Any
 
 from pydantic import ValidationError
 from tooltune_api import WORKDIR_ENV
-from tooltune_api.models import InvalidSpec, ToolTuneJobSpec, TrainerContract, describe_validation_error
+from tooltune_api.models import (
+    BASE,
+    InvalidSpec,
+    ToolTuneJobSpec,
+    TrainerContract,
+    describe_validation_error,
+    now_iso,
+)
 from transformers import PrinterCallback
 
 from tooltune_trainer import backends, pod, tiny
@@ -33,9 +42,21 @@ from tooltune_trainer.checkpoints import (
     write_lineage,
 )
 from tooltune_trainer.data import InvalidDataset, read_jsonl, split_examples, validate_examples
-from tooltune_trainer.evaluate import evaluate, write_report
+from tooltune_trainer.evaluate import (
+    SAMPLES_IN_REPORT,
+    ModelEvaluation,
+    Turn,
+    agreement,
+    evaluate,
+    evaluation_turns,
+    prompt_of,
+    same_calls,
+    write_report,
+)
 from tooltune_trainer.formatting import FormattingError, end_of_turn_id, templated_length, training_rows
+from tooltune_trainer.gate import evaluate_gate
 from tooltune_trainer.plots import render_loss_curves
+from tooltune_trainer.references import ReferenceFailed, api_key, evaluate_reference
 from tooltune_trainer.serving import write_model_card
 from tooltune_trainer.storage import StorageError, join, open_store
 from tooltune_trainer.telemetry import (
@@ -60,7 +81,9 @@ EVALUATION_METRICS = {
     "validJsonRate": "valid_json_rate",
     "noCallRate": "no_call_rate",
 }
+STATUS_SCORES = ("examples", *EVALUATION_METRICS, "falseCallRate")
 EVALUATION_FILE = "evaluation.json"
+PROMOTION_FILE = "promotion.json"  # next to final/ when the run passed its gate: the model may be used
 LOSS_CURVE_FILE = "loss_curve.png"
 TRAIN_LOG_FILE = "train_log.json"
 
@@ -102,6 +125,10 @@ class RunResult:
     eval_loss: float | None
     evaluation: dict[str, Any]
     saved: list[str] = field(default_factory=list)
+
+    @property
+    def promoted(self) -> bool:
+        return bool(self.evaluation.get("promoted"))
 
 
 def run(
@@ -160,7 +187,6 @@ def run(
     train_rows = training_rows(tokenizer, train, max_length, fmt)
     validation_rows = training_rows(tokenizer, validation, max_length, fmt)
 
-    on_stage("train")
     source = checkpoint_source(spec, tokenizer, fmt.name)
     # The job that writes this output, by name: a re-created ToolTuneJob (or its next attempt) resumes its own
     # checkpoints, never another job's (the operator refuses two unfinished jobs on one output).
@@ -189,6 +215,16 @@ def run(
     )
     if not print_logs:
         trainer.remove_callback(PrinterCallback)
+    turns = evaluation_turns(validation)[: spec.evaluation.max_examples]
+    base = None
+    if spec.evaluation.evaluate_base:
+        on_stage(f"evaluate the base model on {len(turns)} validation turns")
+        _stop_at_end_of_turn(trainer.model, tokenizer, fmt)
+        with base_weights(trainer.model):
+            base = evaluate(trainer.model, tokenizer, turns, [], train, fmt)
+        log.info("base model: %s (%.1f s)", base.report["metrics"], base.report["seconds"])
+        reporter.update(evaluation={"base": _status_scores(base.report["metrics"])})
+    on_stage("train")
     resume_point = (
         fetch_latest_checkpoint(store, spec.output.uri, workdir / "resume", source, writer)
         if resume
@@ -207,18 +243,26 @@ def run(
         _stop_at_end_of_turn(trainer.model, tokenizer, fmt)
         eval_loss = trainer.evaluate()["eval_loss"] if validation_rows else None
 
-        on_stage("evaluate tool calls")
-        report = evaluate(
-            trainer.model,
-            tokenizer,
-            validation,
-            spec.evaluation.smoke_prompts,
-            train,
-            spec.evaluation.max_examples,
-            fmt,
-        )
-        scores = report["metrics"]
+        on_stage(f"evaluate the tuned model on {len(turns)} validation turns")
+        tuned = evaluate(trainer.model, tokenizer, turns, spec.evaluation.smoke_prompts, train, fmt)
+        scores = tuned.report["metrics"]
         metrics.observe(**{name: scores[key] for key, name in EVALUATION_METRICS.items()})
+        references = _evaluate_references(spec, turns, train, tuned, on_stage, telemetry[0].events)
+        gate = evaluate_gate(
+            spec.evaluation.gate,
+            scores,
+            {BASE: base.report["metrics"] if base else None}
+            | {r["name"]: r.get("metrics") for r in references},
+        )
+        log.info("%s", gate["message"])
+        report = {
+            **tuned.report,
+            "base": _without(base.report, "smokeTests", "samples", "wrongAnswers") if base else None,
+            "references": references,
+            "gate": gate,
+            "promoted": gate["passed"],
+            "promotionUri": join(spec.output.uri, PROMOTION_FILE) if gate["passed"] else None,
+        }
 
         on_stage("save and upload")
         final = workdir / "output" / FINAL_DIR
@@ -233,6 +277,8 @@ def run(
                 telemetry[0].train_losses, telemetry[0].eval_losses, diagnosis, final / LOSS_CURVE_FILE
             )
         output_uri = join(spec.output.uri, FINAL_DIR)
+        promotion_uri = join(spec.output.uri, PROMOTION_FILE)
+        store.delete(promotion_uri)  # an earlier run's marker must never vouch for this model
         store.upload_dir(final, output_uri)
         if not checkpoint_sync.close(CHECKPOINT_UPLOAD_TIMEOUT_SECONDS):
             log.warning(
@@ -251,9 +297,22 @@ def run(
             },
             fmt.name,
             gpu_cost(spec.resources.gpus, telemetry[0].gpu_hour_price, time.monotonic() - started, 0),
+            {"promoted": gate["passed"], "gate": gate["message"]},
         )
+        if gate["passed"]:
+            marker = {"promoted": True, "model": output_uri, "gate": gate["message"], "at": now_iso(),
+                      "job": contract.job.dump()}  # fmt: skip
+            store.write_bytes(promotion_uri, (json.dumps(marker, indent=1) + "\n").encode())
+            telemetry[0].events.record("ModelPromoted", f"{output_uri}: {gate['message']}")
         reporter.update(
-            evaluation={**_status_scores(scores), "reportUri": join(output_uri, EVALUATION_FILE)},
+            evaluation={
+                **_status_scores(scores),
+                "reportUri": join(output_uri, EVALUATION_FILE),
+                "base": _status_scores(base.report["metrics"]) if base else None,
+                "references": [_reference_status(r) for r in references] or None,
+                "gate": {"passed": gate["passed"], "message": gate["message"]},
+                "promoted": gate["passed"],
+            },
             output={"uri": output_uri},
         )
         reporter.flush()
@@ -349,7 +408,72 @@ def _stop_at_end_of_turn(model: Any, tokenizer: Any, fmt: ToolCallFormat) -> Non
 
 
 def _status_scores(scores: dict[str, Any]) -> dict[str, Any]:
-    return {key: scores[key] for key in ("examples", *EVALUATION_METRICS) if scores.get(key) is not None}
+    return {key: scores[key] for key in STATUS_SCORES if scores.get(key) is not None}
+
+
+def _reference_status(reference: dict[str, Any]) -> dict[str, Any]:
+    scores = _status_scores(reference["metrics"]) if "metrics" in reference else {}
+    extra = {key: reference[key] for key in ("agreement", "error") if reference.get(key) is not None}
+    return {"name": reference["name"], "model": reference["model"], **scores, **extra}
+
+
+def _without(report: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {key: value for key, value in report.items() if key not in keys}
+
+
+@contextmanager
+def base_weights(model: Any) -> Iterator[None]:
+    """The model as its base: LoRA adapters disabled (PEFT's disable_adapter; the output is the base
+    model's exactly, tests/integration/test_evaluation.py compares logits), a full fine-tune as it is before
+    its first step."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield
+    else:
+        yield
+
+
+def _evaluate_references(
+    spec: ToolTuneJobSpec,
+    turns: list[Turn],
+    train: list[dict[str, Any]],
+    tuned: ModelEvaluation,
+    on_stage: Callable[[str], None],
+    events: EventRecorder,
+) -> list[dict[str, Any]]:
+    """Each reference scored on the turns, with its agreement with the tuned model and the turns where they
+    differ; a reference that fails is reported with its reason (a Warning Event too), never raised."""
+    results = []
+    for index, reference in enumerate(spec.evaluation.references):
+        on_stage(f"evaluate reference {reference.name} ({reference.model})")
+        entry: dict[str, Any] = {
+            "name": reference.name,
+            "model": reference.model,
+            "baseUrl": reference.base_url,
+        }
+        try:
+            report, parsed, texts = evaluate_reference(reference, api_key(index, reference), turns, train)
+        except Exception as error:  # whatever a remote service does, the tuned model is not lost over it
+            if not isinstance(error, ReferenceFailed):
+                log.exception("reference %s", reference.name)
+            reason = str(error) if isinstance(error, ReferenceFailed) else f"{type(error).__name__}: {error}"
+            log.warning("reference %s: %s", reference.name, reason)
+            events.record("ReferenceFailed", f"reference {reference.name}: {reason}", "Warning")
+            results.append(entry | {"error": reason})
+            continue
+        differ = [
+            {"prompt": prompt_of(turn), "tuned": mine, "reference": theirs}
+            for turn, mine_parsed, theirs_parsed, mine, theirs in zip(
+                turns, tuned.parsed, parsed, tuned.answers, texts, strict=True
+            )
+            if not same_calls(mine_parsed, theirs_parsed)
+        ]
+        results.append(
+            entry
+            | report
+            | {"agreement": agreement(tuned.parsed, parsed), "disagreements": differ[:SAMPLES_IN_REPORT]}
+        )
+    return results
 
 
 def _last(history: list[dict[str, Any]], key: str) -> float | None:
@@ -423,6 +547,10 @@ def main(config: Path | None = None) -> int:
             return pod.finish(pod.INVALID, error)
         log.exception("training failed, the Job may retry")
         return pod.finish(pod.RETRYABLE, f"{type(error).__name__}: {pod.one_line(error)}")
+    gate = result.evaluation["gate"]["message"]
+    if not result.promoted:  # the model is kept, not promoted; retrying would train the same model again
+        log.error("%s", gate)
+        return pod.finish(pod.GATE_FAILED, f"{gate}; the model is kept at {result.output_uri}")
     accuracy = result.evaluation["metrics"]["toolNameAccuracy"]
-    summary = f"{result.steps} steps, tool-name accuracy {accuracy}, model at {result.output_uri}"
+    summary = f"{result.steps} steps, tool-name accuracy {accuracy}, model at {result.output_uri}, promoted"
     return pod.finish(pod.SUCCEEDED, summary)
