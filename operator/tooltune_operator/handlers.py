@@ -22,7 +22,7 @@ from tooltune_api import GROUP, LABEL_JOB, LABEL_MANAGED_BY, PLURAL, VERSION
 from tooltune_operator import reconcile as reconciler
 from tooltune_operator import startup
 from tooltune_operator.builders import job_label
-from tooltune_operator.metrics import METRICS
+from tooltune_operator.metrics import reconciled
 from tooltune_operator.status import needs_resync
 from tooltune_operator.views import job_view, owner_view, pod_view
 
@@ -67,7 +67,7 @@ async def trainer_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_
 
 @kopf.on.create(*TOOLTUNEJOBS, registry=registry)
 @kopf.on.resume(*TOOLTUNEJOBS, registry=registry)
-@METRICS.reconciled("reconcile")
+@reconciled("reconcile")
 def reconcile(
     body: kopf.Body, memo: kopf.Memo, tooltunejobs: kopf.Index, trainer_jobs: kopf.Index,
     trainer_pods: kopf.Index, **_: Any,
@@ -76,7 +76,7 @@ def reconcile(
 
 
 @kopf.on.update(*TOOLTUNEJOBS, field="spec", registry=registry)
-@METRICS.reconciled("spec_changed")
+@reconciled("spec_changed")
 def spec_changed(
     body: kopf.Body, old: Any, new: Any, memo: kopf.Memo, tooltunejobs: kopf.Index, trainer_jobs: kopf.Index,
     trainer_pods: kopf.Index, **_: Any,
@@ -99,7 +99,7 @@ async def resync(
 
 
 @kopf.on.event(*TOOLTUNEJOBS, registry=registry)
-@METRICS.reconciled("status")
+@reconciled("status")
 async def on_tooltunejob_event(
     type: str, body: kopf.Body, memo: kopf.Memo, trainer_jobs: kopf.Index, trainer_pods: kopf.Index, **_: Any
 ) -> None:
@@ -108,7 +108,7 @@ async def on_tooltunejob_event(
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)
-@METRICS.reconciled("status")
+@reconciled("status")
 async def on_job_event(
     namespace: str, labels: kopf.Labels, memo: kopf.Memo, tooltunejobs: kopf.Index, trainer_jobs: kopf.Index,
     trainer_pods: kopf.Index, **_: Any,
@@ -118,7 +118,7 @@ async def on_job_event(
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED, registry=registry)
-@METRICS.reconciled("status")
+@reconciled("status")
 async def on_pod_event(
     type: str, body: kopf.Body, namespace: str, labels: kopf.Labels, memo: kopf.Memo,
     tooltunejobs: kopf.Index, trainer_jobs: kopf.Index, trainer_pods: kopf.Index, **_: Any,
@@ -137,7 +137,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.delete(*TOOLTUNEJOBS, registry=registry)
-@METRICS.reconciled("delete")
+@reconciled("delete")
 def cleanup(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Stop the pods now and cancel a remote OpenAI job; data in S3 is never deleted."""
     reconciler.clean_up(memo, owner_view(body))

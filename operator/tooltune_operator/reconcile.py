@@ -26,7 +26,7 @@ from tooltune_api.models import Backend, InvalidSpec, Phase, ToolTuneJobSpec, To
 from tooltune_operator import builders
 from tooltune_operator import conditions as c
 from tooltune_operator.kube import Kube
-from tooltune_operator.metrics import METRICS
+from tooltune_operator.metrics import OperatorMetrics
 from tooltune_operator.settings import Settings
 from tooltune_operator.status import TERMINAL, retry_wanted
 from tooltune_operator.status_writer import StatusWriter
@@ -58,7 +58,7 @@ def converge(
     attempt = (raw["status"] or {}).get("attempts") or 1
     refused = holder = job = None
     if spec is not None:
-        attempt, job = current_attempt(kube, raw, spec, jobs.get(key) if indexed_job else None)
+        attempt, job = current_attempt(kube, memo.metrics, raw, spec, jobs.get(key) if indexed_job else None)
         holder = output_holder(raw, spec, owners) if job is None else None
         try:
             if holder is None:
@@ -131,7 +131,7 @@ async def resync(memo: kopf.Memo, raw: dict[str, Any], jobs: Any, pods: Any, own
 
 
 def current_attempt(
-    kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec, indexed: Any = None
+    kube: Kube, metrics: OperatorMetrics, raw: dict[str, Any], spec: ToolTuneJobSpec, indexed: Any = None
 ) -> tuple[int, dict[str, Any] | None]:
     """The attempt to run and its Job: the recorded attempt, or the next one when retry_wanted."""
     meta = raw["metadata"]
@@ -142,7 +142,7 @@ def current_attempt(
     failed = job is not None and job_condition(job, "Failed") is not None
     if retry_wanted(failed, meta.get("generation", 1), job_generation(job), spec.suspend):
         attempt += 1
-        METRICS.job_retried(str(spec.backend))
+        metrics.job_retried(str(spec.backend))
         message = f"spec changed after attempt {attempt - 1} failed: starting attempt {attempt}"
         kopf.event(raw, type="Normal", reason="NewAttempt", message=message)
         job = attempt_job(kube, meta, attempt, indexed)

@@ -67,10 +67,12 @@ class RefusingKube:
 
 def operator_memo(kube: Any) -> kopf.Memo:
     """What the operator's startup puts in memo, around a fake API."""
+    metrics = OperatorMetrics(CollectorRegistry())
     return kopf.Memo(
         kube=kube,
         settings=Settings(),
-        status_writer=StatusWriter(kube, OperatorMetrics(CollectorRegistry())),
+        metrics=metrics,
+        status_writer=StatusWriter(kube, metrics),
         rbac_namespaces=set(),
     )
 
