@@ -19,7 +19,6 @@ from kubernetes.client.rest import ApiException
 PLURALS = {
     ("v1", "ConfigMap"): "configmaps",
     ("v1", "Pod"): "pods",
-    ("v1", "Secret"): "secrets",
     ("v1", "ServiceAccount"): "serviceaccounts",
     ("v1", "Event"): "events",
     ("batch/v1", "Job"): "jobs",

@@ -5,8 +5,9 @@
   exist (deterministic names, so an operator restart never starts a second run), apply ``spec.suspend``
   to the Job, then hand the status to the status writer.
 - ``note_spec_change``: tell the user what a spec edit does to a running or finished attempt.
-- ``clean_up`` (delete): stop the pods now and cancel a remote OpenAI job; owner references take care
-  of the rest, and data in S3 is never deleted.
+- ``clean_up`` (delete): stop the pods now and cancel a remote OpenAI job (in a pod of its own, which
+  gets the API key through secretKeyRef: the operator reads no Secret); owner references take care of the
+  rest, and data in S3 is never deleted.
 
 Spec changes while an attempt runs: ``spec.suspend`` applies at once; any other change is recorded
 (Event ``SpecChangeDeferred``) and applies to the next attempt, which starts when the change comes
@@ -195,18 +196,18 @@ def ensure_children(
     if restart and "uid" in job["metadata"] and not job_condition(job, "Complete"):
         kube.patch("v1", "ConfigMap", namespace, contract, builders.owned_by(job))
     if bool(job["spec"].get("suspend")) != spec.suspend and not job_condition(job, "Complete"):
-        apply_suspend(kube, raw, spec, job)
+        apply_suspend(memo, raw, spec, job)
     return job
 
 
-def apply_suspend(kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec, job: dict[str, Any]) -> None:
+def apply_suspend(memo: kopf.Memo, raw: dict[str, Any], spec: ToolTuneJobSpec, job: dict[str, Any]) -> None:
     namespace, name = raw["metadata"]["namespace"], job["metadata"]["name"]
-    kube.patch("batch/v1", "Job", namespace, name, {"spec": {"suspend": spec.suspend}})
+    memo.kube.patch("batch/v1", "Job", namespace, name, {"spec": {"suspend": spec.suspend}})
     if spec.suspend:
         message = "suspended: the pod stops, the next one resumes from the last checkpoint"
         kopf.event(raw, type="Normal", reason="Suspended", message=message)
         if spec.backend == Backend.OPENAI:
-            cancel_remote(kube, raw, spec, reason="suspended")
+            cancel_remote(memo, raw, spec, why="suspended")  # its pod posts how it went
     else:
         kopf.event(raw, type="Normal", reason="Resumed", message="resumed")
 
@@ -242,29 +243,48 @@ def note_spec_change(raw: dict[str, Any], old: Any, new: Any, attempt: int) -> N
 
 
 def clean_up(memo: kopf.Memo, raw: dict[str, Any]) -> None:
-    """Stop the pods now (owner references would, eventually) and cancel a remote OpenAI job."""
+    """Stop the pods now (owner references would, eventually) and cancel a remote OpenAI job: the deletion
+    waits (kopf retries this handler) until the pod that cancels it has ended, which posts the outcome."""
     kube: Kube = memo.kube
     status = ToolTuneJobStatus.model_validate(raw["status"] or {})
     namespace, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
     for attempt in range(1, (status.attempts or 1) + 1):
         kube.delete("batch/v1", "Job", namespace, builders.child_name(name, attempt))
     spec = checked_spec(raw)
-    if spec is not None and spec.backend == Backend.OPENAI and status.phase not in TERMINAL:
-        cancel_remote(kube, raw, spec, reason="deleted")
-
-
-def cancel_remote(kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec, reason: str) -> None:
-    """Cancel the remote fine-tuning job so that no paid training outlives its ToolTuneJob."""
-    from tooltune_operator import openai_remote
-
-    status = ToolTuneJobStatus.model_validate(raw["status"] or {})
-    job_id = status.openai.job_id if status.openai else None
-    if not job_id or spec.openai is None:
+    if spec is None or spec.backend != Backend.OPENAI or status.phase in TERMINAL:
         return
-    key = openai_remote.read_api_key(kube, raw["metadata"]["namespace"], spec.openai.api_key_secret)
-    remote = openai_remote.cancel_remote_job(
-        key, spec.openai.base_url, job_id, secret_ref=spec.openai.api_key_secret
+    job = cancel_remote(memo, raw, spec, why="deleted")
+    if job is None or job_condition(job, "Complete"):
+        return
+    job_name, remote = job["metadata"]["name"], (status.openai.job_id if status.openai else "")
+    failed = job_condition(job, "Failed")
+    if failed is None:
+        raise kopf.TemporaryError(f"waiting for Job {job_name} to cancel OpenAI job {remote}", delay=2.0)
+    why = f"{failed.get('reason') or 'Failed'}: {failed.get('message') or 'see its pod'}"
+    message = (
+        f"Job {job_name} did not cancel OpenAI job {remote} ({why}); cancel it with the provider by hand"
     )
-    kopf.event(
-        raw, type="Normal", reason="RemoteJobCancelled", message=f"OpenAI job {job_id} {remote} ({reason})"
-    )
+    kopf.event(raw, type="Warning", reason="RemoteCancelFailed", message=message)
+
+
+def cancel_remote(
+    memo: kopf.Memo, raw: dict[str, Any], spec: ToolTuneJobSpec, why: str
+) -> dict[str, Any] | None:
+    """The Job whose pod cancels the remote fine-tuning job, so that no paid training outlives its ToolTuneJob
+    (created unless it exists; None when no remote job was started). The pod reads the API key through
+    secretKeyRef, as the submitter does: the operator needs no access to Secrets."""
+    status = ToolTuneJobStatus.model_validate(raw["status"] or {})
+    remote = status.openai.job_id if status.openai else None
+    if not remote or spec.openai is None:
+        return None
+    attempt = status.attempts or 1
+    body = builders.remote_cancel_job(raw, spec, attempt, remote, why, memo.settings)
+    meta = body["metadata"]
+    existing = memo.kube.get("batch/v1", "Job", meta["namespace"], meta["name"])
+    if existing is not None:
+        return existing
+    ensure_trainer_rbac(memo, meta["namespace"])  # its pod posts Events as the trainer's ServiceAccount
+    job = memo.kube.create(body)
+    message = f"started Job {meta['name']} to cancel OpenAI job {remote} ({why})"
+    kopf.event(raw, type="Normal", reason="RemoteCancelStarted", message=message)
+    return job

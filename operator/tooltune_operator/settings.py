@@ -41,6 +41,9 @@ class Settings:
     # a trainer pod Pending this long has its Events read (FailedMount, FailedScheduling, image pulls), and
     # again as often while it stays Pending
     pod_events_seconds: float = 5.0
+    # how long the pod that cancels a remote OpenAI job may take (its Job's activeDeadlineSeconds); a deletion
+    # waits for it, then goes on with a Warning naming the remote job to cancel by hand
+    remote_cancel_seconds: int = 300
     liveness_endpoint: str = "http://0.0.0.0:8081/healthz"  # kopf's probe; empty: none (local runs)
     debug: bool = False  # kopf's verbose logging
 
@@ -64,6 +67,9 @@ class Settings:
             prices=price_table(env),
             resync_seconds=positive(env, "TOOLTUNE_RESYNC_SECONDS", float, cls.resync_seconds),
             pod_events_seconds=positive(env, "TOOLTUNE_POD_EVENTS_SECONDS", float, cls.pod_events_seconds),
+            remote_cancel_seconds=positive(
+                env, "TOOLTUNE_REMOTE_CANCEL_SECONDS", int, cls.remote_cancel_seconds
+            ),
             liveness_endpoint=env.get("TOOLTUNE_LIVENESS_ENDPOINT", cls.liveness_endpoint),
             debug=env.get("TOOLTUNE_DEBUG") == "1",
         )

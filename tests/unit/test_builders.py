@@ -72,6 +72,10 @@ CASES = {
         lambda r, s: builders.contract_configmap(r, s, 1, SETTINGS),
     ),
     "openai-job": (OPENAI_JOB, lambda r, s: builders.training_job(r, s, 2, SETTINGS)),
+    "openai-remote-cancel-job": (
+        OPENAI_JOB,
+        lambda r, s: builders.remote_cancel_job(r, s, 2, "ftjob-abc123", "deleted", SETTINGS),
+    ),
 }
 
 
