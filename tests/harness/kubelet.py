@@ -24,8 +24,10 @@ directly:
   ``mountPath`` (and of ``terminationMessagePath``) in command, args, env values and workingDir is
   replaced by the local directory (file), because a local process cannot see ``/etc/...``.
   ``TOOLTUNE_TERMINATION_LOG`` is the local termination-message file, ``KUBECONFIG`` points at the
-  emulator, ``HOSTNAME`` is the pod name, ``TMPDIR`` the local directory of a volume mounted at ``/tmp``
-  (if any); ``python``/``python3``/``tooltune`` run with this interpreter (`DEFAULT_EXECUTABLES`);
+  emulator with the token of the pod's ServiceAccount (its requests get that account's RBAC, as a real
+  pod's mounted token does: the trainer's Role, or nothing for ``default``), ``HOSTNAME`` is the pod
+  name, ``TMPDIR`` the local directory of a volume mounted at ``/tmp`` (if any);
+  ``python``/``python3``/``tooltune`` run with this interpreter (`DEFAULT_EXECUTABLES`);
   stdout and stderr go to ``<pod dir>/container.log`` and are kept.
   Pod status: Pending → Running → Succeeded/Failed with ``containerStatuses[0].state.terminated``
   (``exitCode``, ``reason`` Completed/Error/OOMKilled, ``message`` from the termination file, or the log
@@ -71,6 +73,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tests.harness import rbac
 from tests.harness.emulator import (
     CONFIGMAPS,
     EVENTS,
@@ -1084,11 +1087,19 @@ class Kubelet:
             "PYTHONPATH": pythonpath,
             "PYTHONUNBUFFERED": "1",
             "HOSTNAME": pod["metadata"]["name"],
-            "KUBECONFIG": str(self.cluster.kubeconfig),
+            "KUBECONFIG": str(self._serviceaccount_kubeconfig(pod)),
             TERMINATION_LOG_ENV: str(termination),
             **self.env,
             **env,
         }
+
+    def _serviceaccount_kubeconfig(self, pod: dict[str, Any]) -> Path:
+        """What the mounted ServiceAccount token is to a real pod: its requests are made as the pod's
+        ServiceAccount (``default`` unless the spec names one), under that account's RBAC."""
+        meta = pod["metadata"]
+        account = pod["spec"].get("serviceAccountName") or "default"
+        path = self.pod_directory(meta["name"], meta["namespace"]) / "kubeconfig"
+        return rbac.serviceaccount_kubeconfig(path, self.cluster.url, meta["namespace"], account)
 
     async def _reap(self, run: PodRun) -> None:
         code = await run.process.wait()

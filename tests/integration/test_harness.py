@@ -397,6 +397,54 @@ def test_secret_env_and_mounted_config_reach_the_process(k8s, kubelet):
     assert kubelet.logs(pod).splitlines() == [f"sk-test cpu {pod}", '{"contract": 1}', "written"]
 
 
+def test_a_pod_talks_to_the_api_as_its_serviceaccount_under_its_rbac(k8s, kubelet):
+    """As a real pod's mounted token: the trainer's Role lets it patch its ToolTuneJob's status and nothing
+    more; the default ServiceAccount may do nothing."""
+    from tooltune_operator.builders import trainer_rbac
+    from tooltune_operator.settings import Settings
+
+    from tests.fixtures.cluster import RBAC_KEYS
+
+    keys = {**RBAC_KEYS, "Role": "rbac.authorization.k8s.io/v1/roles"}
+    keys["RoleBinding"] = "rbac.authorization.k8s.io/v1/rolebindings"
+    for obj in trainer_rbac(NS, Settings()):
+        k8s.cluster.create(keys[obj["kind"]], obj, NS)
+    k8s.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, TTJ_BODY)
+    script = textwrap.dedent("""
+        import kubernetes
+        api = kubernetes.config.new_client_from_config()
+        custom, core = kubernetes.client.CustomObjectsApi(api), kubernetes.client.CoreV1Api(api)
+        status = {"status": {"message": "hi"}}
+        calls = {
+            "patch status": lambda: custom.patch_namespaced_custom_object_status(
+                "tooltune.dev", "v1alpha1", "default", "tooltunejobs", "demo", status),
+            "read secrets": lambda: core.list_namespaced_secret("default"),
+        }
+        for what, call in calls.items():
+            try:
+                call()
+                print(what, "allowed")
+            except kubernetes.client.ApiException as error:
+                print(what, error.status)
+    """)
+    k8s.batch.create_namespaced_job(
+        NS, job_body("trainer", script, pod={"serviceAccountName": "tooltune-trainer"})
+    )
+    k8s.batch.create_namespaced_job(NS, job_body("nobody", script))
+
+    wait_for_job(k8s, "trainer", "Complete", timeout=60)
+    wait_for_job(k8s, "nobody", "Complete", timeout=60)
+    logs = {
+        job: kubelet.logs(job_pods(k8s, job)[0]["metadata"]["name"]).splitlines()
+        for job in ("trainer", "nobody")
+    }
+    assert logs == {
+        "trainer": ["patch status allowed", "read secrets 403"],
+        "nobody": ["patch status 403", "read secrets 403"],
+    }
+    assert status_of(k8s)["message"] == "hi"
+
+
 # ---------------------------------------------------------------- the API emulator
 
 
