@@ -15,6 +15,7 @@ from tooltune_api import GROUP, PLURAL, VERSION
 from tests.harness import tables
 from tests.harness.emulator import (
     CONFIGMAPS,
+    EVENTS,
     JOBS,
     PODS,
     TTJ,
@@ -280,6 +281,35 @@ def test_a_full_node_keeps_pods_pending_until_a_slot_frees(k8s, kubelet):
     wait_for_job(k8s, "first", "Complete")
     wait_for_job(k8s, "second", "Complete")
     assert kubelet.logs(job_pods(k8s, "second")[0]["metadata"]["name"]) == "ran\n"
+
+
+def test_the_default_node_schedules_only_what_fits_it(k8s, kubelet):
+    """One GPU node as a GPU node pool makes it: a pod asking for more than it has stays Pending with the
+    scheduler's message; a second GPU pod waits for the first to end."""
+
+    def gpu_job(name: str, script: str, **resources: Any) -> dict[str, Any]:
+        container = {"resources": {"limits": {"nvidia.com/gpu": 1}, "requests": {**resources}}}
+        return job_body(name, script, container=container)
+
+    k8s.batch.create_namespaced_job(NS, gpu_job("huge", "print('ran')", cpu="16"))
+    k8s.batch.create_namespaced_job(NS, gpu_job("first", "import time; time.sleep(2)", memory="8Gi"))
+    pending = wait_for(lambda: condition_false(job_pods(k8s, "huge"), "PodScheduled"), 10, what="huge")
+    assert pending["reason"] == "Unschedulable"
+    assert pending["message"] == (
+        "0/1 nodes are available: 1 Insufficient cpu. "
+        "preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
+    )
+    wait_for(lambda: (job_pods(k8s, "first") or [{}])[0].get("status", {}).get("phase") == "Running", 10,
+             what="the first GPU pod running")  # fmt: skip
+    k8s.batch.create_namespaced_job(NS, gpu_job("second", "print('ran')"))
+    waiting = wait_for(lambda: condition_false(job_pods(k8s, "second"), "PodScheduled"), 10, what="second")
+    assert waiting["message"].startswith("0/1 nodes are available: 1 Insufficient nvidia.com/gpu. ")
+    wait_for_job(k8s, "second", "Complete", timeout=30)  # the GPU is free once the first pod ends
+    events = [e for e in k8s.cluster.list(EVENTS, NS) if e["involvedObject"]["name"].startswith("huge-")]
+    assert events and {(e["reason"], e["source"]["component"]) for e in events} == {
+        ("FailedScheduling", "default-scheduler")
+    }
+    assert condition_false(job_pods(k8s, "huge"), "PodScheduled")  # still: nothing frees 16 CPUs
 
 
 def condition_false(pods: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
