@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "api"), str(REPO / "operator"), str(REPO / "trainer-image")]
 
 from tests.harness.emulator import JOBS, TTJ, start_cluster  # noqa: E402
-from tests.harness.kubelet import Kubelet  # noqa: E402
+from tests.harness.kubelet import DEFAULT_ALLOCATABLE, Kubelet, Node  # noqa: E402
 
 TARGET_P50_MS = 100
 TARGET_TOTAL_S = 60
@@ -74,7 +74,9 @@ def main() -> int:
     kubelet = None
     if args.progress:
         fake = [sys.executable, str(REPO / "tests/integration/fake_trainer.py")]
-        kubelet = Kubelet(cluster, workdir / "kubelet", executables={"tooltune": fake}).start()
+        # room for every pod at once, as a cluster of nodes has: the jobs progress together
+        node = Node(allocatable={**DEFAULT_ALLOCATABLE, "pods": args.jobs + 1})
+        kubelet = Kubelet(cluster, workdir / "kubelet", executables={"tooltune": fake}, node=node).start()
     env = {
         **os.environ,
         "KUBECONFIG": str(cluster.kubeconfig),
