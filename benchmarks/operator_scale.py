@@ -5,8 +5,9 @@
 The real operator runs as its own process (`python -m tooltune_operator`) against the in-memory
 Kubernetes API of the test harness, so its peak RSS is its own. With --progress a test kubelet runs
 every pod (tests/integration/fake_trainer.py: progress patches, then exit 0), so watch events and status
-patches flow while jobs are created. Targets: p50 under 100 ms, all jobs reconciled within 60 s, RSS
-under 150 MB.
+patches flow while jobs are created; its node has room for every pod at once (a cluster's worth), and each
+pod is a Python process on this machine, so the load average says how much the figures are squeezed.
+Targets: p50 under 100 ms, all jobs reconciled within 60 s, RSS under 150 MB.
 
 Applied all at once, the jobs queue up in the operator, so p50 and p99 mostly say how long the queue
 was (throughput); --rate applies them at a steady pace, so they say how long one job takes. Also printed:
