@@ -19,6 +19,8 @@ from tooltune_operator.metrics import OperatorMetrics, start_metrics_server
 from tooltune_operator.settings import Settings
 from tooltune_operator.status_writer import StatusWriter
 
+CONSISTENCY_SECONDS = 30.0
+
 
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
@@ -29,6 +31,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     # Warnings become Events; kopf's per-handler INFO logs would flood them (Normal ones are posted apart).
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 8
+    # How long kopf waits to see its own patch come back before it handles an older event as current: its
+    # 5 s default runs the create handler of a job twice once a backlog is longer than that.
+    settings.persistence.consistency_timeout = CONSISTENCY_SECONDS
     if "settings" not in memo:
         memo.settings = Settings.from_env()
     if "kube" not in memo:
