@@ -3,7 +3,9 @@
 Per attempt N the operator creates a ConfigMap ``<job>-<N>-contract`` carrying the operator↔trainer
 contract and a batch/v1 Job ``<job>-<N>`` whose pod runs ``tooltune train`` (or ``tooltune submit``
 for the OpenAI backend); with a Kueue queue the Job carries Kueue's labels and starts suspended
-(``kueue``). Per namespace it creates the trainer's ServiceAccount, Role and RoleBinding.
+(``kueue``). To cancel a remote OpenAI job, a Job ``<job>-<N>-cancel-<hash of the remote id>`` whose pod
+runs ``tooltune cancel-remote`` with the key from the job's Secret. Per namespace it creates the trainer's
+ServiceAccount, Role and RoleBinding.
 """
 
 from __future__ import annotations
@@ -281,6 +283,88 @@ def training_job(
             "ownerReferences": [owner_reference(body)],
         },
         "spec": job_spec,
+    }
+
+
+def remote_cancel_job(
+    body: dict[str, Any], spec: ToolTuneJobSpec, attempt: int, remote_id: str, why: str, settings: Settings
+) -> dict[str, Any]:
+    """A Job whose pod cancels the remote OpenAI job remote_id with the key from spec.openai.apiKeySecret
+    (secretKeyRef: the operator never reads the Secret) and posts the outcome as an Event on the ToolTuneJob.
+    Not labelled managed-by: it is not a training attempt, and stays out of the operator's indexes."""
+    assert spec.openai is not None
+    meta = body["metadata"]
+    secret = spec.openai.api_key_secret
+    digest = hashlib.sha256(remote_id.encode()).hexdigest()[:8]
+    command = ["tooltune", "cancel-remote", remote_id, "--why", why]
+    command += ["--tooltunejob", f"{meta['namespace']}/{meta['name']}", "--uid", meta.get("uid", "")]
+    command += ["--secret", f"{secret.name}/{secret.key}"]
+    if spec.openai.base_url:
+        command += ["--base-url", spec.openai.base_url]
+    job_labels = {
+        LABEL_JOB: job_label(meta["name"]),
+        LABEL_ATTEMPT: str(attempt),
+        LABEL_COMPONENT: "remote-cancel",
+        "app.kubernetes.io/name": "tooltune",
+    }
+    container = {
+        "name": "remote-cancel",
+        "image": spec.image or settings.trainer_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": command,
+        "env": [secret_env("OPENAI_API_KEY", secret.name, secret.key)],
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+        "terminationMessagePath": TERMINATION_LOG_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": child_name(meta["name"], attempt, f"-cancel-{digest}"),
+            "namespace": meta["namespace"],
+            "labels": job_labels,
+            "annotations": {ANNOTATION_JOB_NAME: meta["name"]},
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "backoffLimit": 3,  # 429s and outages: the client's own retries, then the Job's
+            # the operator holds a deletion until this Job ends: a pod that cannot start must not hold it long
+            "activeDeadlineSeconds": settings.remote_cancel_seconds,
+            "ttlSecondsAfterFinished": 3600,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": "remote-cancel",
+                            "operator": "In",
+                            "values": [EXIT_INVALID],
+                        },
+                    }
+                ]
+            },
+            "template": {
+                "metadata": {"labels": dict(job_labels)},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": settings.trainer_service_account,  # its Role: Events, nothing more
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": settings.run_as_user,
+                        "runAsGroup": settings.run_as_user,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                },
+            },
+        },
     }
 
 

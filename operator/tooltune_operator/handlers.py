@@ -25,7 +25,7 @@ from tooltune_operator import startup
 from tooltune_operator.builders import job_label
 from tooltune_operator.kueue import GROUP as GROUP_KUEUE
 from tooltune_operator.kueue import LABEL_JOB_UID, WORKLOADS
-from tooltune_operator.metrics import METRICS
+from tooltune_operator.metrics import reconciled
 from tooltune_operator.status import needs_resync
 from tooltune_operator.views import job_view, owner_view, pod_view
 
@@ -70,7 +70,7 @@ async def trainer_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_
 
 @kopf.on.create(*TOOLTUNEJOBS, registry=registry)
 @kopf.on.resume(*TOOLTUNEJOBS, registry=registry)
-@METRICS.reconciled("reconcile")
+@reconciled("reconcile")
 def reconcile(
     body: kopf.Body, memo: kopf.Memo, tooltunejobs: kopf.Index, trainer_jobs: kopf.Index,
     trainer_pods: kopf.Index, **_: Any,
@@ -79,7 +79,7 @@ def reconcile(
 
 
 @kopf.on.update(*TOOLTUNEJOBS, field="spec", registry=registry)
-@METRICS.reconciled("spec_changed")
+@reconciled("spec_changed")
 def spec_changed(
     body: kopf.Body, old: Any, new: Any, memo: kopf.Memo, tooltunejobs: kopf.Index, trainer_jobs: kopf.Index,
     trainer_pods: kopf.Index, **_: Any,
@@ -102,7 +102,7 @@ async def resync(
 
 
 @kopf.on.event(*TOOLTUNEJOBS, registry=registry)
-@METRICS.reconciled("status")
+@reconciled("status")
 async def on_tooltunejob_event(
     type: str, body: kopf.Body, memo: kopf.Memo, trainer_jobs: kopf.Index, trainer_pods: kopf.Index, **_: Any
 ) -> None:
@@ -111,7 +111,7 @@ async def on_tooltunejob_event(
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)
-@METRICS.reconciled("status")
+@reconciled("status")
 async def on_job_event(
     namespace: str, labels: kopf.Labels, memo: kopf.Memo, tooltunejobs: kopf.Index, trainer_jobs: kopf.Index,
     trainer_pods: kopf.Index, **_: Any,
@@ -121,7 +121,7 @@ async def on_job_event(
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED, registry=registry)
-@METRICS.reconciled("status")
+@reconciled("status")
 async def on_pod_event(
     type: str, body: kopf.Body, namespace: str, labels: kopf.Labels, memo: kopf.Memo,
     tooltunejobs: kopf.Index, trainer_jobs: kopf.Index, trainer_pods: kopf.Index, **_: Any,
@@ -151,7 +151,7 @@ def watch_workloads(target: kopf.OperatorRegistry) -> None:
     serve and its RBAC does not grant. The Workload's version is the one the cluster prefers (v1beta2 on
     Kueue 0.15+); the fields read are the same in each."""
     on_event = kopf.on.event(GROUP_KUEUE, WORKLOADS, labels={LABEL_JOB_UID: kopf.PRESENT}, registry=target)
-    on_event(METRICS.reconciled("status")(on_workload_event))
+    on_event(reconciled("status")(on_workload_event))
 
 
 @kopf.on.cleanup(registry=registry)
@@ -160,7 +160,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.delete(*TOOLTUNEJOBS, registry=registry)
-@METRICS.reconciled("delete")
+@reconciled("delete")
 def cleanup(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Stop the pods now and cancel a remote OpenAI job; data in S3 is never deleted."""
     reconciler.clean_up(memo, owner_view(body))

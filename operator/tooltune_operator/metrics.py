@@ -1,18 +1,19 @@
 """The operator's own Prometheus metrics: reconciles, jobs by phase (read at scrape time), durations, retries.
 
-``METRICS`` lives in the default registry, created once per process at import. Wiring:
+One ``OperatorMetrics`` per operator, in its own registry, kept in kopf's ``memo`` (nothing at module
+level: two operators in one process, as tests run them, count apart). Wiring:
 
     @kopf.on.create(GROUP, VERSION, PLURAL)
-    @METRICS.reconciled("create")                  # innermost, under the kopf decorators
-    def reconcile(...): ...
+    @reconciled("create")                           # innermost, under the kopf decorators: memo.metrics
+    def reconcile(memo, ...): ...
 
-    # in the startup handler: phases from a dict the event handler keeps current
-    # (memo.phases[(namespace, name)] = status.phase; deleted on DELETED), read at each scrape
-    METRICS.watch_jobs(lambda: dict(memo.phases))   # or job_phases(<ToolTuneJob bodies>)
-    start_metrics_server(settings.metrics_port)
+    # in the startup handler: phases from a dict the status writer keeps current, read at each scrape
+    memo.metrics = OperatorMetrics()
+    memo.metrics.watch_jobs(lambda: dict(writer.phases))   # or job_phases(<ToolTuneJob bodies>)
+    start_metrics_server(settings.metrics_port, memo.metrics.registry)
 
-and, where a job ends or a new attempt starts: ``METRICS.job_finished(backend, phase, seconds)``,
-``METRICS.job_retried(backend)``. Tests make their own ``OperatorMetrics(CollectorRegistry())``.
+and, where a job ends or a new attempt starts: ``metrics.job_finished(backend, phase, seconds)``,
+``metrics.job_retried(backend)``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import kopf
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from tooltune_api.models import Phase
@@ -102,9 +111,14 @@ def _job_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
 
 
 class OperatorMetrics:
-    """The operator's metrics, registered once (in the default registry unless one is given)."""
+    """The operator's metrics, in registry, or else in a registry of their own that also holds the process's
+    CPU, memory and garbage collector figures (what the default registry would show)."""
 
-    def __init__(self, registry: CollectorRegistry = REGISTRY):
+    def __init__(self, registry: CollectorRegistry | None = None):
+        if registry is None:
+            registry = CollectorRegistry()
+            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+                registry.register(collector)
         self.registry = registry
         self.reconciles = Counter(
             "tooltune_operator_reconciles_total", "Handler runs, by handler.", ["handler"], registry=registry
@@ -153,28 +167,6 @@ class OperatorMetrics:
         finally:
             self.reconcile_duration.labels(handler=handler).observe(time.perf_counter() - started)
 
-    def reconciled(self, handler: str) -> Callable[[Handler], Handler]:
-        """Decorator form of reconcile() for sync and async kopf handlers (keeps their signature)."""
-
-        def wrap(function: Handler) -> Handler:
-            if asyncio.iscoroutinefunction(function):
-
-                @functools.wraps(function)
-                async def run_async(*args: Any, **kwargs: Any) -> Any:
-                    with self.reconcile(handler):
-                        return await function(*args, **kwargs)
-
-                return run_async  # type: ignore[return-value]
-
-            @functools.wraps(function)
-            def run(*args: Any, **kwargs: Any) -> Any:
-                with self.reconcile(handler):
-                    return function(*args, **kwargs)
-
-            return run  # type: ignore[return-value]
-
-        return wrap
-
     def job_finished(self, backend: str, phase: str, seconds: float) -> None:
         self.job_duration.labels(backend=backend, phase=phase).observe(seconds)
 
@@ -182,12 +174,33 @@ class OperatorMetrics:
         self.retries.labels(backend=backend).inc()
 
 
-def start_metrics_server(port: int, registry: CollectorRegistry = REGISTRY, addr: str = "0.0.0.0") -> Any:
+def reconciled(handler: str) -> Callable[[Handler], Handler]:
+    """Count and time each run of a sync or async kopf handler with the operator's own metrics
+    (``memo.metrics``); keeps the handler's signature."""
+
+    def wrap(function: Handler) -> Handler:
+        if asyncio.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                with kwargs["memo"].metrics.reconcile(handler):
+                    return await function(*args, **kwargs)
+
+            return run_async  # type: ignore[return-value]
+
+        @functools.wraps(function)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with kwargs["memo"].metrics.reconcile(handler):
+                return function(*args, **kwargs)
+
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
+def start_metrics_server(port: int, registry: CollectorRegistry, addr: str = "0.0.0.0") -> Any:
     """Serve /metrics on port (0: not at all). Returns the server, whose shutdown() stops it."""
     if not port:
         return None
     server, _ = start_http_server(port, addr=addr, registry=registry)
     return server
-
-
-METRICS = OperatorMetrics()

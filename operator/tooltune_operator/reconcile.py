@@ -6,8 +6,9 @@
   to the Job (to its Kueue Workload's ``spec.active`` when Kueue manages the Job: ``kueue``), then hand the
   status to the status writer.
 - ``note_spec_change``: tell the user what a spec edit does to a running or finished attempt.
-- ``clean_up`` (delete): stop the pods now and cancel a remote OpenAI job; owner references take care
-  of the rest, and data in S3 is never deleted.
+- ``clean_up`` (delete): stop the pods now and cancel a remote OpenAI job (in a pod of its own, which
+  gets the API key through secretKeyRef: the operator reads no Secret); owner references take care of the
+  rest, and data in S3 is never deleted.
 
 Spec changes while an attempt runs: ``spec.suspend`` applies at once; any other change is recorded
 (Event ``SpecChangeDeferred``) and applies to the next attempt, which starts when the change comes
@@ -27,7 +28,7 @@ from tooltune_api.models import Backend, InvalidSpec, Phase, ToolTuneJobSpec, To
 from tooltune_operator import builders, kueue
 from tooltune_operator import conditions as c
 from tooltune_operator.kube import Kube
-from tooltune_operator.metrics import METRICS
+from tooltune_operator.metrics import OperatorMetrics
 from tooltune_operator.settings import Settings
 from tooltune_operator.status import TERMINAL, retry_wanted
 from tooltune_operator.status_writer import StatusWriter
@@ -59,7 +60,7 @@ def converge(
     attempt = (raw["status"] or {}).get("attempts") or 1
     refused = holder = job = None
     if spec is not None:
-        attempt, job = current_attempt(kube, raw, spec, jobs.get(key) if indexed_job else None)
+        attempt, job = current_attempt(kube, memo.metrics, raw, spec, jobs.get(key) if indexed_job else None)
         holder = output_holder(raw, spec, owners) if job is None else None
         try:
             if holder is None:
@@ -132,7 +133,7 @@ async def resync(memo: kopf.Memo, raw: dict[str, Any], jobs: Any, pods: Any, own
 
 
 def current_attempt(
-    kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec, indexed: Any = None
+    kube: Kube, metrics: OperatorMetrics, raw: dict[str, Any], spec: ToolTuneJobSpec, indexed: Any = None
 ) -> tuple[int, dict[str, Any] | None]:
     """The attempt to run and its Job: the recorded attempt, or the next one when retry_wanted."""
     meta = raw["metadata"]
@@ -143,7 +144,7 @@ def current_attempt(
     failed = job is not None and job_condition(job, "Failed") is not None
     if retry_wanted(failed, meta.get("generation", 1), job_generation(job), spec.suspend):
         attempt += 1
-        METRICS.job_retried(str(spec.backend))
+        metrics.job_retried(str(spec.backend))
         message = f"spec changed after attempt {attempt - 1} failed: starting attempt {attempt}"
         kopf.event(raw, type="Normal", reason="NewAttempt", message=message)
         job = attempt_job(kube, meta, attempt, indexed)
@@ -203,7 +204,7 @@ def ensure_children(
         suspend_workload(memo, raw, spec, job)
     elif bool(job["spec"].get("suspend")) != spec.suspend:
         kube.patch("batch/v1", "Job", namespace, job["metadata"]["name"], {"spec": {"suspend": spec.suspend}})
-        report_suspend(kube, raw, spec)
+        report_suspend(memo, raw, spec)
     return job
 
 
@@ -228,15 +229,15 @@ def suspend_workload(
     meta = workload["metadata"]
     patch = {"spec": {"active": not spec.suspend}}
     memo.kube.patch(workload["apiVersion"], "Workload", meta["namespace"], meta["name"], patch)
-    report_suspend(memo.kube, raw, spec)
+    report_suspend(memo, raw, spec)
 
 
-def report_suspend(kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec) -> None:
+def report_suspend(memo: kopf.Memo, raw: dict[str, Any], spec: ToolTuneJobSpec) -> None:
     if spec.suspend:
         message = "suspended: the pod stops, the next one resumes from the last checkpoint"
         kopf.event(raw, type="Normal", reason="Suspended", message=message)
         if spec.backend == Backend.OPENAI:
-            cancel_remote(kube, raw, spec, reason="suspended")
+            cancel_remote(memo, raw, spec, why="suspended")  # its pod posts how it went
     else:
         kopf.event(raw, type="Normal", reason="Resumed", message="resumed")
 
@@ -272,29 +273,48 @@ def note_spec_change(raw: dict[str, Any], old: Any, new: Any, attempt: int) -> N
 
 
 def clean_up(memo: kopf.Memo, raw: dict[str, Any]) -> None:
-    """Stop the pods now (owner references would, eventually) and cancel a remote OpenAI job."""
+    """Stop the pods now (owner references would, eventually) and cancel a remote OpenAI job: the deletion
+    waits (kopf retries this handler) until the pod that cancels it has ended, which posts the outcome."""
     kube: Kube = memo.kube
     status = ToolTuneJobStatus.model_validate(raw["status"] or {})
     namespace, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
     for attempt in range(1, (status.attempts or 1) + 1):
         kube.delete("batch/v1", "Job", namespace, builders.child_name(name, attempt))
     spec = checked_spec(raw)
-    if spec is not None and spec.backend == Backend.OPENAI and status.phase not in TERMINAL:
-        cancel_remote(kube, raw, spec, reason="deleted")
-
-
-def cancel_remote(kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec, reason: str) -> None:
-    """Cancel the remote fine-tuning job so that no paid training outlives its ToolTuneJob."""
-    from tooltune_operator import openai_remote
-
-    status = ToolTuneJobStatus.model_validate(raw["status"] or {})
-    job_id = status.openai.job_id if status.openai else None
-    if not job_id or spec.openai is None:
+    if spec is None or spec.backend != Backend.OPENAI or status.phase in TERMINAL:
         return
-    key = openai_remote.read_api_key(kube, raw["metadata"]["namespace"], spec.openai.api_key_secret)
-    remote = openai_remote.cancel_remote_job(
-        key, spec.openai.base_url, job_id, secret_ref=spec.openai.api_key_secret
+    job = cancel_remote(memo, raw, spec, why="deleted")
+    if job is None or job_condition(job, "Complete"):
+        return
+    job_name, remote = job["metadata"]["name"], (status.openai.job_id if status.openai else "")
+    failed = job_condition(job, "Failed")
+    if failed is None:
+        raise kopf.TemporaryError(f"waiting for Job {job_name} to cancel OpenAI job {remote}", delay=2.0)
+    why = f"{failed.get('reason') or 'Failed'}: {failed.get('message') or 'see its pod'}"
+    message = (
+        f"Job {job_name} did not cancel OpenAI job {remote} ({why}); cancel it with the provider by hand"
     )
-    kopf.event(
-        raw, type="Normal", reason="RemoteJobCancelled", message=f"OpenAI job {job_id} {remote} ({reason})"
-    )
+    kopf.event(raw, type="Warning", reason="RemoteCancelFailed", message=message)
+
+
+def cancel_remote(
+    memo: kopf.Memo, raw: dict[str, Any], spec: ToolTuneJobSpec, why: str
+) -> dict[str, Any] | None:
+    """The Job whose pod cancels the remote fine-tuning job, so that no paid training outlives its ToolTuneJob
+    (created unless it exists; None when no remote job was started). The pod reads the API key through
+    secretKeyRef, as the submitter does: the operator needs no access to Secrets."""
+    status = ToolTuneJobStatus.model_validate(raw["status"] or {})
+    remote = status.openai.job_id if status.openai else None
+    if not remote or spec.openai is None:
+        return None
+    attempt = status.attempts or 1
+    body = builders.remote_cancel_job(raw, spec, attempt, remote, why, memo.settings)
+    meta = body["metadata"]
+    existing = memo.kube.get("batch/v1", "Job", meta["namespace"], meta["name"])
+    if existing is not None:
+        return existing
+    ensure_trainer_rbac(memo, meta["namespace"])  # its pod posts Events as the trainer's ServiceAccount
+    job = memo.kube.create(body)
+    message = f"started Job {meta['name']} to cancel OpenAI job {remote} ({why})"
+    kopf.event(raw, type="Normal", reason="RemoteCancelStarted", message=message)
+    return job

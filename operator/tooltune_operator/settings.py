@@ -45,6 +45,9 @@ class Settings:
     kueue_enabled: bool = False
     kueue_default_queue: str = ""  # LocalQueue of jobs that name none; empty: such jobs bypass Kueue
     kueue_default_priority_class: str = ""  # WorkloadPriorityClass of queued jobs that name none
+    # how long the pod that cancels a remote OpenAI job may take (its Job's activeDeadlineSeconds); a deletion
+    # waits for it, then goes on with a Warning naming the remote job to cancel by hand
+    remote_cancel_seconds: int = 300
     liveness_endpoint: str = "http://0.0.0.0:8081/healthz"  # kopf's probe; empty: none (local runs)
     debug: bool = False  # kopf's verbose logging
 
@@ -71,6 +74,9 @@ class Settings:
             kueue_enabled=env.get("TOOLTUNE_KUEUE_ENABLED", "").lower() in {"1", "true"},
             kueue_default_queue=env.get("TOOLTUNE_KUEUE_DEFAULT_QUEUE", ""),
             kueue_default_priority_class=env.get("TOOLTUNE_KUEUE_DEFAULT_PRIORITY_CLASS", ""),
+            remote_cancel_seconds=positive(
+                env, "TOOLTUNE_REMOTE_CANCEL_SECONDS", int, cls.remote_cancel_seconds
+            ),
             liveness_endpoint=env.get("TOOLTUNE_LIVENESS_ENDPOINT", cls.liveness_endpoint),
             debug=env.get("TOOLTUNE_DEBUG") == "1",
         )

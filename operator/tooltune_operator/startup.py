@@ -1,9 +1,10 @@
 """The operator's startup wiring, in one place: kopf's settings and what the handlers find in ``memo``.
 
-``memo`` holds, per operator: ``settings`` (Settings), ``kube`` (the API wrapper), ``status_writer``
-(the one writer of status, with what it remembers per job, including the phases the jobs metric reads
-at scrape time) and ``rbac_namespaces`` (where the trainer's RBAC exists). Tests may pre-fill ``settings``
-and ``kube``; the rest starts empty at every start, as it does in a new operator process.
+``memo`` holds, per operator: ``settings`` (Settings), ``kube`` (the API wrapper), ``metrics`` (its
+Prometheus metrics, in a registry of their own), ``status_writer`` (the one writer of status, with what it
+remembers per job, including the phases the jobs metric reads at scrape time) and ``rbac_namespaces``
+(where the trainer's RBAC exists). Tests may pre-fill ``settings``, ``kube`` and ``metrics``; the rest
+starts empty at every start, as it does in a new operator process.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import kopf
 from tooltune_api import GROUP
 
 from tooltune_operator.kube import Kube, make_api_client
-from tooltune_operator.metrics import METRICS, start_metrics_server
+from tooltune_operator.metrics import OperatorMetrics, start_metrics_server
 from tooltune_operator.settings import Settings
 from tooltune_operator.status_writer import StatusWriter
+
+CONSISTENCY_SECONDS = 30.0
 
 
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger) -> None:
@@ -28,13 +31,20 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     # Warnings become Events; kopf's per-handler INFO logs would flood them (Normal ones are posted apart).
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 8
+    # How long kopf waits to see its own patch come back before it handles an older event as current: its
+    # 5 s default runs the create handler of a job twice once a backlog is longer than that.
+    settings.persistence.consistency_timeout = CONSISTENCY_SECONDS
     if "settings" not in memo:
         memo.settings = Settings.from_env()
     if "kube" not in memo:
         memo.kube = Kube(make_api_client())
-    memo.status_writer = writer = StatusWriter(memo.kube, kueue_reading=memo.settings.kueue_enabled)
+    if "metrics" not in memo:  # kept over a restart in one process, as the server that serves them
+        memo.metrics = OperatorMetrics()
+    memo.status_writer = writer = StatusWriter(
+        memo.kube, memo.metrics, kueue_reading=memo.settings.kueue_enabled
+    )
     memo.rbac_namespaces = set()
-    METRICS.watch_jobs(lambda: dict(writer.phases))
+    memo.metrics.watch_jobs(lambda: dict(writer.phases))
     if "metrics_server" not in memo:  # once per process: a restarted operator keeps serving
-        memo.metrics_server = start_metrics_server(memo.settings.metrics_port)
+        memo.metrics_server = start_metrics_server(memo.settings.metrics_port, memo.metrics.registry)
     logger.info("tooltune operator: trainer image %s", memo.settings.trainer_image)

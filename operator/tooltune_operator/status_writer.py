@@ -30,7 +30,7 @@ from tooltune_operator import conditions as c
 from tooltune_operator import kueue
 from tooltune_operator.builders import job_label
 from tooltune_operator.kube import Kube
-from tooltune_operator.metrics import METRICS, OperatorMetrics
+from tooltune_operator.metrics import OperatorMetrics
 from tooltune_operator.pod_problems import event_view, incidents
 from tooltune_operator.status import BLOCKING, TERMINAL, Observed, compute_status, status_patch
 from tooltune_operator.views import of_attempt
@@ -50,7 +50,7 @@ class Sighting:
 @dataclass
 class StatusWriter:
     kube: Kube
-    metrics: OperatorMetrics = METRICS
+    metrics: OperatorMetrics
     # uid → (resourceVersion, status) of the API's answer to the last status patch
     patched: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     # (uid, attempt) → (phase reported, retries counted)

@@ -9,7 +9,9 @@ Point a client at ``proxy.url`` instead of the emulator's URL and, at random (se
 - ends a watch stream cleanly or cuts its connection mid-stream, after a random time.
 
 Every injected fault is counted in ``proxy.injected`` (a Counter by kind), so tests can show that the
-faults did happen. ``proxy.requests`` counts requests by method.
+faults did happen. ``proxy.requests`` counts requests by method. ``proxy.refuse`` (method, path → bool),
+when set, answers ``500`` before the server to every request it picks, faults enabled or not: what a
+client sees of its own crash at that request, or of a server that keeps failing one call.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +77,7 @@ class FaultProxy:
         self.rates = rates
         self.rng = random.Random(seed)
         self.enabled = True
+        self.refuse: Callable[[str, str], bool] | None = None
         self.injected: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
         self.url = ""
@@ -109,6 +113,8 @@ class FaultProxy:
         watch = request.query.get("watch") in {"true", "1"}
         self.requests["WATCH" if watch else request.method] += 1
         fault = self._error_for(request.method, watch)
+        if self.refuse is not None and self.refuse(request.method, request.path):
+            fault = ERROR_BEFORE
         if fault == ERROR_BEFORE:
             self.injected[fault] += 1
             return self._status(500, "InternalError", "injected: the server failed before acting")

@@ -24,18 +24,23 @@ directly:
   ``mountPath`` (and of ``terminationMessagePath``) in command, args, env values and workingDir is
   replaced by the local directory (file), because a local process cannot see ``/etc/...``.
   ``TOOLTUNE_TERMINATION_LOG`` is the local termination-message file, ``KUBECONFIG`` points at the
-  emulator, ``HOSTNAME`` is the pod name, ``TMPDIR`` the local directory of a volume mounted at ``/tmp``
-  (if any); ``python``/``python3``/``tooltune`` run with this interpreter (`DEFAULT_EXECUTABLES`);
+  emulator with the token of the pod's ServiceAccount (its requests get that account's RBAC, as a real
+  pod's mounted token does: the trainer's Role, or nothing for ``default``), ``HOSTNAME`` is the pod
+  name, ``TMPDIR`` the local directory of a volume mounted at ``/tmp`` (if any);
+  ``python``/``python3``/``tooltune`` run with this interpreter (`DEFAULT_EXECUTABLES`);
   stdout and stderr go to ``<pod dir>/container.log`` and are kept.
   Pod status: Pending → Running → Succeeded/Failed with ``containerStatuses[0].state.terminated``
   (``exitCode``, ``reason`` Completed/Error/OOMKilled, ``message`` from the termination file, or the log
   tail with ``FallbackToLogsOnError``), ``startTime``, conditions. A deleted pod's process gets SIGTERM,
   then SIGKILL after its grace period (capped at ``max_grace_seconds``, default `MAX_GRACE_SECONDS`).
-  ``capacity`` (optional) is how many pod processes the node runs at once: further pods stay Pending with
-  ``PodScheduled=False``/``Unschedulable`` until one ends, as on a full node; ``node`` (optional, a `Node`)
-  is the one node's extended resources, labels and taints, and a pod that does not fit stays Pending with
-  the scheduler's condition and ``FailedScheduling`` Event (``0/1 nodes are available: 1 Insufficient
-  nvidia.com/gpu. preemption: ...``). `evict_pod` is the Eviction API: the pod gets the
+  ``node`` (a `Node`) is the one node's allocatable resources, labels and taints; by default one GPU node
+  as a GPU node pool makes it (`DEFAULT_ALLOCATABLE`: 8 CPUs, 32Gi, 1 ``nvidia.com/gpu``, 110 pods, no
+  taints). A pod whose requests (or limits) do not fit beside the running pods', or that a taint or its
+  nodeSelector keeps off the node, stays Pending with ``PodScheduled=False``/``Unschedulable`` and the
+  scheduler's ``FailedScheduling`` Event (``0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1
+  nodes are available: 1 No preemption victims found for incoming pod.``) until it fits; ``capacity``
+  (optional) further caps how many pod processes run at once (``Too many pods``). `evict_pod` is the
+  Eviction API: the pod gets the
   ``DisruptionTarget`` condition, then a graceful deletion (SIGTERM first); `evict_for_node_pressure` is
   the kubelet's own eviction (phase Failed, reason ``Evicted``, an ``Evicted`` Event); `oom_kill` ends
   the process as the OOM killer does (``OOMKilled``, exit code 137).
@@ -51,7 +56,7 @@ directly:
   (so deleting a ToolTuneJob removes its Job, whose pods are then removed and their processes killed).
 
 Not emulated: several containers, init containers, restartPolicy OnFailure restarts in place (treated as
-Never), resource limits, probes, parallel or indexed Jobs, node scheduling.
+Never), resource limits at run time, probes, parallel or indexed Jobs, more than one node.
 """
 
 from __future__ import annotations
@@ -68,9 +73,13 @@ import string
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from kubernetes.utils import parse_quantity
+
+from tests.harness import rbac
 from tests.harness.emulator import (
     CONFIGMAPS,
     EVENTS,
@@ -123,17 +132,23 @@ def mount_failed(message: str) -> ContainerConfigError:
     return ContainerConfigError("ContainerCreating", "", [("Warning", "FailedMount", message)])
 
 
+# The node a test gets unless it declares its own: one GPU node as a cloud GPU node pool makes it (no taints
+# unless the pool sets them), with the kubelet's default of 110 pods.
+DEFAULT_ALLOCATABLE: dict[str, str | int] = {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 1, "pods": 110}
+
+
 @dataclass
 class Node:
-    """What the scheduler knows of the one node (opt-in: without it every pod fits)."""
+    """The one node, as the scheduler sees it: what it can allocate (a resource it does not list, it has
+    none of), its labels and taints."""
 
-    allocatable: dict[str, int] = field(default_factory=dict)  # extended resources, e.g. nvidia.com/gpu: 1
+    allocatable: dict[str, str | int] = field(default_factory=lambda: dict(DEFAULT_ALLOCATABLE))
     labels: dict[str, str] = field(default_factory=dict)
     taints: list[dict[str, str]] = field(default_factory=list)  # {key, value, effect}
 
-    def misfits(self, pod: dict[str, Any]) -> list[tuple[str, bool]]:
-        """Why the pod does not fit, as the scheduler's filter plugins say it, each with whether
-        preempting other pods could help."""
+    def misfits(self, pod: dict[str, Any], used: dict[str, Decimal]) -> list[tuple[str, bool]]:
+        """Why the pod does not fit beside the pods that use `used` (their requests, and "pods"), as the
+        scheduler's filter plugins say it, each with whether preempting other pods could help."""
         spec = pod["spec"]
         problems: list[tuple[str, bool]] = []
         selector = spec.get("nodeSelector") or {}
@@ -143,11 +158,23 @@ class Node:
             if taint.get("effect") in {"NoSchedule", "NoExecute"} and not _tolerated(taint, spec):
                 value = f"{taint['key']}: {taint.get('value', '')}"
                 problems.append((f"node(s) had untolerated taint {{{value}}}", False))
-        for container in spec.get("containers") or []:
-            for resource, quantity in ((container.get("resources") or {}).get("limits") or {}).items():
-                if "/" in resource and int(quantity) > self.allocatable.get(resource, 0):
-                    problems.append((f"Insufficient {resource}", True))
+        if used.get("pods", 0) + 1 > parse_quantity(self.allocatable.get("pods", 0)):
+            problems.append(("Too many pods", True))
+        for resource, quantity in requests_of(pod).items():
+            if used.get(resource, 0) + quantity > parse_quantity(self.allocatable.get(resource, 0)):
+                problems.append((f"Insufficient {resource}", True))
         return problems
+
+
+def requests_of(pod: dict[str, Any]) -> dict[str, Decimal]:
+    """What the pod's containers request, summed (a limit without a request requests the limit)."""
+    total: dict[str, Decimal] = {}
+    for container in pod["spec"].get("containers") or []:
+        resources = container.get("resources") or {}
+        wanted = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+        for resource, quantity in wanted.items():
+            total[resource] = total.get(resource, Decimal(0)) + parse_quantity(quantity)
+    return total
 
 
 def _tolerated(taint: dict[str, str], spec: dict[str, Any]) -> bool:
@@ -163,8 +190,8 @@ def _tolerated(taint: dict[str, str], spec: dict[str, Any]) -> bool:
 
 def unschedulable_message(problems: list[tuple[str, bool]]) -> str:
     """The scheduler's FailedScheduling message for a one-node cluster."""
-    reasons = ", ".join(f"1 {problem}" for problem, _ in problems)
-    helpful = any(preemptable for _, preemptable in problems)
+    reasons = ", ".join(sorted(f"1 {problem}" for problem, _ in problems))
+    helpful = all(preemptable for _, preemptable in problems)  # a taint or selector: no eviction helps
     preemption = (
         "No preemption victims found for incoming pod"
         if helpful
@@ -192,6 +219,7 @@ class PodRun:
     finished_at: str | None = None
     killed: bool = False  # killed by the harness (deletion, suspension, kill_pod), not by the system
     reported: bool = False
+    requests: dict[str, Decimal] = field(default_factory=dict)  # what the scheduler counts as used
 
 
 @dataclass
@@ -309,7 +337,7 @@ class Kubelet:
         self.executables = {**DEFAULT_EXECUTABLES, **(executables or {})}
         self.capacity = capacity
         self.max_grace_seconds = max_grace_seconds
-        self.node = node
+        self.node = node or Node()
         self.unpullable_images = set(unpullable_images)
         self._posted: set[tuple[str, str, str]] = set()  # (pod uid, reason, message) of Events posted
         self._pull_attempts: dict[str, int] = {}  # pod uid → failed image pulls
@@ -668,7 +696,7 @@ class Kubelet:
         if phase in ("Succeeded", "Failed") or meta.get("deletionTimestamp"):
             return
         if run is None:
-            misfits = self.node.misfits(pod) if self.node is not None else []
+            misfits = self.node.misfits(pod, self._used())
             if self.capacity is not None and self._running() >= self.capacity:
                 misfits.append(("Too many pods", True))
             if misfits:
@@ -680,6 +708,7 @@ class Kubelet:
             except ContainerConfigError as error:
                 self._report_waiting(pod, error)
                 return
+            run.requests = requests_of(pod)
             self._runs[meta["uid"]] = run
             self._report_running(pod, run)
         elif run.exit_code is not None and not run.reported:
@@ -722,6 +751,15 @@ class Kubelet:
         )
         for kind, reason, message in error.events:
             self._post_event(pod, kind, reason, message)
+
+    def _used(self) -> dict[str, Decimal]:
+        """The requests of the pods whose processes run, and their number ("pods")."""
+        used: dict[str, Decimal] = {"pods": Decimal(self._running())}
+        for run in self._runs.values():
+            if run.exit_code is None:
+                for resource, quantity in run.requests.items():
+                    used[resource] = used.get(resource, Decimal(0)) + quantity
+        return used
 
     def _running(self) -> int:
         return sum(run.exit_code is None for run in self._runs.values())
@@ -1084,11 +1122,19 @@ class Kubelet:
             "PYTHONPATH": pythonpath,
             "PYTHONUNBUFFERED": "1",
             "HOSTNAME": pod["metadata"]["name"],
-            "KUBECONFIG": str(self.cluster.kubeconfig),
+            "KUBECONFIG": str(self._serviceaccount_kubeconfig(pod)),
             TERMINATION_LOG_ENV: str(termination),
             **self.env,
             **env,
         }
+
+    def _serviceaccount_kubeconfig(self, pod: dict[str, Any]) -> Path:
+        """What the mounted ServiceAccount token is to a real pod: its requests are made as the pod's
+        ServiceAccount (``default`` unless the spec names one), under that account's RBAC."""
+        meta = pod["metadata"]
+        account = pod["spec"].get("serviceAccountName") or "default"
+        path = self.pod_directory(meta["name"], meta["namespace"]) / "kubeconfig"
+        return rbac.serviceaccount_kubeconfig(path, self.cluster.url, meta["namespace"], account)
 
     async def _reap(self, run: PodRun) -> None:
         code = await run.process.wait()

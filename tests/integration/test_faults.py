@@ -195,3 +195,38 @@ def wait_until_settled(k8s: K8s, proxy: FaultProxy, expected: dict[str, str]) ->
             dict(proxy.injected),
         ),
     )
+
+
+def test_a_crash_between_the_job_and_the_handover_is_repaired_on_restart(k8s: K8s, tmp_path: Path) -> None:
+    """The operator dies after creating the Job and before handing the contract ConfigMap to it (every such
+    patch fails until then); the restarted operator hands it over, and creates no second Job."""
+    proxy = FaultProxy(k8s.url, seed=0).start()
+    proxy.enabled = False  # no random faults: only the handover fails
+    proxy.refuse = lambda method, path: method == "PATCH" and "/configmaps/" in path
+    api = kubernetes.config.new_client_from_config(
+        config_file=str(write_kubeconfig(tmp_path / "proxied-kubeconfig", proxy.url))
+    )
+    memo = kopf.Memo(kube=Kube(api), settings=Settings(metrics_port=0, resync_seconds=RESYNC_SECONDS))
+    runner = KopfRunner("tooltune_operator.handlers", proxy.url, memo=memo)
+
+    def owners() -> list[str]:
+        configmap = k8s.cluster.get(CONFIGMAPS, NS, "handover-1-contract") or {}
+        return [o["kind"] for o in configmap.get("metadata", {}).get("ownerReferences") or []]
+
+    try:
+        runner.start()
+        k8s.create_tooltunejob("handover", scripted_spec("run"))
+        wait_for(lambda: proxy.injected[ERROR_BEFORE], SETTLE_TIMEOUT, what="the handover to fail")
+        runner.stop()  # the crash
+        assert owners() == ["ToolTuneJob"] and names_of(k8s, JOBS, "handover") == ["handover-1"]
+
+        proxy.refuse = None
+        runner.start()
+
+        wait_for(lambda: owners() == ["Job"], SETTLE_TIMEOUT, what="the handover", describe=owners)
+        assert names_of(k8s, JOBS, "handover") == ["handover-1"]
+        assert names_of(k8s, CONFIGMAPS, "handover") == ["handover-1-contract"]
+    finally:
+        runner.stop()
+        proxy.stop()
+        api.close()

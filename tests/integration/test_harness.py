@@ -15,6 +15,7 @@ from tooltune_api import GROUP, PLURAL, VERSION
 from tests.harness import tables
 from tests.harness.emulator import (
     CONFIGMAPS,
+    EVENTS,
     JOBS,
     PODS,
     TTJ,
@@ -282,6 +283,35 @@ def test_a_full_node_keeps_pods_pending_until_a_slot_frees(k8s, kubelet):
     assert kubelet.logs(job_pods(k8s, "second")[0]["metadata"]["name"]) == "ran\n"
 
 
+def test_the_default_node_schedules_only_what_fits_it(k8s, kubelet):
+    """One GPU node as a GPU node pool makes it: a pod asking for more than it has stays Pending with the
+    scheduler's message; a second GPU pod waits for the first to end."""
+
+    def gpu_job(name: str, script: str, **resources: Any) -> dict[str, Any]:
+        container = {"resources": {"limits": {"nvidia.com/gpu": 1}, "requests": {**resources}}}
+        return job_body(name, script, container=container)
+
+    k8s.batch.create_namespaced_job(NS, gpu_job("huge", "print('ran')", cpu="16"))
+    k8s.batch.create_namespaced_job(NS, gpu_job("first", "import time; time.sleep(2)", memory="8Gi"))
+    pending = wait_for(lambda: condition_false(job_pods(k8s, "huge"), "PodScheduled"), 10, what="huge")
+    assert pending["reason"] == "Unschedulable"
+    assert pending["message"] == (
+        "0/1 nodes are available: 1 Insufficient cpu. "
+        "preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
+    )
+    wait_for(lambda: (job_pods(k8s, "first") or [{}])[0].get("status", {}).get("phase") == "Running", 10,
+             what="the first GPU pod running")  # fmt: skip
+    k8s.batch.create_namespaced_job(NS, gpu_job("second", "print('ran')"))
+    waiting = wait_for(lambda: condition_false(job_pods(k8s, "second"), "PodScheduled"), 10, what="second")
+    assert waiting["message"].startswith("0/1 nodes are available: 1 Insufficient nvidia.com/gpu. ")
+    wait_for_job(k8s, "second", "Complete", timeout=30)  # the GPU is free once the first pod ends
+    events = [e for e in k8s.cluster.list(EVENTS, NS) if e["involvedObject"]["name"].startswith("huge-")]
+    assert events and {(e["reason"], e["source"]["component"]) for e in events} == {
+        ("FailedScheduling", "default-scheduler")
+    }
+    assert condition_false(job_pods(k8s, "huge"), "PodScheduled")  # still: nothing frees 16 CPUs
+
+
 def condition_false(pods: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
     conditions = [c for p in pods for c in p.get("status", {}).get("conditions", [])]
     return next((c for c in conditions if c["type"] == kind and c["status"] == "False"), None)
@@ -395,6 +425,54 @@ def test_secret_env_and_mounted_config_reach_the_process(k8s, kubelet):
     wait_for_job(k8s, "env", "Complete")
     pod = job_pods(k8s, "env")[0]["metadata"]["name"]
     assert kubelet.logs(pod).splitlines() == [f"sk-test cpu {pod}", '{"contract": 1}', "written"]
+
+
+def test_a_pod_talks_to_the_api_as_its_serviceaccount_under_its_rbac(k8s, kubelet):
+    """As a real pod's mounted token: the trainer's Role lets it patch its ToolTuneJob's status and nothing
+    more; the default ServiceAccount may do nothing."""
+    from tooltune_operator.builders import trainer_rbac
+    from tooltune_operator.settings import Settings
+
+    from tests.fixtures.cluster import RBAC_KEYS
+
+    keys = {**RBAC_KEYS, "Role": "rbac.authorization.k8s.io/v1/roles"}
+    keys["RoleBinding"] = "rbac.authorization.k8s.io/v1/rolebindings"
+    for obj in trainer_rbac(NS, Settings()):
+        k8s.cluster.create(keys[obj["kind"]], obj, NS)
+    k8s.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, TTJ_BODY)
+    script = textwrap.dedent("""
+        import kubernetes
+        api = kubernetes.config.new_client_from_config()
+        custom, core = kubernetes.client.CustomObjectsApi(api), kubernetes.client.CoreV1Api(api)
+        status = {"status": {"message": "hi"}}
+        calls = {
+            "patch status": lambda: custom.patch_namespaced_custom_object_status(
+                "tooltune.dev", "v1alpha1", "default", "tooltunejobs", "demo", status),
+            "read secrets": lambda: core.list_namespaced_secret("default"),
+        }
+        for what, call in calls.items():
+            try:
+                call()
+                print(what, "allowed")
+            except kubernetes.client.ApiException as error:
+                print(what, error.status)
+    """)
+    k8s.batch.create_namespaced_job(
+        NS, job_body("trainer", script, pod={"serviceAccountName": "tooltune-trainer"})
+    )
+    k8s.batch.create_namespaced_job(NS, job_body("nobody", script))
+
+    wait_for_job(k8s, "trainer", "Complete", timeout=60)
+    wait_for_job(k8s, "nobody", "Complete", timeout=60)
+    logs = {
+        job: kubelet.logs(job_pods(k8s, job)[0]["metadata"]["name"]).splitlines()
+        for job in ("trainer", "nobody")
+    }
+    assert logs == {
+        "trainer": ["patch status allowed", "read secrets 403"],
+        "nobody": ["patch status 403", "read secrets 403"],
+    }
+    assert status_of(k8s)["message"] == "hi"
 
 
 # ---------------------------------------------------------------- the API emulator

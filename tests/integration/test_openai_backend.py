@@ -7,7 +7,6 @@ recording API server. The operator side (key from the Secret, cancel) runs again
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -18,16 +17,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import kopf
 import pytest
-from kubernetes.client.rest import ApiException
 from kubernetes.config import kube_config
 from openai import OpenAI
 from prometheus_client import CollectorRegistry
 from tooltune_api import EXIT_INVALID, EXIT_OK
-from tooltune_api.models import SecretKeyRef, TrainerContract
-from tooltune_operator.openai_remote import REMOTE_GONE, cancel_remote_job, read_api_key
-from tooltune_trainer import submitter
+from tooltune_api.models import JobRef, SecretKeyRef, TrainerContract
+from tooltune_trainer import remote_cancel, submitter
+from tooltune_trainer.remote_cancel import REMOTE_GONE, CancelError, cancel_remote_job
 from tooltune_trainer.submitter import EXIT_RETRYABLE, SubmitError, Submitter
 from tooltune_trainer.telemetry import StatusReporter, TrainingMetrics
 
@@ -539,7 +536,7 @@ def test_a_service_ignoring_the_metadata_filter_does_not_confuse_the_lookup(open
     assert openai_server.jobs_created == 2
 
 
-# ---------------------------------------------------------------- the operator side
+# ---------------------------------------------------------------- the remote cancel pod
 
 
 def running_job(server: FakeOpenAI) -> str:
@@ -569,10 +566,11 @@ def test_cancel_rides_out_a_rate_limit_burst(openai_server):
     assert cancel_remote_job(openai_server.api_key, openai_server.base_url, job_id) == "cancelled"
 
 
-def test_cancel_with_a_rejected_key_fails_permanently_naming_the_secret(openai_server):
+def test_cancel_with_a_rejected_key_fails_for_good_naming_the_secret(openai_server):
     job_id = running_job(openai_server)
-    with pytest.raises(kopf.PermanentError) as failure:
+    with pytest.raises(CancelError) as failure:
         cancel_remote_job("sk-revoked-key", openai_server.base_url, job_id, secret_ref=SECRET)
+    assert not failure.value.retryable
     assert "Secret openai-api-key (key OPENAI_API_KEY) was rejected (401)" in str(failure.value)
     assert job_id in str(failure.value) and "sk-revoked-key" not in str(failure.value)
 
@@ -580,43 +578,35 @@ def test_cancel_with_a_rejected_key_fails_permanently_naming_the_secret(openai_s
 def test_cancel_while_the_api_is_down_is_retried_later(openai_server):
     job_id = running_job(openai_server)
     openai_server.fail_next(10, status=502)
-    with pytest.raises(kopf.TemporaryError):
+    with pytest.raises(CancelError) as failure:
         cancel_remote_job(openai_server.api_key, openai_server.base_url, job_id)
+    assert failure.value.retryable
     assert openai_server.cancel_requests == 0
     assert openai_server.job(job_id)["status"] != "cancelled"
 
 
-class Secrets:
-    """The ``get`` of tooltune_operator.kube.Kube over a dict of Secrets."""
+def test_the_cancel_pod_posts_its_outcome_and_exits_as_the_job_reads_it(openai_server, monkeypatch, tmp_path):
+    job_id = running_job(openai_server)
+    termination = tmp_path / "termination-log"
+    monkeypatch.setenv("TOOLTUNE_TERMINATION_LOG", str(termination))
+    job = JobRef(namespace=NAMESPACE, name=NAME, uid="u-1")
+    events: list[tuple[str, str, str]] = []
 
-    def __init__(self, secrets: dict[str, dict[str, str]], status: int | None = None):
-        self.secrets = secrets
-        self.status = status
+    def cancel() -> int:
+        post = lambda *event: events.append(event)  # noqa: E731
+        return remote_cancel.main(job_id, job, "deleted", openai_server.base_url, SECRET, post=post)
 
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        assert (api_version, kind) == ("v1", "Secret")
-        if self.status is not None:
-            raise ApiException(status=self.status, reason="Forbidden")
-        data = self.secrets.get(name)
-        if data is None:
-            return None
-        return {"data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}}
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-revoked-key")
+    code = remote_cancel.main(
+        job_id, job, "deleted", openai_server.base_url, SECRET, post=lambda *e: events.append(e)
+    )
+    assert code == EXIT_INVALID and events[-1][:2] == ("Warning", "RemoteCancelFailed")
+    assert "sk-revoked-key" not in events[-1][2] + termination.read_text()
 
-
-def test_read_api_key_returns_the_key():
-    secrets = Secrets({"openai-api-key": {"OPENAI_API_KEY": "sk-real\n"}})
-    assert read_api_key(secrets, NAMESPACE, SECRET) == "sk-real"
-
-
-@pytest.mark.parametrize(
-    ("secrets", "message"),
-    [
-        (Secrets({}), "Secret tuning/openai-api-key not found: create it"),
-        (Secrets({"openai-api-key": {"api-key": "sk-x"}}), "has no key OPENAI_API_KEY (it has: api-key)"),
-        (Secrets({"openai-api-key": {"OPENAI_API_KEY": ""}}), "key OPENAI_API_KEY is empty"),
-        (Secrets({}, status=403), "may not read Secret tuning/openai-api-key (403)"),
-    ],
-)
-def test_read_api_key_errors_name_the_secret(secrets, message):
-    with pytest.raises(kopf.PermanentError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        read_api_key(secrets, NAMESPACE, SECRET)
+    monkeypatch.setenv("OPENAI_API_KEY", openai_server.api_key)
+    code = remote_cancel.main(
+        job_id, job, "deleted", openai_server.base_url, SECRET, post=lambda *e: events.append(e)
+    )
+    assert code == EXIT_OK
+    assert events[-1] == ("Normal", "RemoteJobCancelled", f"OpenAI job {job_id} cancelled (deleted)")
+    assert termination.read_text() == f"succeeded: OpenAI job {job_id} cancelled (deleted)"

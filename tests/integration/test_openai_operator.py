@@ -30,15 +30,19 @@ SECRET = "openai-api-key"
 POD_START_SECONDS = 120  # the pod imports the trainer package; generous on a loaded machine
 
 
-@pytest.fixture
-def cluster(k8s, kubelet, kopf_operator, tmp_path):
-    """The emulated cluster with the operator (under the RBAC the manifests grant it) and the test kubelet
-    (it runs `tooltune` from this checkout)."""
-    settings = Settings(metrics_port=0, trainer_metrics_port=0, progress_interval_seconds=0.2)
+def start_operator(k8s, kopf_operator, tmp_path, **settings: Any) -> None:
+    """The operator under the RBAC the manifests grant it (no Secrets)."""
+    settings = Settings(metrics_port=0, trainer_metrics_port=0, progress_interval_seconds=0.2, **settings)
     api, token = operator_identity(k8s, tmp_path)
     kopf_operator(
         "tooltune_operator.handlers", memo=kopf.Memo(settings=settings, kube=Kube(api)), token=token
     )
+
+
+@pytest.fixture
+def cluster(k8s, kubelet, kopf_operator, tmp_path):
+    """The emulated cluster with the operator and the test kubelet (it runs `tooltune` from this checkout)."""
+    start_operator(k8s, kopf_operator, tmp_path)
     return k8s
 
 
@@ -138,11 +142,47 @@ def test_deleting_the_resource_cancels_the_running_remote_job(cluster, openai_se
         describe=lambda: status(cluster),
     )
 
+    job_id = status(cluster)["openai"]["jobId"]
+
     cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, NAME)
 
-    wait_for(lambda: cluster.cluster.get(TTJ, NS, NAME) is None, 30, what="the ToolTuneJob to be gone")
+    wait_for(
+        lambda: cluster.cluster.get(TTJ, NS, NAME) is None,
+        POD_START_SECONDS,
+        what="the ToolTuneJob to be gone",
+        describe=lambda: [(e["reason"], e["message"]) for e in events_of(cluster)],
+    )
     assert openai_server.job()["status"] == "cancelled"
     assert openai_server.cancel_requests == 1
+    # cancelled by a pod of its own, with the key from the Secret: the operator may not read Secrets
+    [cancelled] = [e for e in events_of(cluster) if e["reason"] == "RemoteJobCancelled"]
+    assert cancelled["message"] == f"OpenAI job {job_id} cancelled (deleted)"
+
+
+def test_a_cancel_pod_that_cannot_start_lets_the_deletion_go_with_a_warning(
+    k8s, kubelet, kopf_operator, openai_server, tmp_path
+):
+    """The Secret went first: the cancel pod waits for it until its deadline; the deletion then goes on, and
+    the user is told which remote job still runs."""
+    start_operator(k8s, kopf_operator, tmp_path, remote_cancel_seconds=3)
+    openai_server.lifecycle = Lifecycle(outcome="running")
+    create(k8s, tooltunejob(tmp_path, openai_server), openai_server.api_key)
+    wait_for(
+        lambda: openai_server.jobs and status(k8s).get("openai", {}).get("jobId"),
+        POD_START_SECONDS,
+        what="the submitter to report its remote job",
+    )
+    job_id = status(k8s)["openai"]["jobId"]
+    k8s.core.delete_namespaced_secret(SECRET, NS)
+
+    k8s.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, NAME)
+
+    wait_for(lambda: k8s.cluster.get(TTJ, NS, NAME) is None, 60, what="the ToolTuneJob to be gone")
+    [warning] = [e for e in events_of(k8s) if e["reason"] == "RemoteCancelFailed"]
+    assert warning["type"] == "Warning"
+    assert f"did not cancel OpenAI job {job_id} (DeadlineExceeded" in warning["message"]
+    assert "cancel it with the provider" in warning["message"]
+    assert openai_server.job(job_id)["status"] != "cancelled" and openai_server.cancel_requests == 0
 
 
 def test_a_bad_key_fails_the_resource_naming_the_secret(cluster, openai_server, tmp_path):
@@ -204,8 +244,16 @@ def test_suspend_cancels_the_remote_job_and_resume_starts_a_new_one(cluster, ope
     )
 
     wait_for(
-        lambda: openai_server.job(first)["status"] == "cancelled", 30, what="the remote job to be cancelled"
+        lambda: openai_server.job(first)["status"] == "cancelled",
+        POD_START_SECONDS,
+        what="the remote job to be cancelled",
     )
+    cancelled = wait_for(
+        lambda: [e["message"] for e in events_of(cluster) if e["reason"] == "RemoteJobCancelled"],
+        30,
+        what="the cancel pod's Event",
+    )
+    assert cancelled == [f"OpenAI job {first} cancelled (suspended)"]
     wait_for(
         lambda: status(cluster).get("phase") == "Suspended",
         30,

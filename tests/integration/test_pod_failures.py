@@ -40,7 +40,7 @@ def node(k8s: K8s, tmp_path: Path) -> Iterator[Kubelet]:
         k8s.cluster,
         tmp_path / "kubelet",
         executables={"tooltune": [sys.executable, str(FAKE_TRAINER)]},
-        node=Node(allocatable={}),  # a CPU node: no nvidia.com/gpu
+        node=Node(allocatable={"cpu": "8", "memory": "32Gi", "pods": 110}),  # a CPU node: no nvidia.com/gpu
         unpullable_images={MISSING_IMAGE},
     ).start()
     try:

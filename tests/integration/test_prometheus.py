@@ -11,13 +11,14 @@ from __future__ import annotations
 import time
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import kopf
 import pytest
 from prometheus_client import CollectorRegistry
 from tooltune_api import TINY_MODEL
 from tooltune_api.models import JobRef, ToolTuneJobSpec, TrainerContract
-from tooltune_operator.metrics import OperatorMetrics, job_phases, start_metrics_server
+from tooltune_operator.metrics import OperatorMetrics, job_phases, reconciled, start_metrics_server
 from tooltune_trainer.telemetry import StatusReporter, TrainingMetrics, telemetry_callbacks
 from transformers import TrainerCallback
 
@@ -169,14 +170,15 @@ def test_prometheus_scrapes_the_operator_and_evaluates_the_alerts(prometheus):
     ]
     metrics.watch_jobs(lambda: job_phases(bodies))
 
-    @metrics.reconciled("create")
-    def handler(fail: bool) -> None:
+    @reconciled("create")
+    def handler(fail: bool, **_: Any) -> None:
         if fail:
             raise kopf.TemporaryError("not yet")
 
-    handler(False)
+    memo = kopf.Memo(metrics=metrics)
+    handler(False, memo=memo)
     with pytest.raises(kopf.TemporaryError):
-        handler(True)
+        handler(True, memo=memo)
 
     port = free_port()
     http = start_metrics_server(port, registry=registry, addr="127.0.0.1")

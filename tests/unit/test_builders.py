@@ -74,6 +74,10 @@ CASES = {
     ),
     "openai-job": (OPENAI_JOB, lambda r, s: builders.training_job(r, s, 2, SETTINGS)),
     "queued-job": (QUEUED_JOB, lambda r, s: builders.training_job(r, s, 1, SETTINGS)),
+    "openai-remote-cancel-job": (
+        OPENAI_JOB,
+        lambda r, s: builders.remote_cancel_job(r, s, 2, "ftjob-abc123", "deleted", SETTINGS),
+    ),
 }
 
 

@@ -138,7 +138,7 @@ def test_spec_suspend_wins_over_the_queue_unless_it_cannot_reach_the_workload() 
 
 
 def test_the_writer_keeps_each_jobs_newest_workload_and_finds_its_owner() -> None:
-    writer = StatusWriter(kube=None, kueue_reading=True)  # type: ignore[arg-type]
+    writer = StatusWriter(kube=None, metrics=None, kueue_reading=True)  # type: ignore[arg-type]
     raw = {
         "metadata": {"name": "tune", "namespace": "ml", "uid": "t-1"},
         "spec": {},

@@ -33,7 +33,8 @@ PLAIN_YAML = [
 CLUSTER_ROLE = MANIFESTS / "rbac" / "operator-clusterrole.yaml"
 DEPLOYMENT = MANIFESTS / "operator" / "deployment.yaml"
 
-# What the operator needs, and so what its role must hold: (API group, resource) -> verbs.
+# What the operator needs, and so what its role must hold: (API group, resource) -> verbs. No Secrets: the
+# pods that need a key (submitter, remote cancel) get it through secretKeyRef.
 OPERATOR_NEEDS: dict[tuple[str, str], set[str]] = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("", "namespaces"): {"list", "watch"},
@@ -43,7 +44,6 @@ OPERATOR_NEEDS: dict[tuple[str, str], set[str]] = {
     ("batch", "jobs"): {"get", "list", "watch", "create", "delete", "patch"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "configmaps"): {"get", "list", "watch", "create", "delete", "patch"},
-    ("", "secrets"): {"get"},
     ("", "events"): {"create", "patch", "list"},  # list: the kubelet's Events of a pod that stays Pending
     ("events.k8s.io", "events"): {"create", "patch"},
     ("", "serviceaccounts"): {"get", "create", "patch"},

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import kopf
 import pytest
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from tooltune_api import TINY_MODEL
 from tooltune_api.diagnosis import PLATEAU
 from tooltune_api.models import JobRef, ToolTuneJobSpec, TrainerContract
-from tooltune_operator.metrics import OperatorMetrics
+from tooltune_operator.metrics import OperatorMetrics, reconciled
 from tooltune_trainer.telemetry import GAUGES, LAST_PROGRESS_METRIC, TrainingMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,12 +97,12 @@ def exported_metric_names() -> set[str]:
     operator.job_finished("unsloth", "Succeeded", 60)
     operator.job_retried("unsloth")
 
-    @operator.reconciled("create")
-    def failing_handler() -> None:
+    @reconciled("create")
+    def failing_handler(**_: Any) -> None:
         raise kopf.TemporaryError("not yet")
 
     with pytest.raises(kopf.TemporaryError):
-        failing_handler()
+        failing_handler(memo=kopf.Memo(metrics=operator))
 
     return {
         sample.name

@@ -67,10 +67,12 @@ class RefusingKube:
 
 def operator_memo(kube: Any) -> kopf.Memo:
     """What the operator's startup puts in memo, around a fake API."""
+    metrics = OperatorMetrics(CollectorRegistry())
     return kopf.Memo(
         kube=kube,
         settings=Settings(),
-        status_writer=StatusWriter(kube, OperatorMetrics(CollectorRegistry())),
+        metrics=metrics,
+        status_writer=StatusWriter(kube, metrics),
         rbac_namespaces=set(),
     )
 
@@ -89,50 +91,6 @@ def test_a_refused_job_shows_the_api_servers_reason_and_is_retried(monkeypatch: 
     assert status["phase"] == "Pending"
     assert status["message"] == f"the API server refused the Job: {REFUSAL}"
     assert events == [("Warning", "JobRefused", REFUSAL)]
-
-
-class CrashingKube:
-    """An API that keeps what is created and loses the first ConfigMap handover (a crash, a 500)."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
-        self.handovers = 0
-
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        return copy.deepcopy(self.objects.get((kind, name)))
-
-    def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        stored = copy.deepcopy(body)
-        stored["metadata"]["uid"] = f"uid-{body['metadata']['name']}"
-        self.objects.setdefault((body["kind"], body["metadata"]["name"]), stored)
-        return copy.deepcopy(self.objects[(body["kind"], body["metadata"]["name"])])
-
-    def patch(self, api_version: str, kind: str, namespace: str, name: str, body: dict[str, Any], *_: Any):
-        if kind == "ConfigMap":
-            self.handovers += 1
-            if self.handovers == 1:
-                raise kopf.TemporaryError("the operator was killed here", delay=1)
-            self.objects[(kind, name)]["metadata"].update(body["metadata"])
-        return {"metadata": {"resourceVersion": "1"}, "status": body.get("status", {})}
-
-
-def test_a_crash_before_the_handover_is_repaired_when_the_operator_comes_back(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(kopf, "event", lambda *_, **__: None)
-    kube = CrashingKube()
-    memo = operator_memo(kube)
-    raw = tooltunejob()
-    with pytest.raises(kopf.TemporaryError):
-        reconcile.converge(memo, raw, {}, {}, restart=True)
-    owners = kube.objects[("ConfigMap", "demo-1-contract")]["metadata"]["ownerReferences"]
-    assert [o["kind"] for o in owners] == ["ToolTuneJob"]
-    reconcile.converge(
-        memo, raw, {}, {}, restart=True
-    )  # kopf retries the create (or resumes after a restart)
-    owners = kube.objects[("ConfigMap", "demo-1-contract")]["metadata"]["ownerReferences"]
-    assert [(o["kind"], o["name"]) for o in owners] == [("Job", "demo-1")]
-    assert [kind for kind, _ in kube.objects].count("Job") == 1
 
 
 def owner(name: str, uri: str, created: str, phase: str | None = None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pytest
 from tooltune_api import ANNOTATION_GENERATION, LABEL_ATTEMPT, LABEL_JOB
 from tooltune_api.models import ToolTuneJobStatus
 from tooltune_operator import conditions as c
-from tooltune_operator.status import Observed, compute_status, status_patch
+from tooltune_operator.status import Observed, compute_status, needs_resync, status_patch
 from tooltune_operator.views import job_generation, job_view, pod_view
 
 NOW = "2026-11-25T10:00:00Z"
@@ -386,3 +386,20 @@ def test_views_are_small_and_detached() -> None:
     watched_pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] = 0
     assert small_job["status"]["conditions"][0]["status"] == "True"
     assert small_pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
+
+
+@pytest.mark.parametrize(
+    ("status", "generation", "watched"),
+    [
+        ({}, 1, False),  # not reconciled yet: the create handler has it
+        ({"phase": "Pending"}, 1, True),
+        ({"phase": "Running"}, 1, True),
+        ({"phase": "Succeeded", "specGeneration": 1}, 2, False),  # a change after success is ignored
+        ({"phase": "Failed", "specGeneration": 1}, 1, False),
+        ({"phase": "Failed", "specGeneration": 1}, 2, True),  # the fix after a failure starts an attempt
+    ],
+)
+def test_the_resync_watches_reconciled_jobs_until_they_end(
+    status: dict[str, Any], generation: int, watched: bool
+) -> None:
+    assert needs_resync(status, {"generation": generation}, {}) is watched

@@ -25,7 +25,7 @@ from tooltune_api.models import (
     ToolTuneJobStatus,
     TrainerContract,
 )
-from tooltune_operator.metrics import OperatorMetrics, job_phases
+from tooltune_operator.metrics import OperatorMetrics, job_phases, reconciled
 from tooltune_trainer.plots import render_loss_curves
 from tooltune_trainer.telemetry import (
     EventRecorder,
@@ -458,8 +458,9 @@ def operator_sample(metrics: OperatorMetrics, metric: str, **labels: str) -> flo
 
 def test_reconciled_counts_times_and_classifies_errors_of_sync_handlers():
     metrics = operator_metrics()
+    memo = kopf.Memo(metrics=metrics)
 
-    @metrics.reconciled("create")
+    @reconciled("create")
     def handler(body: dict[str, Any], **_: Any) -> str:
         if body.get("retry"):
             raise kopf.TemporaryError("children not ready", delay=5)
@@ -467,13 +468,13 @@ def test_reconciled_counts_times_and_classifies_errors_of_sync_handlers():
             raise kopf.PermanentError("spec.baseModel is required")
         return body["name"]
 
-    assert handler({"name": "a"}, logger=None) == "a"
+    assert handler({"name": "a"}, logger=None, memo=memo) == "a"
     with pytest.raises(kopf.TemporaryError):
-        handler({"retry": True})
+        handler({"retry": True}, memo=memo)
     with pytest.raises(kopf.PermanentError):
-        handler({"bad": True})
+        handler({"bad": True}, memo=memo)
     with pytest.raises(KeyError):
-        handler({})
+        handler({}, memo=memo)
 
     assert handler.__name__ == "handler"  # kopf identifies handlers by name
     assert operator_sample(metrics, "tooltune_operator_reconciles_total", handler="create") == 4
@@ -488,15 +489,32 @@ def test_reconciled_counts_times_and_classifies_errors_of_sync_handlers():
 def test_reconciled_wraps_async_handlers_too():
     metrics = operator_metrics()
 
-    @metrics.reconciled("delete")
+    @reconciled("delete")
     async def cleanup(**_: Any) -> str:
         await asyncio.sleep(0.01)
         return "done"
 
-    assert asyncio.run(cleanup()) == "done"
+    assert asyncio.run(cleanup(memo=kopf.Memo(metrics=metrics))) == "done"
     assert (
         operator_sample(metrics, "tooltune_operator_reconcile_duration_seconds_sum", handler="delete") >= 0.01
     )
+
+
+def test_each_operator_counts_in_its_own_registry_with_the_process_figures():
+    """Two operators in one process (a test's restart, say) count apart: no metric lives at module level."""
+    first, second = OperatorMetrics(), OperatorMetrics()
+
+    @reconciled("status")
+    def handler(**_: Any) -> None:
+        pass
+
+    handler(memo=kopf.Memo(metrics=first))
+    handler(memo=kopf.Memo(metrics=first))
+    handler(memo=kopf.Memo(metrics=second))
+
+    assert operator_sample(first, "tooltune_operator_reconciles_total", handler="status") == 2
+    assert operator_sample(second, "tooltune_operator_reconciles_total", handler="status") == 1
+    assert operator_sample(first, "process_resident_memory_bytes") > 0
 
 
 def test_jobs_collector_reads_the_current_phases_at_each_scrape():

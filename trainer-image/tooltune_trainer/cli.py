@@ -39,6 +39,37 @@ def submit(
     raise typer.Exit(main(config))
 
 
+@app.command("cancel-remote")
+def cancel_remote(
+    job_id: Annotated[str, typer.Argument(help="The remote fine-tuning job, e.g. ftjob-abc123.")],
+    tooltunejob: Annotated[
+        str, typer.Option("--tooltunejob", help="<namespace>/<name> of the ToolTuneJob the Events are about.")
+    ],
+    uid: Annotated[str, typer.Option("--uid", help="The ToolTuneJob's uid.")] = "",
+    why: Annotated[str, typer.Option("--why", help="Said in the Event: deleted, suspended.")] = "deleted",
+    base_url: Annotated[
+        str | None, typer.Option("--base-url", help="The fine-tuning API (spec.openai.baseUrl).")
+    ] = None,
+    secret: Annotated[
+        str,
+        typer.Option("--secret", help="<name>/<key> of the key's Secret, for messages."),
+    ] = "",
+) -> None:
+    """Cancel a remote OpenAI fine-tuning job with the key in $OPENAI_API_KEY (the operator's cancel pod)."""
+    exit_on_sigterm()
+    from tooltune_api.models import JobRef, SecretKeyRef
+
+    from tooltune_trainer.remote_cancel import main
+
+    namespace, _, name = tooltunejob.partition("/")
+    if not namespace or not name:
+        raise typer.BadParameter(f"{tooltunejob!r} is not <namespace>/<name>", param_hint="--tooltunejob")
+    secret_name, _, key = secret.partition("/")
+    secret_ref = SecretKeyRef(name=secret_name, **({"key": key} if key else {})) if secret_name else None
+    job = JobRef(namespace=namespace, name=name, uid=uid)
+    raise typer.Exit(main(job_id, job, why, base_url=base_url, secret_ref=secret_ref))
+
+
 # ---------------------------------------------------------------- datasets: validate and split
 
 DEFAULT_VALIDATION_SPLIT = 0.1  # the lab's 90/10 split, as dataset.validationSplit defaults to

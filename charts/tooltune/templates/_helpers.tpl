@@ -66,7 +66,8 @@ get+patch, events create): Kubernetes lets a role grant only what its creator ho
 - apiGroups: [tooltune.dev]
   resources: [tooltunejobs/finalizers]
   verbs: [update]
-# The training Job and the contract ConfigMap of each attempt; pods are only read (why a pod failed).
+# The training Job and the contract ConfigMap of each attempt, and the Job that cancels a remote OpenAI
+# job (its pod gets the key through secretKeyRef: the operator reads no Secret); pods are only read.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, delete, patch]
@@ -76,10 +77,6 @@ get+patch, events create): Kubernetes lets a role grant only what its creator ho
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch, create, delete, patch]
-# Read only, to cancel a remote OpenAI job with the key the job names when its ToolTuneJob is deleted.
-- apiGroups: [""]
-  resources: [secrets]
-  verbs: [get]
 # Its own Events; and the kubelet's and scheduler's about a trainer pod that stays Pending (list).
 - apiGroups: [""]
   resources: [events]
