@@ -26,7 +26,7 @@ from tests.fixtures.s3 import S3Server
 from tests.fixtures.tiny import tool_calling_dataset
 from tests.harness.emulator import EVENTS, JOBS, PODS, SECRETS, TTJ
 from tests.harness.kopf_runner import KopfRunner, copy_handlers
-from tests.harness.kubelet import Kubelet
+from tests.harness.kubelet import DEFAULT_ALLOCATABLE, Kubelet, Node
 from tests.harness.kueue import LABEL_JOB_UID, LABEL_PRIORITY, LABEL_QUEUE, WORKLOADS, ClusterQueue, Kueue
 from tests.harness.waiting import wait_for
 
@@ -39,6 +39,8 @@ SEEN_WITHIN = 15.0
 POOL = {"cloud.example/pool": "training"}
 TOLERATION = {"key": "training", "operator": "Exists", "effect": "NoSchedule"}
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
+# The node the ClusterQueue's flavor selects (untainted: Jobs Kueue does not manage run on it too).
+POOL_NODE = Node(allocatable=dict(DEFAULT_ALLOCATABLE), labels=POOL)
 
 
 def kueue_operator() -> None:
@@ -66,7 +68,10 @@ def kueue(k8s: K8s) -> Iterator[Kueue]:
 @pytest.fixture
 def node(k8s: K8s, tmp_path: Path) -> Iterator[Kubelet]:
     kubelet = Kubelet(
-        k8s.cluster, tmp_path / "kubelet", executables={"tooltune": [sys.executable, str(FAKE_TRAINER)]}
+        k8s.cluster,
+        tmp_path / "kubelet",
+        executables={"tooltune": [sys.executable, str(FAKE_TRAINER)]},
+        node=POOL_NODE,
     ).start()
     try:
         yield kubelet
@@ -336,7 +341,7 @@ def test_a_training_job_preempted_mid_run_resumes_from_the_step_it_checkpointed_
     seen: dict[str, str] = {}
     # The pod's grace period (Kubernetes' default 30 s): the trainer saves and uploads the step it is on.
     kubelet = Kubelet(
-        k8s.cluster, tmp_path / "kubelet", env={"OMP_NUM_THREADS": "1"}, max_grace_seconds=30
+        k8s.cluster, tmp_path / "kubelet", env={"OMP_NUM_THREADS": "1"}, max_grace_seconds=30, node=POOL_NODE
     ).start()
     try:
         api, token = operator_identity(k8s, tmp_path, kueue=True)
