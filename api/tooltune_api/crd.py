@@ -26,6 +26,13 @@ SPEC_RULES = [
         "and only allowed then",
         "fieldPath": ".openai",
     },
+    {
+        "rule": "!has(self.resources) || !has(self.resources.nodes) || self.resources.nodes == 1 "
+        "|| !has(self.backend) || self.backend == 'unsloth'",
+        "message": "spec.resources.nodes above 1 needs backend: unsloth (the OpenAI backend runs one "
+        "submitter pod)",
+        "fieldPath": ".resources.nodes",
+    },
 ]
 DATASET_SCHEMES_MESSAGE = "unsupported scheme; use s3://, https://, http://, configmap://, file:// or a path"
 DATASET_RULES = [
@@ -58,6 +65,7 @@ PRINTER_COLUMNS = [
     {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
     {"name": "Backend", "type": "string", "jsonPath": ".spec.backend"},
     {"name": "Model", "type": "string", "jsonPath": ".spec.baseModel"},
+    {"name": "Workers", "type": "string", "jsonPath": ".status.workers"},
     {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.trainLoss"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

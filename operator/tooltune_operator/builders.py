@@ -3,6 +3,15 @@
 Per attempt N the operator creates a ConfigMap ``<job>-<N>-contract`` carrying the operator↔trainer
 contract and a batch/v1 Job ``<job>-<N>`` whose pod runs ``tooltune train`` (or ``tooltune submit``
 for the OpenAI backend). Per namespace it creates the trainer's ServiceAccount, Role and RoleBinding.
+
+With ``resources.nodes: M > 1`` the Job is an Indexed Job of M pods (completions = parallelism = M) and
+a headless Service ``<job>-<N>`` (owned by the Job) gives pod ``<job>-<N>-0`` the DNS name rank 0 is
+reached at. Each pod gets the variables Kubeflow Trainer sets (PET_NNODES, PET_NPROC_PER_NODE,
+PET_NODE_RANK from the completion index, PET_MASTER_ADDR, PET_MASTER_PORT), which torchrun reads, so the
+same image runs under Kubeflow Trainer too. The group lives and dies as one, as a JobSet's replicated Job
+does: backoffLimit 0 and FailJob on a disruption fail the whole Job at its first pod failure (the Job
+controller then stops the other pods), and the operator starts the next attempt from the newest checkpoint
+(``status.group_restart``), counting the failure against ``spec.backoffLimit`` unless it was a disruption.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from urllib.parse import urlparse
 
 from tooltune_api import (
     ANNOTATION_GENERATION,
+    ANNOTATION_GROUP_RESTARTS,
     ANNOTATION_JOB_NAME,
     API_VERSION,
     CONTRACT_ENV,
@@ -43,6 +53,10 @@ MAX_NAME = 63  # Job names end up in a label value
 # SIGTERM → SIGKILL: the trainer checkpoints the step it is on and uploads it in this time (spot nodes give
 # 30 s to 2 min; a node drain waits for it).
 TERMINATION_GRACE_SECONDS = 120
+MASTER_PORT = 29400  # rank 0's rendezvous port, Kubeflow Trainer's
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # the Job controller's annotation on each pod
+# podFailurePolicy rules by index: the Job's failure message names the index of the rule that matched.
+INVALID_RULE, DISRUPTION_RULE = 0, 1
 
 
 def child_name(name: str, attempt: int, suffix: str = "") -> str:
@@ -133,6 +147,18 @@ def secret_env(variable: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
+def group_environment(spec: ToolTuneJobSpec, job_name: str) -> list[dict[str, Any]]:
+    """What Kubeflow Trainer sets for torchrun on each node of a group: torchrun reads PET_<OPTION>."""
+    index = {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}}
+    return [
+        {"name": "PET_NNODES", "value": str(spec.resources.nodes)},
+        {"name": "PET_NPROC_PER_NODE", "value": str(max(spec.resources.gpus, 1))},
+        {"name": "PET_NODE_RANK", "valueFrom": index},
+        {"name": "PET_MASTER_ADDR", "value": f"{job_name}-0.{job_name}"},  # pod hostname.subdomain
+        {"name": "PET_MASTER_PORT", "value": str(MASTER_PORT)},
+    ]
+
+
 def environment(spec: ToolTuneJobSpec, settings: Settings) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": CONTRACT_ENV, "value": CONTRACT_PATH},
@@ -187,10 +213,14 @@ def volumes(spec: ToolTuneJobSpec, contract_name: str) -> tuple[list[dict[str, A
 
 
 def training_job(
-    body: dict[str, Any], spec: ToolTuneJobSpec, attempt: int, settings: Settings
+    body: dict[str, Any], spec: ToolTuneJobSpec, attempt: int, settings: Settings, group_restarts: int = 0
 ) -> dict[str, Any]:
+    """The attempt's Job; with resources.nodes > 1 an Indexed Job of that many pods whose failure is the
+    group's (group_restarts: the counted restarts before this attempt, kept on the Job)."""
     name = body["metadata"]["name"]
     namespace = body["metadata"]["namespace"]
+    job_name = child_name(name, attempt)
+    grouped = spec.resources.nodes > 1
     job_labels = labels(name, attempt, component(spec))
     vols, mounts = volumes(spec, child_name(name, attempt, "-contract"))
     command = ["tooltune", "submit" if spec.backend == Backend.OPENAI else "train"]
@@ -199,7 +229,7 @@ def training_job(
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": "IfNotPresent",
         "command": command,
-        "env": environment(spec, settings),
+        "env": environment(spec, settings) + (group_environment(spec, job_name) if grouped else []),
         "ports": [{"name": "metrics", "containerPort": settings.trainer_metrics_port, "protocol": "TCP"}],
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG_PATH,
@@ -245,8 +275,13 @@ def training_job(
                     "action": "FailJob",
                     "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INVALID]},
                 },
-                # Evictions, preemption and node drains are not the trainer's fault: retry, uncounted.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                # Evictions, preemption and node drains are not the trainer's fault: retry, uncounted. A
+                # group cannot replace one pod under running peers: the whole Job fails and the operator
+                # restarts the group, uncounted (a JobSet's RestartJobSetAndIgnoreMaxRestarts).
+                {
+                    "action": "FailJob" if grouped else "Ignore",
+                    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                },
             ]
         },
         "template": {
@@ -254,6 +289,14 @@ def training_job(
             "spec": pod_spec,
         },
     }
+    generation = str(body["metadata"].get("generation", 1))
+    annotations = {ANNOTATION_GENERATION: generation, ANNOTATION_JOB_NAME: name}
+    if grouped:
+        nodes = spec.resources.nodes
+        # Any counted pod failure fails the group's Job: its retries are the operator's group restarts.
+        job_spec.update(backoffLimit=0, completionMode="Indexed", completions=nodes, parallelism=nodes)
+        pod_spec["subdomain"] = job_name  # the headless Service: <job>-<index>.<job> resolves
+        annotations[ANNOTATION_GROUP_RESTARTS] = str(group_restarts)
     if spec.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
     if spec.ttl_seconds_after_finished is not None:
@@ -262,16 +305,35 @@ def training_job(
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": child_name(name, attempt),
+            "name": job_name,
             "namespace": namespace,
             "labels": job_labels,
-            "annotations": {
-                ANNOTATION_GENERATION: str(body["metadata"].get("generation", 1)),
-                ANNOTATION_JOB_NAME: name,
-            },
+            "annotations": annotations,
             "ownerReferences": [owner_reference(body)],
         },
         "spec": job_spec,
+    }
+
+
+def group_service(job: dict[str, Any]) -> dict[str, Any]:
+    """The headless Service that gives a group's pods their DNS names (<job>-<index>.<job>), owned by the Job
+    so that it goes with it. publishNotReadyAddresses: ranks look each other up before any is Ready."""
+    meta = job["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": dict(meta["labels"]),
+            "annotations": {ANNOTATION_JOB_NAME: meta["annotations"][ANNOTATION_JOB_NAME]},
+            "ownerReferences": owned_by(job)["metadata"]["ownerReferences"],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "selector": {"batch.kubernetes.io/job-name": meta["name"]},
+            "publishNotReadyAddresses": True,
+        },
     }
 
 

@@ -20,6 +20,7 @@ PLURALS = {
     ("v1", "ConfigMap"): "configmaps",
     ("v1", "Pod"): "pods",
     ("v1", "Secret"): "secrets",
+    ("v1", "Service"): "services",
     ("v1", "ServiceAccount"): "serviceaccounts",
     ("v1", "Event"): "events",
     ("batch/v1", "Job"): "jobs",

@@ -1,7 +1,8 @@
 """The reconciler: everything the operator does to the cluster for a ToolTuneJob, called by the handlers.
 
-- ``converge`` (create, resume, spec change, the periodic resync): check the spec, pick the attempt
-  (``status.retry_wanted`` is the one rule for a new one), make sure its Job and contract ConfigMap
+- ``converge`` (create, resume, spec change, the periodic resync, a multi-node group's failed Job): check
+  the spec, pick the attempt (``status.retry_wanted`` is the one rule for a new one: a spec fix after a
+  failure, or a group restart), make sure its Job and contract ConfigMap (and a group's headless Service)
   exist (deterministic names, so an operator restart never starts a second run), apply ``spec.suspend``
   to the Job, then hand the status to the status writer.
 - ``note_spec_change``: tell the user what a spec edit does to a running or finished attempt.
@@ -28,9 +29,9 @@ from tooltune_operator import conditions as c
 from tooltune_operator.kube import Kube
 from tooltune_operator.metrics import METRICS
 from tooltune_operator.settings import Settings
-from tooltune_operator.status import TERMINAL, retry_wanted
+from tooltune_operator.status import COUNTED, TERMINAL, group_restart, retry_wanted
 from tooltune_operator.status_writer import StatusWriter
-from tooltune_operator.views import job_condition, job_generation, job_view, of_attempt
+from tooltune_operator.views import group_restarts, job_condition, job_generation, job_view, of_attempt
 
 REFUSED_RETRY_SECONDS = 60.0
 BUSY_RETRY_SECONDS = 2.0
@@ -130,6 +131,20 @@ async def resync(memo: kopf.Memo, raw: dict[str, Any], jobs: Any, pods: Any, own
         await asyncio.to_thread(converge, memo, raw, jobs, pods, indexed_job=True, owners=owners)
 
 
+async def job_event(memo: kopf.Memo, owners: Any, jobs: Any, pods: Any, every_owner: Any) -> None:
+    """After any event of a Job: a multi-node group's Job that has failed (all its pods stopped) starts the
+    next attempt now rather than at the next resync (jobs, pods, every_owner: the operator's indexes)."""
+    for owner in owners or []:
+        spec = checked_spec(owner)
+        if spec is None or spec.resources.nodes == 1 or owner["metadata"].get("deletionTimestamp"):
+            continue
+        raw = {**owner, "status": memo.status_writer.latest_status(owner)}  # the index may lag our patch
+        key = (raw["metadata"]["namespace"], builders.job_label(raw["metadata"]["name"]))
+        current = of_attempt(jobs.get(key), raw["status"].get("attempts") or 1)
+        if current and job_condition(current[0], "Failed") and group_restart(current[0], spec.backoff_limit):
+            await asyncio.to_thread(converge, memo, raw, jobs, pods, indexed_job=True, owners=every_owner)
+
+
 def current_attempt(
     kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec, indexed: Any = None
 ) -> tuple[int, dict[str, Any] | None]:
@@ -140,13 +155,31 @@ def current_attempt(
         return attempt, None
     job = attempt_job(kube, meta, attempt, indexed)
     failed = job is not None and job_condition(job, "Failed") is not None
-    if retry_wanted(failed, meta.get("generation", 1), job_generation(job), spec.suspend):
+    restart = group_restart(job, spec.backoff_limit) if failed else None  # Failed: every pod has stopped
+    if retry_wanted(failed, meta.get("generation", 1), job_generation(job), spec.suspend, restart):
         attempt += 1
-        METRICS.job_retried(str(spec.backend))
-        message = f"spec changed after attempt {attempt - 1} failed: starting attempt {attempt}"
-        kopf.event(raw, type="Normal", reason="NewAttempt", message=message)
+        if restart is None:
+            METRICS.job_retried(str(spec.backend))  # a group restart's retry is counted by the status writer
+            message = f"spec changed after attempt {attempt - 1} failed: starting attempt {attempt}"
+            kopf.event(raw, type="Normal", reason="NewAttempt", message=message)
+        else:
+            message = (
+                f"a pod of attempt {attempt - 1} failed: all {spec.resources.nodes} pods restart as attempt "
+                f"{attempt} from the newest complete checkpoint ({restart} against spec.backoffLimit)"
+            )
+            kopf.event(raw, type="Normal", reason=c.GROUP_RESTARTING, message=message)
         job = attempt_job(kube, meta, attempt, indexed)
     return attempt, job
+
+
+def restarts_before(kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec, attempt: int) -> int:
+    """The counted group restarts before a new attempt's Job: carried over from the previous attempt when its
+    group failed and restarts; a first attempt, or a spec fix after a failure, starts counting afresh."""
+    if attempt == 1 or spec.resources.nodes == 1:
+        return 0
+    previous = attempt_job(kube, raw["metadata"], attempt - 1, None)
+    restart = group_restart(previous, spec.backoff_limit) if job_condition(previous, "Failed") else None
+    return (group_restarts(previous) or 0) + (restart == COUNTED) if restart else 0
 
 
 def attempt_job(kube: Kube, meta: dict[str, Any], attempt: int, indexed: Any) -> dict[str, Any] | None:
@@ -187,13 +220,18 @@ def ensure_children(
             return None  # finished and cleaned up (ttlSecondsAfterFinished): nothing to recreate
         ensure_trainer_rbac(memo, namespace)
         kube.create(builders.contract_configmap(raw, spec, attempt, settings))
-        job = kube.create(builders.training_job(raw, spec, attempt, settings))
+        restarts = restarts_before(kube, raw, spec, attempt)
+        job = kube.create(builders.training_job(raw, spec, attempt, settings, restarts))
         kube.patch("v1", "ConfigMap", namespace, contract, builders.owned_by(job))
+        if spec.resources.nodes > 1:
+            kube.create(builders.group_service(job))
         message = f"created Job {job['metadata']['name']} (attempt {attempt})"
         kopf.event(raw, type="Normal", reason=c.JOB_CREATED, message=message)
         return job
     if restart and "uid" in job["metadata"] and not job_condition(job, "Complete"):
         kube.patch("v1", "ConfigMap", namespace, contract, builders.owned_by(job))
+        if spec.resources.nodes > 1:
+            kube.create(builders.group_service(job))
     if bool(job["spec"].get("suspend")) != spec.suspend and not job_condition(job, "Complete"):
         apply_suspend(kube, raw, spec, job)
     return job

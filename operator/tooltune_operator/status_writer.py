@@ -145,10 +145,12 @@ class StatusWriter:
         attempt = attempt or status.get("attempts") or 1
         current = of_attempt(jobs, attempt)
         try:
-            parse_spec(raw["spec"])
+            spec = parse_spec(raw["spec"])
             problems = None
+            gpus = spec.resources.gpus if spec.backend == Backend.UNSLOTH else 0  # a submitter needs none
+            shape = dict(nodes=spec.resources.nodes, gpus=gpus, backoff_limit=spec.backoff_limit)
         except InvalidSpec as error:
-            problems = error.problems
+            problems, shape = error.problems, {}
         attempt_pods = of_attempt(pods, attempt)
         events = self.pod_events.get((meta["namespace"], job_label(meta["name"])), {})
         seen = Observed(
@@ -161,6 +163,7 @@ class StatusWriter:
             pods=attempt_pods,
             previous=ToolTuneJobStatus.model_validate(status),
             now=now_iso(),
+            **shape,
         )
         return Sighting(raw, status, seen)
 
