@@ -62,7 +62,8 @@ EVICTED = (
 INVALID = (
     "Failed",
     "PodFailurePolicy",
-    "Container trainer for pod default/demo-2-0-abcde failed with exit code 2 matching FailJob rule at index 0",
+    "Container trainer for pod default/demo-2-0-abcde failed with exit code 2 "
+    "matching FailJob rule at index 0",
 )
 
 

@@ -76,6 +76,10 @@ get+patch, events create): Kubernetes lets a role grant only what its creator ho
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch, create, delete, patch]
+# A multi-node job's headless Service (pods' DNS names); it goes with its Job (owner reference).
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, create]
 # Read only, to cancel a remote OpenAI job with the key the job names when its ToolTuneJob is deleted.
 - apiGroups: [""]
   resources: [secrets]
