@@ -173,11 +173,19 @@ def environment(spec: ToolTuneJobSpec, settings: Settings) -> list[dict[str, Any
             secret_env("AWS_ACCESS_KEY_ID", spec.storage.credentials_secret, "AWS_ACCESS_KEY_ID"),
             secret_env("AWS_SECRET_ACCESS_KEY", spec.storage.credentials_secret, "AWS_SECRET_ACCESS_KEY"),
         ]
+    if spec.backend == Backend.UNSLOTH and spec.resources.gpus > 1:
+        env += distributed_env(spec.resources.gpus)
     if spec.openai is not None:
         env.append(
             secret_env("OPENAI_API_KEY", spec.openai.api_key_secret.name, spec.openai.api_key_secret.key)
         )
     return env
+
+
+def distributed_env(gpus: int) -> list[dict[str, Any]]:
+    """One process per GPU, in the variables Kubeflow Trainer sets and torchrun reads: with them `tooltune
+    train` starts torchrun (tooltune_trainer.launcher). One node: torchrun's own rendezvous on loopback."""
+    return [{"name": "PET_NNODES", "value": "1"}, {"name": "PET_NPROC_PER_NODE", "value": str(gpus)}]
 
 
 def resources(spec: ToolTuneJobSpec) -> dict[str, Any]:

@@ -178,6 +178,23 @@ def test_gpus_are_requested_and_limited_under_the_configured_resource_name() -> 
     assert container["resources"] == {"requests": {"amd.com/gpu": "1"}, "limits": {"amd.com/gpu": "1"}}
 
 
+@pytest.mark.parametrize(("gpus", "expected"), [
+    (4, {"PET_NNODES": "1", "PET_NPROC_PER_NODE": "4"}),
+    (1, {}),
+    (0, {}),
+])  # fmt: skip
+def test_several_gpus_ask_for_one_process_per_gpu_in_kubeflow_trainers_variables(
+    gpus: int, expected: dict[str, str]
+) -> None:
+    spec = {**GPU_JOB, "resources": {"gpus": gpus}}
+    job = builders.training_job(resource(spec), parse_spec(spec), 1, SETTINGS)
+    env = {
+        item["name"]: item.get("value") for item in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert {name: value for name, value in env.items() if name.startswith("PET_")} == expected
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["tooltune", "train"]
+
+
 def test_cpu_only_job_asks_for_no_gpu_and_no_shared_memory_volume() -> None:
     spec = {**GPU_JOB, "resources": {"gpus": 0}}
     job = builders.training_job(resource(spec), parse_spec(spec), 1, SETTINGS)
