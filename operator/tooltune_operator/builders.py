@@ -5,13 +5,14 @@ contract and a batch/v1 Job ``<job>-<N>`` whose pod runs ``tooltune train`` (or 
 for the OpenAI backend). Per namespace it creates the trainer's ServiceAccount, Role and RoleBinding.
 
 With ``resources.nodes: M > 1`` the Job is an Indexed Job of M pods (completions = parallelism = M) and
-a headless Service ``<job>-<N>`` (owned by the Job) gives pod ``<job>-<N>-0`` the DNS name rank 0 is
-reached at. Each pod gets the variables Kubeflow Trainer sets (PET_NNODES, PET_NPROC_PER_NODE,
-PET_NODE_RANK from the completion index, PET_MASTER_ADDR, PET_MASTER_PORT), which torchrun reads, so the
-same image runs under Kubeflow Trainer too. The group lives and dies as one, as a JobSet's replicated Job
-does: backoffLimit 0 and FailJob on a disruption fail the whole Job at its first pod failure (the Job
-controller then stops the other pods), and the operator starts the next attempt from the newest checkpoint
-(``status.group_restart``), counting the failure against ``spec.backoffLimit`` unless it was a disruption.
+a headless Service ``<job>-<N>`` (created before the Job, then owned by it) gives pod ``<job>-<N>-0`` the
+DNS name rank 0 is reached at. Each pod gets the variables Kubeflow Trainer sets (PET_NNODES,
+PET_NPROC_PER_NODE, PET_NODE_RANK from the completion index, PET_MASTER_ADDR, PET_MASTER_PORT), which
+torchrun reads, so the same image runs under Kubeflow Trainer too. The group lives and dies as one, as a
+JobSet's replicated Job does: backoffLimit 0 and FailJob on a disruption fail the whole Job at its first
+pod failure (the Job controller then stops the other pods), and the operator starts the next attempt from
+the newest checkpoint (``status.group_restart``), counting the failure against ``spec.backoffLimit``
+unless it was a disruption.
 """
 
 from __future__ import annotations
@@ -173,8 +174,8 @@ def environment(spec: ToolTuneJobSpec, settings: Settings) -> list[dict[str, Any
             secret_env("AWS_ACCESS_KEY_ID", spec.storage.credentials_secret, "AWS_ACCESS_KEY_ID"),
             secret_env("AWS_SECRET_ACCESS_KEY", spec.storage.credentials_secret, "AWS_SECRET_ACCESS_KEY"),
         ]
-    if spec.backend == Backend.UNSLOTH and spec.resources.gpus > 1:
-        env += distributed_env(spec.resources.gpus)
+    if spec.backend == Backend.UNSLOTH and spec.resources.gpus > 1 and spec.resources.nodes == 1:
+        env += distributed_env(spec.resources.gpus)  # a group's: group_environment
     if spec.openai is not None:
         env.append(
             secret_env("OPENAI_API_KEY", spec.openai.api_key_secret.name, spec.openai.api_key_secret.key)
@@ -323,30 +324,32 @@ def training_job(
     }
 
 
-def group_service(job: dict[str, Any]) -> dict[str, Any]:
-    """The headless Service that gives a group's pods their DNS names (<job>-<index>.<job>), owned by the Job
-    so that it goes with it. publishNotReadyAddresses: ranks look each other up before any is Ready."""
-    meta = job["metadata"]
+def group_service(body: dict[str, Any], spec: ToolTuneJobSpec, attempt: int) -> dict[str, Any]:
+    """The headless Service that gives a group's pods their DNS names (<job>-<index>.<job>). Created before
+    the Job, so that the names resolve when its pods start, and handed over to it (owned_by) as the contract
+    ConfigMap is. publishNotReadyAddresses: ranks look each other up before any of them is Ready."""
+    name = body["metadata"]["name"]
+    job_name = child_name(name, attempt)
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "labels": dict(meta["labels"]),
-            "annotations": {ANNOTATION_JOB_NAME: meta["annotations"][ANNOTATION_JOB_NAME]},
-            "ownerReferences": owned_by(job)["metadata"]["ownerReferences"],
+            "name": job_name,
+            "namespace": body["metadata"]["namespace"],
+            "labels": labels(name, attempt, component(spec)),
+            "annotations": {ANNOTATION_JOB_NAME: name},
+            "ownerReferences": [owner_reference(body)],
         },
         "spec": {
             "clusterIP": "None",
-            "selector": {"batch.kubernetes.io/job-name": meta["name"]},
+            "selector": {"batch.kubernetes.io/job-name": job_name},
             "publishNotReadyAddresses": True,
         },
     }
 
 
 def owned_by(job: dict[str, Any]) -> dict[str, Any]:
-    """The merge patch that hands the contract ConfigMap over to its Job."""
+    """The merge patch that hands the contract ConfigMap (and a group's Service) over to its Job."""
     meta = job["metadata"]
     owner = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"]}
     return {"metadata": {"ownerReferences": [{**owner, "blockOwnerDeletion": True}]}}

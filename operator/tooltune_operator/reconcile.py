@@ -212,29 +212,35 @@ def ensure_children(
     between the create and the handover) the handover of an unfinished Job's ConfigMap is made again."""
     kube: Kube = memo.kube
     settings: Settings = memo.settings
-    namespace = raw["metadata"]["namespace"]
-    contract = builders.child_name(raw["metadata"]["name"], attempt, "-contract")
+    grouped = spec.resources.nodes > 1
     if job is None:
         previous = ToolTuneJobStatus.model_validate(raw["status"] or {})
         if previous.phase in TERMINAL and previous.attempts == attempt:
             return None  # finished and cleaned up (ttlSecondsAfterFinished): nothing to recreate
-        ensure_trainer_rbac(memo, namespace)
+        ensure_trainer_rbac(memo, raw["metadata"]["namespace"])
         kube.create(builders.contract_configmap(raw, spec, attempt, settings))
+        if grouped:  # before the Job: its pods' names resolve from their start
+            kube.create(builders.group_service(raw, spec, attempt))
         restarts = restarts_before(kube, raw, spec, attempt)
         job = kube.create(builders.training_job(raw, spec, attempt, settings, restarts))
-        kube.patch("v1", "ConfigMap", namespace, contract, builders.owned_by(job))
-        if spec.resources.nodes > 1:
-            kube.create(builders.group_service(job))
+        hand_over(kube, raw, attempt, job, grouped)
         message = f"created Job {job['metadata']['name']} (attempt {attempt})"
         kopf.event(raw, type="Normal", reason=c.JOB_CREATED, message=message)
         return job
     if restart and "uid" in job["metadata"] and not job_condition(job, "Complete"):
-        kube.patch("v1", "ConfigMap", namespace, contract, builders.owned_by(job))
-        if spec.resources.nodes > 1:
-            kube.create(builders.group_service(job))
+        hand_over(kube, raw, attempt, job, grouped)
     if bool(job["spec"].get("suspend")) != spec.suspend and not job_condition(job, "Complete"):
         apply_suspend(kube, raw, spec, job)
     return job
+
+
+def hand_over(kube: Kube, raw: dict[str, Any], attempt: int, job: dict[str, Any], grouped: bool) -> None:
+    """Make the Job the owner of its contract ConfigMap (and a group's Service): they go when it goes."""
+    namespace, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
+    contract = builders.child_name(name, attempt, "-contract")
+    kube.patch("v1", "ConfigMap", namespace, contract, builders.owned_by(job))
+    if grouped:
+        kube.patch("v1", "Service", namespace, job["metadata"]["name"], builders.owned_by(job))
 
 
 def apply_suspend(kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec, job: dict[str, Any]) -> None:

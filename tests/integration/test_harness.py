@@ -591,7 +591,14 @@ def test_kubectl_applies_lists_prints_columns_and_deletes(k8s, tmp_path):
         NS,
         PLURAL,
         "task-api-tools",
-        {"status": {"phase": "Running", "reason": "Training", "progress": {"step": 12, "trainLoss": 0.53}}},
+        {
+            "status": {
+                "phase": "Running",
+                "reason": "Training",
+                "workers": "2x4",
+                "progress": {"step": 12, "trainLoss": 0.53},
+            }
+        },
     )
 
     waited = k8s.kubectl(
@@ -600,17 +607,19 @@ def test_kubectl_applies_lists_prints_columns_and_deletes(k8s, tmp_path):
     assert "condition met" in waited.stdout and not waited.stderr
     output = k8s.kubectl("get", "ttj")
     header, row = output.stdout.splitlines()
-    assert header.split() == ["NAME", "PHASE", "REASON", "BACKEND", "MODEL", "STEP", "LOSS", "AGE"]
-    assert row.split()[:7] == [
+    header_names = ["NAME", "PHASE", "REASON", "BACKEND", "MODEL", "WORKERS", "STEP", "LOSS", "AGE"]
+    assert header.split() == header_names
+    assert row.split()[:8] == [
         "task-api-tools",
         "Running",
         "Training",
         "unsloth",
         "tooltune/tiny-llama",
+        "2x4",
         "12",
         "0.53",
     ]
-    assert row.split()[7].endswith("s")
+    assert row.split()[8].endswith("s")
     assert "Warning" not in output.stderr
 
     as_yaml = k8s.kubectl("get", "ttj", "task-api-tools", "-o", "yaml").stdout

@@ -76,10 +76,7 @@ CASES = {
     ),
     "openai-job": (OPENAI_JOB, lambda r, s: builders.training_job(r, s, 2, SETTINGS)),
     "group-job": (GROUP_JOB, lambda r, s: builders.training_job(r, s, 3, SETTINGS, group_restarts=1)),
-    "group-service": (
-        GROUP_JOB,
-        lambda r, s: builders.group_service(created(builders.training_job(r, s, 3, SETTINGS))),
-    ),
+    "group-service": (GROUP_JOB, lambda r, s: builders.group_service(r, s, 3)),
 }
 
 
@@ -154,21 +151,31 @@ def test_a_group_is_an_indexed_job_whose_first_failure_or_disruption_fails_it_wh
 
 
 def test_a_group_service_is_headless_selects_the_jobs_pods_and_goes_with_the_job() -> None:
-    job = created(builders.training_job(resource(GROUP_JOB), parse_spec(GROUP_JOB), 1, SETTINGS))
-    service = builders.group_service(job)
+    body, spec = resource(GROUP_JOB), parse_spec(GROUP_JOB)
+    job = created(builders.training_job(body, spec, 1, SETTINGS))
+    service = builders.group_service(body, spec, 1)
     assert service["metadata"]["name"] == job["spec"]["template"]["spec"]["subdomain"]
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
     select_job_pods(job)  # the labels the API server gives the Job's pods
     pod_labels = job["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    assert [o["uid"] for o in service["metadata"]["ownerReferences"]] == [job["metadata"]["uid"]]
+    assert [o["kind"] for o in service["metadata"]["ownerReferences"]] == ["ToolTuneJob"]  # until handed over
+    assert [o["uid"] for o in builders.owned_by(job)["metadata"]["ownerReferences"]] == [
+        job["metadata"]["uid"]
+    ]
 
 
 def test_one_node_keeps_a_plain_job_without_group_variables() -> None:
     job = builders.training_job(resource(GPU_JOB), parse_spec(GPU_JOB), 1, SETTINGS)
     assert "completionMode" not in job["spec"] and "subdomain" not in job["spec"]["template"]["spec"]
-    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert not [e for e in env if e["name"] in {"PET_NNODES", "PET_NODE_RANK", "PET_MASTER_ADDR"}]
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PET_NNODES"] == "1" and not {"PET_NODE_RANK", "PET_MASTER_ADDR"} & set(env)
+
+
+def test_each_variable_is_set_once_on_a_group_of_several_gpus() -> None:
+    job = builders.training_job(resource(GROUP_JOB), parse_spec(GROUP_JOB), 1, SETTINGS)
+    names = [e["name"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert len(names) == len(set(names)), names
 
 
 def test_gpus_are_requested_and_limited_under_the_configured_resource_name() -> None:

@@ -76,10 +76,10 @@ get+patch, events create): Kubernetes lets a role grant only what its creator ho
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch, create, delete, patch]
-# A multi-node job's headless Service (pods' DNS names); it goes with its Job (owner reference).
+# A multi-node job's headless Service (pods' DNS names), created before its Job and handed over to it.
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, create]
+  verbs: [get, create, patch]
 # Read only, to cancel a remote OpenAI job with the key the job names when its ToolTuneJob is deleted.
 - apiGroups: [""]
   resources: [secrets]
