@@ -408,6 +408,28 @@ class OutputStatus(Model):
     uri: str | None = None
 
 
+class TrainingStatus(Model):
+    """How the current attempt trains: which implementation on how many processes, and its batch as a user
+    counts it (per-device batch × processes × accumulation)."""
+
+    implementation: str | None = Field(None, description="unsloth or transformers (with peft).")
+    implementation_reason: str | None = Field(
+        None, description="Why this implementation, when it is not the device's default."
+    )
+    nodes: int | None = None
+    processes_per_node: int | None = None
+    world_size: int | None = Field(None, description="Training processes in all: one per GPU.")
+    per_device_batch_size: int | None = None
+    gradient_accumulation_steps: int | None = None
+    effective_batch_size: int | None = Field(
+        None,
+        description="Examples per optimizer step: perDeviceBatchSize × worldSize × gradientAccumulationSteps",
+    )
+    learning_rate: float | None = Field(
+        None, description="Per optimizer step, as configured: it is not scaled with worldSize."
+    )
+
+
 class ToolTuneJobStatus(Model):
     model_config = ConfigDict(extra="ignore")  # tolerate what older operators wrote
 
@@ -437,6 +459,7 @@ class ToolTuneJobStatus(Model):
     openai: OpenAIStatus | None = None
     cost: CostStatus | None = None
     output: OutputStatus | None = None
+    training: TrainingStatus | None = None
 
 
 # ---------------------------------------------------------------- operator ↔ trainer contract

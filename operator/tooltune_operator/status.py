@@ -2,7 +2,8 @@
 
 Pure: ``compute_status`` takes the spec check, the current attempt's Job and Pods and the previous
 status, and returns the operator-owned part of the new status. Handlers patch only the difference.
-The trainer owns the other status fields (progress, diagnosis, checkpoints, evaluation, output, openai).
+The trainer owns the other status fields (progress, diagnosis, checkpoints, evaluation, output, openai, cost,
+training).
 
 Transitions, checked top to bottom (the first row that matches wins):
 
