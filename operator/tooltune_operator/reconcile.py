@@ -158,6 +158,9 @@ def current_attempt(
     restart = group_restart(job, spec.backoff_limit) if failed else None  # Failed: every pod has stopped
     if retry_wanted(failed, meta.get("generation", 1), job_generation(job), spec.suspend, restart):
         attempt += 1
+        job = attempt_job(kube, meta, attempt, indexed)
+        if job is not None:  # started already, by a converge that read a newer status: told then
+            return attempt, job
         if restart is None:
             METRICS.job_retried(str(spec.backend))  # a group restart's retry is counted by the status writer
             message = f"spec changed after attempt {attempt - 1} failed: starting attempt {attempt}"
@@ -168,7 +171,6 @@ def current_attempt(
                 f"{attempt} from the newest complete checkpoint ({restart} against spec.backoffLimit)"
             )
             kopf.event(raw, type="Normal", reason=c.GROUP_RESTARTING, message=message)
-        job = attempt_job(kube, meta, attempt, indexed)
     return attempt, job
 
 

@@ -48,9 +48,10 @@ directly:
   is the one node's extended resources, labels and taints, and a pod that does not fit stays Pending with
   the scheduler's condition and ``FailedScheduling`` Event (``0/1 nodes are available: 1 Insufficient
   nvidia.com/gpu. preemption: ...``). `evict_pod` is the Eviction API: the pod gets the
-  ``DisruptionTarget`` condition, then a graceful deletion (SIGTERM first); `evict_for_node_pressure` is
-  the kubelet's own eviction (phase Failed, reason ``Evicted``, an ``Evicted`` Event); `oom_kill` ends
-  the process as the OOM killer does (``OOMKilled``, exit code 137).
+  ``DisruptionTarget`` condition, then a graceful deletion (SIGTERM first), and its Job counts it Failed
+  with that condition once the process has ended (the real controller's tracking finalizer lets it);
+  `evict_for_node_pressure` is the kubelet's own eviction (phase Failed, reason ``Evicted``, an
+  ``Evicted`` Event); `oom_kill` ends the process as the OOM killer does (``OOMKilled``, exit code 137).
   Failures to start are reported as a real kubelet reports them (its messages, checked against
   kubelet output): a missing ConfigMap or Secret volume leaves the container waiting in
   ``ContainerCreating`` with **no** message and posts ``FailedMount`` Events (``MountVolume.SetUp failed
@@ -216,6 +217,7 @@ class PodRun:
 class JobMemory:
     accounted: set[str] = field(default_factory=set)  # uids of terminated pods already counted
     completed: set[int] = field(default_factory=set)  # an Indexed Job's succeeded indexes
+    seen: dict[str, dict[str, Any]] = field(default_factory=dict)  # uid → an active pod as last seen
 
 
 def _owner_uids(obj: dict[str, Any]) -> list[str]:
@@ -405,6 +407,10 @@ class Kubelet:
             if pod is None:
                 raise LookupError(f"pod {namespace}/{name} does not exist")
             self._mark_disrupted(pod, namespace, name)
+            marked = self.emulator.get_object(PODS, namespace, name) or pod
+            owner = marked["metadata"].get("labels", {}).get("controller-uid")
+            if owner:  # what the Job controller's finalizer would let it see after the deletion
+                self._jobs.setdefault(owner, JobMemory()).seen[marked["metadata"]["uid"]] = clone(marked)
             self.emulator.delete_object(PODS, namespace, name)
 
         self.cluster.call(evict)
@@ -547,7 +553,7 @@ class Kubelet:
         active = [p for p in pods if self._is_active(p)]
         indexed = spec.get("completionMode") == "Indexed"
         verdict: tuple[str, str, str] | None = None  # (condition, reason, message)
-        for pod in pods:
+        for pod in pods + self._evicted(memory, pods):
             phase = pod.get("status", {}).get("phase")
             if phase not in ("Succeeded", "Failed") or pod["metadata"]["uid"] in memory.accounted:
                 continue
@@ -607,6 +613,34 @@ class Kubelet:
                 [{"op": "add", "path": "/status", "value": status}],
                 subresource="status",
             )
+
+    def _evicted(self, memory: JobMemory, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Evicted pods of the Job whose process has ended, as Failed pods with their DisruptionTarget
+        condition. The real controller's finalizer keeps a deleted pod until it has counted its end (and
+        applied its podFailurePolicy); here deletion is immediate, so the pod is remembered as last seen."""
+        present = {pod["metadata"]["uid"] for pod in pods}
+        ended = []
+        for uid, pod in list(memory.seen.items()):
+            run = self._runs.get(uid)
+            if uid in present or uid in memory.accounted or (run is not None and run.exit_code is None):
+                continue
+            memory.seen.pop(uid)
+            if not _has_condition(pod.get("status") or {}, "DisruptionTarget"):
+                continue  # deleted by the controller itself (suspend, cleanup): not a failure
+            terminated = {"exitCode": run.exit_code if run else 137, "reason": "Error"}
+            container = pod["spec"]["containers"][0]["name"]
+            ended.append(
+                {
+                    **pod,
+                    "status": {
+                        **pod["status"],
+                        "phase": "Failed",
+                        "containerStatuses": [{"name": container, "state": {"terminated": terminated}}],
+                    },
+                }
+            )
+        memory.seen.update((pod["metadata"]["uid"], clone(pod)) for pod in pods if self._is_active(pod))
+        return ended
 
     @staticmethod
     def _verdict(spec: dict[str, Any], status: dict[str, Any]) -> tuple[str, str, str] | None:

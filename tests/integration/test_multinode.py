@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import pytest
 from tooltune_operator.kube import Kube
 from tooltune_operator.settings import Settings
 
+from tests.fixtures.cluster import K8s, operator_identity, scripted_spec
 from tests.fixtures.s3 import S3Server
 from tests.fixtures.tiny import tool_calling_dataset
 from tests.harness.emulator import EVENTS, JOBS, PODS, SECRETS, SERVICES, TTJ, RunningCluster
@@ -32,7 +34,8 @@ from tests.harness.kopf_runner import KopfRunner
 from tests.harness.kubelet import COMPLETION_INDEX, Kubelet
 from tests.harness.waiting import wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
+FAKE_TRAINER = Path(__file__).with_name("fake_trainer.py")
 
 NS = "default"
 NAME = "two-nodes"
@@ -170,6 +173,7 @@ def _failed(job: dict[str, Any] | None) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_two_pods_train_as_two_nodes_and_a_crash_restarts_the_group_from_the_checkpoint(
     k8s: Any, s3_server: S3Server, kopf_operator: Callable[..., KopfRunner], tmp_path: Path
 ) -> None:
@@ -190,3 +194,61 @@ def test_two_pods_train_as_two_nodes_and_a_crash_restarts_the_group_from_the_che
     restarts = [e for e in run.events if e["reason"] == "GroupRestarting"]
     assert restarts and "counted" in restarts[0]["message"], run.events
     print("group restart, seconds after the kill:", json.dumps(run.seconds, indent=1))
+
+
+@pytest.fixture
+def scripted(k8s: K8s, tmp_path: Path) -> Iterator[Kubelet]:
+    """A kubelet whose pods run tests/integration/fake_trainer.py's script instead of training."""
+    executables = {"tooltune": [sys.executable, str(FAKE_TRAINER)]}
+    node = Kubelet(k8s.cluster, tmp_path / "kubelet", executables=executables).start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def test_under_the_operators_rbac_an_eviction_restarts_the_group_uncounted_and_crashes_use_up_its_backoff(
+    k8s: K8s, scripted: Kubelet, kopf_operator: Callable[..., KopfRunner], tmp_path: Path
+) -> None:
+    api, token = operator_identity(k8s, tmp_path)  # exactly the RBAC the manifests grant the operator
+    settings = Settings(trainer_image="tooltune/trainer:test", metrics_port=0, progress_interval_seconds=0)
+    kopf_operator(
+        "tooltune_operator.handlers", memo=kopf.Memo(kube=Kube(api), settings=settings), token=token
+    )
+    spec = scripted_spec("run", resources={"gpus": 0, "nodes": 2}, backoffLimit=1)
+    k8s.create_tooltunejob(NAME, spec)
+    status = lambda: (k8s.cluster.get(TTJ, NS, NAME) or {}).get("status", {})  # noqa: E731
+
+    def training(attempt: int) -> list[str]:
+        now = status()
+        return (
+            now.get("attempts") == attempt
+            and now.get("reason") == "Training"
+            and running(k8s.cluster, attempt)
+        )
+
+    first = wait_for(lambda: training(1), timeout=30, what="attempt 1 training on both pods", describe=status)
+    assert status()["workers"] == "2xCPU" and status()["phase"] == "Running"
+    service = k8s.cluster.get(SERVICES, NS, f"{NAME}-1")
+    assert service["spec"]["clusterIP"] == "None"
+    assert [o["kind"] for o in service["metadata"]["ownerReferences"]] == ["Job"]
+
+    scripted.evict_pod(first[1], NS)  # a node drain: the group restarts, not counted
+    second = wait_for(lambda: training(2), timeout=30, what="attempt 2 training", describe=status)
+    assert status()["retries"] == 0
+    assert scripted.exit_code(first[0], NS) is not None, "the old group's other pod was stopped"
+
+    scripted.kill_pod(second[0], NS, disruption=False)  # a crash: counted, 1 of backoffLimit 1
+    third = wait_for(lambda: training(3), timeout=30, what="attempt 3 training", describe=status)
+    assert status()["retries"] == 1
+
+    scripted.kill_pod(third[1], NS, disruption=False)  # no restart left
+    wait_for(lambda: status().get("phase") == "Failed", timeout=30, what="Failed", describe=status)
+    assert (status()["reason"], status()["attempts"], status()["retries"]) == ("BackoffLimitExceeded", 3, 1)
+    reasons = [e["reason"] for e in k8s.cluster.list(EVENTS, NS) if e["involvedObject"].get("name") == NAME]
+    told = [
+        (e["reason"], e["message"])
+        for e in k8s.cluster.list(EVENTS, NS)
+        if e["involvedObject"].get("name") == NAME
+    ]
+    assert reasons.count("GroupRestarting") == 2, "\n".join(map(str, told))
