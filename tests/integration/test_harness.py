@@ -255,7 +255,9 @@ def test_eviction_sends_sigterm_and_the_replacement_waits_for_the_process_to_end
         time.sleep(60)
     """)
     kubelet.max_grace_seconds = 10
-    k8s.batch.create_namespaced_job(NS, job_body("evicted", script, podReplacementPolicy="Failed"))
+    # No podFailurePolicy: the eviction counts against backoffLimit, as in a real cluster.
+    body = job_body("evicted", script, podReplacementPolicy="Failed", backoffLimit=1)
+    k8s.batch.create_namespaced_job(NS, body)
     running = lambda: [p for p in job_pods(k8s, "evicted") if p.get("status", {}).get("phase") == "Running"]  # noqa: E731
     first = wait_for(running, 10, what="the first pod")[0]["metadata"]["name"]
     wait_for(lambda: "running" in kubelet.logs(first), 10, what="the handler installed")
@@ -265,7 +267,7 @@ def test_eviction_sends_sigterm_and_the_replacement_waits_for_the_process_to_end
     assert not job_pods(k8s, "evicted"), "no replacement while the evicted pod's process still runs"
     second = wait_for(lambda: job_pods(k8s, "evicted"), 10, what="a replacement")[0]["metadata"]["name"]
     assert kubelet.logs(first).endswith("saved on SIGTERM\n") and kubelet.exit_code(first) == 143
-    assert second != first and k8s.cluster.get(JOBS, NS, "evicted")["status"].get("failed", 0) == 0
+    assert second != first and k8s.cluster.get(JOBS, NS, "evicted")["status"].get("failed", 0) == 1
 
 
 def test_an_indexed_job_runs_a_pod_per_index_that_reach_each_other_under_its_headless_service(k8s, kubelet):
