@@ -50,7 +50,7 @@ def job_spec(bucket: str, endpoint: str) -> dict[str, Any]:
         "baseModel": "tooltune/tiny-llama",
         "dataset": {"train": f"s3://{bucket}/data/train.jsonl", "validationSplit": 0.1},
         "hyperparameters": {
-            "epochs": 3,
+            "epochs": 2,
             "batchSize": 2,
             "gradientAccumulationSteps": 1,
             "learningRate": 3e-3,
@@ -59,7 +59,11 @@ def job_spec(bucket: str, endpoint: str) -> dict[str, Any]:
             "lora": {"r": 8, "alpha": 16},
         },
         "checkpoints": {"everySteps": EVERY, "keep": 2},
-        "evaluation": {"everySteps": EVERY, "maxExamples": 4},
+        "evaluation": {
+            "everySteps": EVERY,
+            "maxExamples": 4,
+            "smokePrompts": [],
+        },  # the restart is under test
         "output": {"uri": f"s3://{bucket}/models/{NAME}/"},
         "storage": {"endpoint": endpoint, "credentialsSecret": "s3-credentials"},
         "resources": {"gpus": 0, "nodes": 2},
