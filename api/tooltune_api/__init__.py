@@ -36,6 +36,8 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 ANNOTATION_GENERATION = f"{GROUP}/generation"  # on a Job: the ToolTuneJob generation it was built from
 ANNOTATION_JOB_NAME = f"{GROUP}/job-name"  # the ToolTuneJob's whole name, when a label had to shorten it
+# On a multi-node Job: the counted group restarts of the ToolTuneJob before this attempt (spec.backoffLimit).
+ANNOTATION_GROUP_RESTARTS = f"{GROUP}/group-restarts"
 
 
 def reference_key_env(index: int) -> str:

@@ -27,6 +27,13 @@ SPEC_RULES = [
         "fieldPath": ".openai",
     },
     {
+        "rule": "!has(self.resources) || !has(self.resources.nodes) || self.resources.nodes == 1 "
+        "|| !has(self.backend) || self.backend == 'unsloth'",
+        "message": "spec.resources.nodes above 1 needs backend: unsloth (the OpenAI backend runs one "
+        "submitter pod)",
+        "fieldPath": ".resources.nodes",
+    },
+    {
         "rule": "!(has(self.backend) && self.backend == 'openai') || !has(self.evaluation) "
         "|| ((!has(self.evaluation.references) || size(self.evaluation.references) == 0) "
         "&& (!has(self.evaluation.gate) || size(self.evaluation.gate) == 0))",
@@ -85,6 +92,7 @@ PRINTER_COLUMNS = [
     {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
     {"name": "Backend", "type": "string", "jsonPath": ".spec.backend"},
     {"name": "Model", "type": "string", "jsonPath": ".spec.baseModel"},
+    {"name": "Workers", "type": "string", "jsonPath": ".status.workers"},
     {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.trainLoss"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

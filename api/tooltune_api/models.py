@@ -354,7 +354,15 @@ class Toleration(Model):
 
 
 class Resources(Model):
-    gpus: int = Field(1, ge=0, le=64)
+    gpus: int = Field(1, ge=0, le=64, description="GPUs per node (per pod).")
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Pods (nodes) training together: above 1, an Indexed Job of that many pods runs torchrun "
+        "across them (unsloth backend only); any pod's failure restarts the whole group from the newest "
+        "checkpoint.",
+    )
     gpu_resource_name: str = Field("nvidia.com/gpu", min_length=1)
     cpu: Quantity | None = None
     memory: Quantity | None = None
@@ -561,6 +569,28 @@ class OutputStatus(Model):
     uri: str | None = None
 
 
+class TrainingStatus(Model):
+    """How the current attempt trains: which implementation on how many processes, and its batch as a user
+    counts it (per-device batch × processes × accumulation)."""
+
+    implementation: str | None = Field(None, description="unsloth or transformers (with peft).")
+    implementation_reason: str | None = Field(
+        None, description="Why this implementation, when it is not the device's default."
+    )
+    nodes: int | None = None
+    processes_per_node: int | None = None
+    world_size: int | None = Field(None, description="Training processes in all: one per GPU.")
+    per_device_batch_size: int | None = None
+    gradient_accumulation_steps: int | None = None
+    effective_batch_size: int | None = Field(
+        None,
+        description="Examples per optimizer step: perDeviceBatchSize × worldSize × gradientAccumulationSteps",
+    )
+    learning_rate: float | None = Field(
+        None, description="Per optimizer step, as configured: it is not scaled with worldSize."
+    )
+
+
 class ToolTuneJobStatus(Model):
     model_config = ConfigDict(extra="ignore")  # tolerate what older operators wrote
 
@@ -568,8 +598,15 @@ class ToolTuneJobStatus(Model):
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
     attempts: int | None = Field(None, description="Attempts so far; attempt N runs as Job <name>-<N>.")
-    retries: int | None = Field(None, description="Pods of the current attempt that failed and were retried.")
+    retries: int | None = Field(
+        None,
+        description="Pods of the current attempt that failed and were retried; with resources.nodes above 1, "
+        "group restarts after a pod failure (evictions and preemption are not counted).",
+    )
     job_name: str | None = None
+    workers: str | None = Field(
+        None, description="What the attempt runs on: nodes x GPUs per node (2x4), or nodes x CPU (2xCPU)."
+    )
     spec_generation: int | None = Field(None, description="The metadata.generation the current attempt runs.")
     start_time: str | None = None
     completion_time: str | None = None
@@ -583,6 +620,7 @@ class ToolTuneJobStatus(Model):
     openai: OpenAIStatus | None = None
     cost: CostStatus | None = None
     output: OutputStatus | None = None
+    training: TrainingStatus | None = None
 
 
 # ---------------------------------------------------------------- operator ↔ trainer contract
@@ -674,9 +712,14 @@ def parse_spec(spec: dict[str, Any]) -> ToolTuneJobSpec:
 
 def cluster_problems(spec: ToolTuneJobSpec) -> list[str]:
     """What a spec valid for `tooltune run` cannot do in a pod: the pod sees its image and its own working
-    directory, not the files of the machine the spec was written on."""
+    directory, not the files of the machine the spec was written on; only a trainer spreads over nodes."""
     model = spec.base_model
     if spec.backend == Backend.OPENAI:
+        if spec.resources.nodes > 1:
+            return [
+                f"spec.resources.nodes: {spec.resources.nodes} nodes need backend: unsloth (the OpenAI "
+                "backend runs one submitter pod); set resources.nodes to 1"
+            ]
         return []
     path = PurePosixPath(model.removeprefix("file://"))
     inside = not path.is_absolute() or path.is_relative_to(POD_WORKDIR)

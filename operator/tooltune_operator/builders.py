@@ -6,6 +6,16 @@ for the OpenAI backend); with a Kueue queue the Job carries Kueue's labels and s
 (``kueue``). To cancel a remote OpenAI job, a Job ``<job>-<N>-cancel-<hash of the remote id>`` whose pod
 runs ``tooltune cancel-remote`` with the key from the job's Secret. Per namespace it creates the trainer's
 ServiceAccount, Role and RoleBinding.
+
+With ``resources.nodes: M > 1`` the Job is an Indexed Job of M pods (completions = parallelism = M) and
+a headless Service ``<job>-<N>`` (created before the Job, then owned by it) gives pod ``<job>-<N>-0`` the
+DNS name rank 0 is reached at. Each pod gets the variables Kubeflow Trainer sets (PET_NNODES,
+PET_NPROC_PER_NODE, PET_NODE_RANK from the completion index, PET_MASTER_ADDR, PET_MASTER_PORT), which
+torchrun reads, so the same image runs under Kubeflow Trainer too. The group lives and dies as one, as a
+JobSet's replicated Job does: backoffLimit 0 and FailJob on a disruption fail the whole Job at its first
+pod failure (the Job controller then stops the other pods), and the operator starts the next attempt from
+the newest checkpoint (``status.group_restart``), counting the failure against ``spec.backoffLimit``
+unless it was a disruption.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from urllib.parse import urlparse
 
 from tooltune_api import (
     ANNOTATION_GENERATION,
+    ANNOTATION_GROUP_RESTARTS,
     ANNOTATION_JOB_NAME,
     API_VERSION,
     CONTRACT_ENV,
@@ -48,6 +59,10 @@ MAX_NAME = 63  # Job names end up in a label value
 # SIGTERM → SIGKILL: the trainer checkpoints the step it is on and uploads it in this time (spot nodes give
 # 30 s to 2 min; a node drain waits for it).
 TERMINATION_GRACE_SECONDS = 120
+MASTER_PORT = 29400  # rank 0's rendezvous port, Kubeflow Trainer's
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # the Job controller's annotation on each pod
+# podFailurePolicy rules by index: the Job's failure message names the index of the rule that matched.
+INVALID_RULE, DISRUPTION_RULE = 0, 1
 
 
 def child_name(name: str, attempt: int, suffix: str = "") -> str:
@@ -138,6 +153,18 @@ def secret_env(variable: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
+def group_environment(spec: ToolTuneJobSpec, job_name: str) -> list[dict[str, Any]]:
+    """What Kubeflow Trainer sets for torchrun on each node of a group: torchrun reads PET_<OPTION>."""
+    index = {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}}
+    return [
+        {"name": "PET_NNODES", "value": str(spec.resources.nodes)},
+        {"name": "PET_NPROC_PER_NODE", "value": str(max(spec.resources.gpus, 1))},
+        {"name": "PET_NODE_RANK", "valueFrom": index},
+        {"name": "PET_MASTER_ADDR", "value": f"{job_name}-0.{job_name}"},  # pod hostname.subdomain
+        {"name": "PET_MASTER_PORT", "value": str(MASTER_PORT)},
+    ]
+
+
 def environment(spec: ToolTuneJobSpec, settings: Settings) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": CONTRACT_ENV, "value": CONTRACT_PATH},
@@ -152,6 +179,8 @@ def environment(spec: ToolTuneJobSpec, settings: Settings) -> list[dict[str, Any
             secret_env("AWS_ACCESS_KEY_ID", spec.storage.credentials_secret, "AWS_ACCESS_KEY_ID"),
             secret_env("AWS_SECRET_ACCESS_KEY", spec.storage.credentials_secret, "AWS_SECRET_ACCESS_KEY"),
         ]
+    if spec.backend == Backend.UNSLOTH and spec.resources.gpus > 1 and spec.resources.nodes == 1:
+        env += distributed_env(spec.resources.gpus)  # a group's: group_environment
     if spec.openai is not None:
         env.append(
             secret_env("OPENAI_API_KEY", spec.openai.api_key_secret.name, spec.openai.api_key_secret.key)
@@ -161,6 +190,12 @@ def environment(spec: ToolTuneJobSpec, settings: Settings) -> list[dict[str, Any
             secret = reference.api_key_secret
             env.append(secret_env(reference_key_env(index), secret.name, secret.key))
     return env
+
+
+def distributed_env(gpus: int) -> list[dict[str, Any]]:
+    """One process per GPU, in the variables Kubeflow Trainer sets and torchrun reads: with them `tooltune
+    train` starts torchrun (tooltune_trainer.launcher). One node: torchrun's own rendezvous on loopback."""
+    return [{"name": "PET_NNODES", "value": "1"}, {"name": "PET_NPROC_PER_NODE", "value": str(gpus)}]
 
 
 def resources(spec: ToolTuneJobSpec) -> dict[str, Any]:
@@ -196,10 +231,14 @@ def volumes(spec: ToolTuneJobSpec, contract_name: str) -> tuple[list[dict[str, A
 
 
 def training_job(
-    body: dict[str, Any], spec: ToolTuneJobSpec, attempt: int, settings: Settings
+    body: dict[str, Any], spec: ToolTuneJobSpec, attempt: int, settings: Settings, group_restarts: int = 0
 ) -> dict[str, Any]:
+    """The attempt's Job; with resources.nodes > 1 an Indexed Job of that many pods whose failure is the
+    group's (group_restarts: the counted restarts before this attempt, kept on the Job)."""
     name = body["metadata"]["name"]
     namespace = body["metadata"]["namespace"]
+    job_name = child_name(name, attempt)
+    grouped = spec.resources.nodes > 1
     job_labels = labels(name, attempt, component(spec))
     vols, mounts = volumes(spec, child_name(name, attempt, "-contract"))
     command = ["tooltune", "submit" if spec.backend == Backend.OPENAI else "train"]
@@ -208,7 +247,7 @@ def training_job(
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": "IfNotPresent",
         "command": command,
-        "env": environment(spec, settings),
+        "env": environment(spec, settings) + (group_environment(spec, job_name) if grouped else []),
         "ports": [{"name": "metrics", "containerPort": settings.trainer_metrics_port, "protocol": "TCP"}],
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG_PATH,
@@ -256,8 +295,13 @@ def training_job(
                     "action": "FailJob",
                     "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INVALID]},
                 },
-                # Evictions, preemption and node drains are not the trainer's fault: retry, uncounted.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                # Evictions, preemption and node drains are not the trainer's fault: retry, uncounted. A
+                # group cannot replace one pod under running peers: the whole Job fails and the operator
+                # restarts the group, uncounted (a JobSet's RestartJobSetAndIgnoreMaxRestarts).
+                {
+                    "action": "FailJob" if grouped else "Ignore",
+                    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                },
             ]
         },
         "template": {
@@ -265,6 +309,14 @@ def training_job(
             "spec": pod_spec,
         },
     }
+    generation = str(body["metadata"].get("generation", 1))
+    annotations = {ANNOTATION_GENERATION: generation, ANNOTATION_JOB_NAME: name}
+    if grouped:
+        nodes = spec.resources.nodes
+        # Any counted pod failure fails the group's Job: its retries are the operator's group restarts.
+        job_spec.update(backoffLimit=0, completionMode="Indexed", completions=nodes, parallelism=nodes)
+        pod_spec["subdomain"] = job_name  # the headless Service: <job>-<index>.<job> resolves
+        annotations[ANNOTATION_GROUP_RESTARTS] = str(group_restarts)
     if spec.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
     if spec.ttl_seconds_after_finished is not None:
@@ -273,13 +325,10 @@ def training_job(
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": child_name(name, attempt),
+            "name": job_name,
             "namespace": namespace,
             "labels": {**job_labels, **queued},
-            "annotations": {
-                ANNOTATION_GENERATION: str(body["metadata"].get("generation", 1)),
-                ANNOTATION_JOB_NAME: name,
-            },
+            "annotations": annotations,
             "ownerReferences": [owner_reference(body)],
         },
         "spec": job_spec,
@@ -368,8 +417,32 @@ def remote_cancel_job(
     }
 
 
+def group_service(body: dict[str, Any], spec: ToolTuneJobSpec, attempt: int) -> dict[str, Any]:
+    """The headless Service that gives a group's pods their DNS names (<job>-<index>.<job>). Created before
+    the Job, so that the names resolve when its pods start, and handed over to it (owned_by) as the contract
+    ConfigMap is. publishNotReadyAddresses: ranks look each other up before any of them is Ready."""
+    name = body["metadata"]["name"]
+    job_name = child_name(name, attempt)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": job_name,
+            "namespace": body["metadata"]["namespace"],
+            "labels": labels(name, attempt, component(spec)),
+            "annotations": {ANNOTATION_JOB_NAME: name},
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "selector": {"batch.kubernetes.io/job-name": job_name},
+            "publishNotReadyAddresses": True,
+        },
+    }
+
+
 def owned_by(job: dict[str, Any]) -> dict[str, Any]:
-    """The merge patch that hands the contract ConfigMap over to its Job."""
+    """The merge patch that hands the contract ConfigMap (and a group's Service) over to its Job."""
     meta = job["metadata"]
     owner = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"]}
     return {"metadata": {"ownerReferences": [{**owner, "blockOwnerDeletion": True}]}}

@@ -4,7 +4,8 @@
 - startup → ``startup.configure``: kopf's settings and the per-operator state in ``memo``;
 - indexes of ToolTuneJobs, their Jobs and Pods → the small views of ``views``;
 - create / resume / spec change / periodic resync of a ToolTuneJob → ``reconcile.converge``;
-- any event of a ToolTuneJob, or of a Job or Pod it owns → the status writer (``memo.status_writer``);
+- any event of a ToolTuneJob, or of a Job or Pod it owns → the status writer (``memo.status_writer``); a
+  multi-node group's failed Job → ``reconcile.job_event`` (the group restarts);
 - a pod that stays Pending → the status writer reads its Events (what the kubelet says nowhere else);
 - any event of a Kueue Workload (only with Kueue support on: ``watch_workloads``) → the status writer;
 - delete → ``reconcile.clean_up``.
@@ -116,8 +117,10 @@ async def on_job_event(
     namespace: str, labels: kopf.Labels, memo: kopf.Memo, tooltunejobs: kopf.Index, trainer_jobs: kopf.Index,
     trainer_pods: kopf.Index, **_: Any,
 ) -> None:  # fmt: skip
+    """Also: a multi-node group whose Job failed restarts now (reconcile.job_event)."""
     key = (namespace, labels.get(LABEL_JOB, ""))
     await memo.status_writer.child_event(tooltunejobs.get(key), trainer_jobs.get(key), trainer_pods.get(key))
+    await reconciler.job_event(memo, tooltunejobs.get(key), trainer_jobs, trainer_pods, tooltunejobs)
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED, registry=registry)

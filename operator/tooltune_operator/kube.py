@@ -21,6 +21,7 @@ from tooltune_operator import kueue
 PLURALS = {
     ("v1", "ConfigMap"): "configmaps",
     ("v1", "Pod"): "pods",
+    ("v1", "Service"): "services",
     ("v1", "ServiceAccount"): "serviceaccounts",
     ("v1", "Event"): "events",
     ("batch/v1", "Job"): "jobs",

@@ -1,7 +1,8 @@
 """The reconciler: everything the operator does to the cluster for a ToolTuneJob, called by the handlers.
 
-- ``converge`` (create, resume, spec change, the periodic resync): check the spec, pick the attempt
-  (``status.retry_wanted`` is the one rule for a new one), make sure its Job and contract ConfigMap
+- ``converge`` (create, resume, spec change, the periodic resync, a multi-node group's failed Job): check
+  the spec, pick the attempt (``status.retry_wanted`` is the one rule for a new one: a spec fix after a
+  failure, or a group restart), make sure its Job and contract ConfigMap (and a group's headless Service)
   exist (deterministic names, so an operator restart never starts a second run), apply ``spec.suspend``
   to the Job (to its Kueue Workload's ``spec.active`` when Kueue manages the Job: ``kueue``), then hand the
   status to the status writer.
@@ -30,9 +31,9 @@ from tooltune_operator import conditions as c
 from tooltune_operator.kube import Kube
 from tooltune_operator.metrics import OperatorMetrics
 from tooltune_operator.settings import Settings
-from tooltune_operator.status import TERMINAL, retry_wanted
+from tooltune_operator.status import COUNTED, TERMINAL, group_restart, retry_wanted
 from tooltune_operator.status_writer import StatusWriter
-from tooltune_operator.views import job_condition, job_generation, job_view, of_attempt
+from tooltune_operator.views import group_restarts, job_condition, job_generation, job_view, of_attempt
 
 REFUSED_RETRY_SECONDS = 60.0
 BUSY_RETRY_SECONDS = 2.0
@@ -132,6 +133,20 @@ async def resync(memo: kopf.Memo, raw: dict[str, Any], jobs: Any, pods: Any, own
         await asyncio.to_thread(converge, memo, raw, jobs, pods, indexed_job=True, owners=owners)
 
 
+async def job_event(memo: kopf.Memo, owners: Any, jobs: Any, pods: Any, every_owner: Any) -> None:
+    """After any event of a Job: a multi-node group's Job that has failed (all its pods stopped) starts the
+    next attempt now rather than at the next resync (jobs, pods, every_owner: the operator's indexes)."""
+    for owner in owners or []:
+        spec = checked_spec(owner)
+        if spec is None or spec.resources.nodes == 1 or owner["metadata"].get("deletionTimestamp"):
+            continue
+        raw = {**owner, "status": memo.status_writer.latest_status(owner)}  # the index may lag our patch
+        key = (raw["metadata"]["namespace"], builders.job_label(raw["metadata"]["name"]))
+        current = of_attempt(jobs.get(key), raw["status"].get("attempts") or 1)
+        if current and job_condition(current[0], "Failed") and group_restart(current[0], spec.backoff_limit):
+            await asyncio.to_thread(converge, memo, raw, jobs, pods, indexed_job=True, owners=every_owner)
+
+
 def current_attempt(
     kube: Kube, metrics: OperatorMetrics, raw: dict[str, Any], spec: ToolTuneJobSpec, indexed: Any = None
 ) -> tuple[int, dict[str, Any] | None]:
@@ -142,13 +157,33 @@ def current_attempt(
         return attempt, None
     job = attempt_job(kube, meta, attempt, indexed)
     failed = job is not None and job_condition(job, "Failed") is not None
-    if retry_wanted(failed, meta.get("generation", 1), job_generation(job), spec.suspend):
+    restart = group_restart(job, spec.backoff_limit) if failed else None  # Failed: every pod has stopped
+    if retry_wanted(failed, meta.get("generation", 1), job_generation(job), spec.suspend, restart):
         attempt += 1
-        metrics.job_retried(str(spec.backend))
-        message = f"spec changed after attempt {attempt - 1} failed: starting attempt {attempt}"
-        kopf.event(raw, type="Normal", reason="NewAttempt", message=message)
         job = attempt_job(kube, meta, attempt, indexed)
+        if job is not None:  # started already, by a converge that read a newer status: told then
+            return attempt, job
+        if restart is None:
+            metrics.job_retried(str(spec.backend))  # a group restart's retry is counted by the status writer
+            message = f"spec changed after attempt {attempt - 1} failed: starting attempt {attempt}"
+            kopf.event(raw, type="Normal", reason="NewAttempt", message=message)
+        else:
+            message = (
+                f"a pod of attempt {attempt - 1} failed: all {spec.resources.nodes} pods restart as attempt "
+                f"{attempt} from the newest complete checkpoint ({restart} against spec.backoffLimit)"
+            )
+            kopf.event(raw, type="Normal", reason=c.GROUP_RESTARTING, message=message)
     return attempt, job
+
+
+def restarts_before(kube: Kube, raw: dict[str, Any], spec: ToolTuneJobSpec, attempt: int) -> int:
+    """The counted group restarts before a new attempt's Job: carried over from the previous attempt when its
+    group failed and restarts; a first attempt, or a spec fix after a failure, starts counting afresh."""
+    if attempt == 1 or spec.resources.nodes == 1:
+        return 0
+    previous = attempt_job(kube, raw["metadata"], attempt - 1, None)
+    restart = group_restart(previous, spec.backoff_limit) if job_condition(previous, "Failed") else None
+    return (group_restarts(previous) or 0) + (restart == COUNTED) if restart else 0
 
 
 def attempt_job(kube: Kube, meta: dict[str, Any], attempt: int, indexed: Any) -> dict[str, Any] | None:
@@ -181,31 +216,43 @@ def ensure_children(
     between the create and the handover) the handover of an unfinished Job's ConfigMap is made again."""
     kube: Kube = memo.kube
     settings: Settings = memo.settings
-    namespace = raw["metadata"]["namespace"]
-    contract = builders.child_name(raw["metadata"]["name"], attempt, "-contract")
+    grouped = spec.resources.nodes > 1
     if job is None:
         previous = ToolTuneJobStatus.model_validate(raw["status"] or {})
         if previous.phase in TERMINAL and previous.attempts == attempt:
             return None  # finished and cleaned up (ttlSecondsAfterFinished): nothing to recreate
         if spec.suspend and kueue.job_labels(spec, settings.kueue_default_queue):
             return None  # Kueue would admit a queued Job at once: it is created when the job is resumed
-        ensure_trainer_rbac(memo, namespace)
+        ensure_trainer_rbac(memo, raw["metadata"]["namespace"])
         kube.create(builders.contract_configmap(raw, spec, attempt, settings))
-        job = kube.create(builders.training_job(raw, spec, attempt, settings))
-        kube.patch("v1", "ConfigMap", namespace, contract, builders.owned_by(job))
+        if grouped:  # before the Job: its pods' names resolve from their start
+            kube.create(builders.group_service(raw, spec, attempt))
+        restarts = restarts_before(kube, raw, spec, attempt)
+        job = kube.create(builders.training_job(raw, spec, attempt, settings, restarts))
+        hand_over(kube, raw, attempt, job, grouped)
         message = f"created Job {job['metadata']['name']} (attempt {attempt})"
         kopf.event(raw, type="Normal", reason=c.JOB_CREATED, message=message)
         return job
     if restart and "uid" in job["metadata"] and not job_condition(job, "Complete"):
-        kube.patch("v1", "ConfigMap", namespace, contract, builders.owned_by(job))
+        hand_over(kube, raw, attempt, job, grouped)
     if job_condition(job, "Complete"):
         return job
     if kueue.queue_of(job):  # Kueue writes this Job's suspend; the user's goes to its Workload
         suspend_workload(memo, raw, spec, job)
     elif bool(job["spec"].get("suspend")) != spec.suspend:
-        kube.patch("batch/v1", "Job", namespace, job["metadata"]["name"], {"spec": {"suspend": spec.suspend}})
+        name = job["metadata"]["name"]
+        kube.patch("batch/v1", "Job", raw["metadata"]["namespace"], name, {"spec": {"suspend": spec.suspend}})
         report_suspend(memo, raw, spec)
     return job
+
+
+def hand_over(kube: Kube, raw: dict[str, Any], attempt: int, job: dict[str, Any], grouped: bool) -> None:
+    """Make the Job the owner of its contract ConfigMap (and a group's Service): they go when it goes."""
+    namespace, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
+    contract = builders.child_name(name, attempt, "-contract")
+    kube.patch("v1", "ConfigMap", namespace, contract, builders.owned_by(job))
+    if grouped:
+        kube.patch("v1", "Service", namespace, job["metadata"]["name"], builders.owned_by(job))
 
 
 def suspend_workload(

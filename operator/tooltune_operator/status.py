@@ -2,7 +2,8 @@
 
 Pure: ``compute_status`` takes the spec check, the current attempt's Job and Pods and the previous
 status, and returns the operator-owned part of the new status. Handlers patch only the difference.
-The trainer owns the other status fields (progress, diagnosis, checkpoints, evaluation, output, openai).
+The trainer owns the other status fields (progress, diagnosis, checkpoints, evaluation, output, openai, cost,
+training).
 
 Transitions, checked top to bottom (the first row that matches wins):
 
@@ -11,6 +12,9 @@ Transitions, checked top to bottom (the first row that matches wins):
     spec invalid                                          Failed      ValidationFailed
     previous phase terminal and no newer attempt started  (kept)      (kept)
     Job condition Complete                                Succeeded   Completed
+    a group's Job failed or failing, restart due          Pending     GroupRestarting
+      (status.group_restart: a pod disrupted, or failed
+      with restarts left)
     Job Failed, remote job cancelled (openai)             Cancelled   Cancelled
     Job Failed by podFailurePolicy, the pod's termination Failed      EvaluationGateFailed
       message says gate_failed (the model missed
@@ -28,11 +32,13 @@ Transitions, checked top to bottom (the first row that matches wins):
     no Job yet                                            Pending     JobCreated
     the Job is Kueue's (queue label) and suspended        Queued      kueue.queue_state: why it waits
                                                                       (WaitingForQuota, Preempted, ...)
-    a pod runs and the trainer reports steps              Running     Training
-    a pod runs, no step reported yet                      Validating  ValidatingData
+    every pod runs (all resources.nodes of a group)
+      and the trainer reports steps                       Running     Training
+    ... no step reported yet                              Validating  ValidatingData
     the pod cannot start: a Secret, ConfigMap or key missing  Pending  ConfigMissing
     ... the image cannot be pulled                        Pending     ImagePullFailed
     ... no node fits (GPUs, selector, taints)             Pending     Unschedulable
+    some of a group's pods run, the others wait           Pending     GroupStarting
     otherwise (the pod waits to start)                    Pending     PodPending
 
 A queued Job that Kueue admits is unsuspended and goes on through the rows below it; an eviction by Kueue
@@ -48,6 +54,7 @@ new attempt (handlers reset the phase to Pending), after Succeeded it is ignored
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +64,8 @@ from tooltune_api.models import Condition, Phase, ToolTuneJobStatus
 
 from tooltune_operator import conditions as c
 from tooltune_operator import kueue, pod_problems
-from tooltune_operator.views import job_condition, job_generation, termination
+from tooltune_operator.builders import DISRUPTION_RULE
+from tooltune_operator.views import group_restarts, job_condition, job_generation, termination
 
 TERMINAL = {Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED}
 BLOCKING = {c.CONFIG_MISSING, c.IMAGE_PULL_FAILED, c.UNSCHEDULABLE, c.OUTPUT_IN_USE}
@@ -86,13 +94,45 @@ class Observed:
     pod_events: list[dict[str, Any]] = field(default_factory=list)  # Warning Events of the attempt's pods
     workload: dict[str, Any] | None = None  # Kueue's Workload of the Job (kueue.workload_view), when read
     kueue_reading: bool = False  # whether the operator reads Workloads (its Kueue support is on)
+    nodes: int = 1  # spec.resources.nodes: pods that must all run before the job trains
+    gpus: int = 1  # spec.resources.gpus, per node
+    backoff_limit: int = 3  # spec.backoffLimit: a group's counted restarts
 
 
-def retry_wanted(ended_badly: bool, generation: int, built_from: int | None, suspend: bool) -> bool:
-    """The one rule for starting a new attempt: the last one failed (or was cancelled) and the spec was
-    changed after its Job was built, and the job is not suspended. A fix after a failure tries again;
-    a finished or running attempt keeps the spec it started with."""
-    return ended_badly and generation > (built_from or 0) and not suspend
+def retry_wanted(
+    ended_badly: bool,
+    generation: int,
+    built_from: int | None,
+    suspend: bool,
+    group_restart: str | None = None,
+) -> bool:
+    """The one rule for starting a new attempt, unless the job is suspended: the last one failed (or was
+    cancelled) and the spec was changed after its Job was built — a fix after a failure tries again; or the
+    last attempt was a group whose Job failed and may restart (group_restart). A finished or running
+    attempt keeps the spec it started with."""
+    return not suspend and ((ended_badly and generation > (built_from or 0)) or group_restart is not None)
+
+
+COUNTED, UNCOUNTED = "counted", "uncounted"
+_RULE_INDEX = re.compile(r"rule at index (\d+)")
+
+
+def group_restart(job: dict[str, Any] | None, backoff_limit: int) -> str | None:
+    """Whether a group's Job, failed (or failing: FailureTarget, while its pods stop), is to run again as the
+    next attempt from the newest checkpoint: COUNTED when a pod failed and fewer than backoff_limit restarts
+    were counted before, UNCOUNTED when a pod was disrupted (evicted, preempted, drained: the disruption
+    rule of its podFailurePolicy matched), None otherwise (not a group, invalid data, the deadline, no
+    restarts left)."""
+    before = group_restarts(job)
+    failed = job_condition(job, "Failed") or job_condition(job, "FailureTarget")
+    if before is None or failed is None:
+        return None
+    if failed.get("reason") == "PodFailurePolicy":
+        rule = _RULE_INDEX.search(failed.get("message") or "")
+        return UNCOUNTED if rule and int(rule.group(1)) == DISRUPTION_RULE else None
+    if failed.get("reason") == "BackoffLimitExceeded" and before < backoff_limit:
+        return COUNTED
+    return None
 
 
 def needs_resync(status: Mapping[str, Any], meta: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
@@ -152,6 +192,9 @@ def decide_phase(seen: Observed) -> tuple[Phase, str, str]:
         return Phase(previous.phase), _reason(previous, previous.phase), previous.message or ""
     if job_condition(seen.job, "Complete"):
         return Phase.SUCCEEDED, c.COMPLETED, "training finished"
+    restart = group_restart(seen.job, seen.backoff_limit)
+    if restart:
+        return Phase.PENDING, c.GROUP_RESTARTING, restart_message(seen, restart)
     failed = job_condition(seen.job, "Failed")
     if failed:
         reason = failure_reason(seen.pods) or failed.get("message") or "the Job failed"
@@ -191,14 +234,38 @@ def decide_phase(seen: Observed) -> tuple[Phase, str, str]:
     if queue and (seen.job.get("spec") or {}).get("suspend"):
         priority = kueue.priority_of(seen.job)
         return Phase.QUEUED, *kueue.queue_state(seen.workload, queue, seen.kueue_reading, priority)
-    if any((p.get("status") or {}).get("phase") == "Running" for p in seen.pods):
+    running = sum((p.get("status") or {}).get("phase") == "Running" for p in seen.pods)
+    if running and running >= seen.nodes:
         if previous.progress and previous.progress.total_steps:
             return Phase.RUNNING, c.TRAINING, "training"
         return Phase.VALIDATING, c.VALIDATING_DATA, "fetching and validating data, loading the model"
     blocked = pod_problems.blocker(seen.pods, seen.pod_events)
     if blocked:
         return Phase.PENDING, *blocked
+    if running:
+        return Phase.PENDING, c.GROUP_STARTING, (
+            f"{running} of {seen.nodes} pods run; training starts when the whole group does"
+        )  # fmt: skip
     return Phase.PENDING, c.POD_PENDING, pod_waiting_reason(seen.pods) or "waiting for the pod to start"
+
+
+def restart_message(seen: Observed, restart: str) -> str:
+    """Why and how a group restarts: the pod's failure, and what it costs of spec.backoffLimit."""
+    before = group_restarts(seen.job) or 0
+    why = failure_reason(seen.pods) or (job_condition(seen.job, "FailureTarget") or {}).get("message", "")
+    if restart == COUNTED:
+        count = f"restart {before + 1} of {seen.backoff_limit} (spec.backoffLimit)"
+    else:
+        count = "a disruption: not counted against spec.backoffLimit"
+    return (
+        f"a pod of the {seen.nodes}-node group failed ({why.rstrip('.')}): the whole group restarts from the "
+        f"newest complete checkpoint, {count}"
+    )
+
+
+def workers(seen: Observed) -> str:
+    """nodes x GPUs per node, as kubectl get ttj shows it: 2x4, or 2xCPU without GPUs."""
+    return f"{seen.nodes}x{seen.gpus or 'CPU'}"
 
 
 def _reason(status: ToolTuneJobStatus, phase: str) -> str:
@@ -256,8 +323,9 @@ def compute_status(seen: Observed) -> ToolTuneJobStatus:
         conditions=build_conditions(phase, reason, message, seen),
         observed_generation=seen.generation,
         attempts=previous.attempts if seen.spec_problems else seen.attempt,
-        retries=retries(seen.job) if seen.job else previous.retries,
+        retries=retries(seen.job, seen.backoff_limit) if seen.job else previous.retries,
         job_name=(seen.job or {}).get("metadata", {}).get("name") or previous.job_name,
+        workers=workers(seen) if not seen.spec_problems else previous.workers,
         spec_generation=job_generation(seen.job) or previous.spec_generation,
         start_time=job_status.get("startTime") or start,
         completion_time=(previous.completion_time or seen.now) if terminal else None,
@@ -267,8 +335,12 @@ def compute_status(seen: Observed) -> ToolTuneJobStatus:
     )
 
 
-def retries(job: dict[str, Any]) -> int:
-    """Pods the Job started again after a failure: each failure but the one that failed the Job."""
+def retries(job: dict[str, Any], backoff_limit: int = 0) -> int:
+    """Pods the Job started again after a failure: each failure but the one that failed the Job. A group's:
+    the counted restarts before its attempt, and the one its failure starts."""
+    before = group_restarts(job)
+    if before is not None:
+        return before + (group_restart(job, backoff_limit) == COUNTED)
     failed = int((job.get("status") or {}).get("failed") or 0)
     return max(0, failed - 1) if job_condition(job, "Failed") else failed
 
@@ -280,6 +352,7 @@ OWNED_FIELDS = (
     "attempts",
     "retries",
     "jobName",
+    "workers",
     "specGeneration",
     "startTime",
     "completionTime",

@@ -168,10 +168,12 @@ class StatusWriter:
         attempt = attempt or status.get("attempts") or 1
         current = of_attempt(jobs, attempt)
         try:
-            parse_spec(raw["spec"])
+            spec = parse_spec(raw["spec"])
             problems = None
+            gpus = spec.resources.gpus if spec.backend == Backend.UNSLOTH else 0  # a submitter needs none
+            shape = dict(nodes=spec.resources.nodes, gpus=gpus, backoff_limit=spec.backoff_limit)
         except InvalidSpec as error:
-            problems = error.problems
+            problems, shape = error.problems, {}
         job = current[0] if current else None
         job_uid = (job or {}).get("metadata", {}).get("uid")
         if job_uid:
@@ -190,6 +192,7 @@ class StatusWriter:
             now=now_iso(),
             workload=self.workloads.get(job_uid or ""),
             kueue_reading=self.kueue_reading,
+            **shape,
         )
         return Sighting(raw, status, seen)
 

@@ -11,7 +11,7 @@ import copy
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tooltune_api import ANNOTATION_GENERATION, LABEL_ATTEMPT, LABEL_JOB
+from tooltune_api import ANNOTATION_GENERATION, ANNOTATION_GROUP_RESTARTS, LABEL_ATTEMPT, LABEL_JOB
 
 from tooltune_operator.kueue import LABEL_PRIORITY_CLASS, LABEL_QUEUE
 
@@ -39,10 +39,12 @@ def owner_view(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+JOB_ANNOTATIONS = (ANNOTATION_GENERATION, ANNOTATION_GROUP_RESTARTS)  # what a Job view keeps of them
+
+
 def job_view(job: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a Job that the phase machine and the reconciler read."""
     meta, status = job.get("metadata") or {}, job.get("status") or {}
-    generation = (meta.get("annotations") or {}).get(ANNOTATION_GENERATION)
     return {
         "metadata": {
             "name": meta.get("name"),
@@ -50,7 +52,7 @@ def job_view(job: Mapping[str, Any]) -> dict[str, Any]:
             "labels": _picked(
                 meta.get("labels"), (LABEL_JOB, LABEL_ATTEMPT, LABEL_QUEUE, LABEL_PRIORITY_CLASS)
             ),
-            "annotations": {ANNOTATION_GENERATION: generation} if generation else {},
+            "annotations": _picked(meta.get("annotations"), JOB_ANNOTATIONS),
         },
         "spec": {"suspend": bool((job.get("spec") or {}).get("suspend"))},
         "status": copy.deepcopy(_picked(status, ("conditions", "failed", "startTime"))),
@@ -102,6 +104,12 @@ def job_generation(job: dict[str, Any] | None) -> int | None:
     """The ToolTuneJob generation a Job was built from (its annotation)."""
     value = ((job or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_GENERATION)
     return int(value) if value else None
+
+
+def group_restarts(job: dict[str, Any] | None) -> int | None:
+    """The counted group restarts before a multi-node Job's attempt; None for a Job of one pod."""
+    value = ((job or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_GROUP_RESTARTS)
+    return int(value) if value is not None else None
 
 
 def termination(pod: dict[str, Any]) -> dict[str, Any] | None:

@@ -27,6 +27,10 @@ CEL_RULES: dict[str, Callable[[dict[str, Any]], bool]] = {
     "(has(self.backend) && self.backend == 'openai') == has(self.openai)": lambda spec: (
         (spec.get("backend") == "openai") == ("openai" in spec)
     ),
+    "!has(self.resources) || !has(self.resources.nodes) || self.resources.nodes == 1 "
+    "|| !has(self.backend) || self.backend == 'unsloth'": lambda spec: (
+        (spec.get("resources") or {}).get("nodes", 1) == 1 or spec.get("backend", "unsloth") == "unsloth"
+    ),
     "!(has(self.validation) && has(self.validationSplit))": lambda dataset: (
         not ("validation" in dataset and "validationSplit" in dataset)
     ),
@@ -40,7 +44,7 @@ CEL_RULES: dict[str, Callable[[dict[str, Any]], bool]] = {
     "!self.uri.contains('://') || self.uri.matches('^(s3|file)://')": lambda output: _scheme_in(
         output["uri"], r"(s3|file)"
     ),
-    SPEC_RULES[1]["rule"]: lambda spec: (
+    SPEC_RULES[2]["rule"]: lambda spec: (
         spec.get("backend") != "openai"
         or not (spec.get("evaluation", {}).get("references") or spec.get("evaluation", {}).get("gate"))
     ),

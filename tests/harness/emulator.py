@@ -131,6 +131,7 @@ JOBS = "batch/v1/jobs"
 PODS = "v1/pods"
 CONFIGMAPS = "v1/configmaps"
 SECRETS = "v1/secrets"
+SERVICES = "v1/services"
 EVENTS = "v1/events"
 NAMESPACES = "v1/namespaces"
 

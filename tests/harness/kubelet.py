@@ -5,14 +5,22 @@ directly:
 
 - Job controller: one pod at a time per batch/v1 Job (parallelism and completions of 1), named
   ``<job>-<5 random characters>``, owned by the Job, labelled with the template's labels plus
-  ``job-name``/``batch.kubernetes.io/job-name`` and the controller uid. Honours ``backoffLimit``,
+  ``job-name``/``batch.kubernetes.io/job-name`` and the controller uid. An Indexed Job
+  (``completionMode: Indexed``) runs one pod per index not yet completed, up to ``parallelism``, made as the
+  real controller makes them: named ``<job>-<index>-<suffix>``, the index in the
+  ``batch.kubernetes.io/job-completion-index`` annotation and label and in ``JOB_COMPLETION_INDEX``,
+  ``hostname`` ``<job>-<index>`` (the template's ``subdomain`` kept); ``completedIndexes`` in its status.
+  A decided Job gets ``FailureTarget`` (or ``SuccessCriteriaMet``) at once, its pods are stopped, and
+  ``Failed`` (or ``Complete``) with the same reason only once no pod process of it still runs.
+  Honours ``backoffLimit``,
   ``podFailurePolicy`` (``FailJob``/``Ignore``/``Count`` on exit codes and on pod conditions),
   ``activeDeadlineSeconds``, ``suspend`` (pods are deleted; resuming starts a new pod),
   ``ttlSecondsAfterFinished`` and ``podReplacementPolicy: Failed`` (the default with a podFailurePolicy: no
   new pod while a deleted one's process still runs; with ``TerminatingOrFailed`` the replacement starts at
   once). Conditions are
   the API's: ``FailureTarget`` then ``Failed`` (reasons ``BackoffLimitExceeded``, ``PodFailurePolicy``,
-  ``DeadlineExceeded``), ``SuccessCriteriaMet`` then ``Complete``, ``Suspended``. Retries start at once
+  ``DeadlineExceeded``), ``SuccessCriteriaMet`` then ``Complete`` (each terminal one once the pods have
+  stopped), ``Suspended``. Retries start at once
   (the real controller backs off from 10 s).
 - Kubelet: runs the first container of each pod as a local process: ``command`` + ``args`` (``$(VAR)``
   expanded from the container's env), the image is ignored. Env: plain values, ``valueFrom``
@@ -23,10 +31,13 @@ directly:
   mount the claim, so data survives a retry). **Mount paths are rewritten**: every occurrence of a
   ``mountPath`` (and of ``terminationMessagePath``) in command, args, env values and workingDir is
   replaced by the local directory (file), because a local process cannot see ``/etc/...``.
+  **Cluster DNS**: a pod's name under a headless Service of its namespace (``<hostname>.<service>``, short
+  or with ``.<namespace>.svc.cluster.local``) in env values, command and args becomes ``127.0.0.1``, where
+  every pod process listens; a name under a Service that does not exist stays as it is (unresolvable).
   ``TOOLTUNE_TERMINATION_LOG`` is the local termination-message file, ``KUBECONFIG`` points at the
   emulator with the token of the pod's ServiceAccount (its requests get that account's RBAC, as a real
-  pod's mounted token does: the trainer's Role, or nothing for ``default``), ``HOSTNAME`` is the pod
-  name, ``TMPDIR`` the local directory of a volume mounted at ``/tmp`` (if any);
+  pod's mounted token does: the trainer's Role, or nothing for ``default``), ``HOSTNAME`` is the pod's
+  ``hostname`` or its name, ``TMPDIR`` the local directory of a volume mounted at ``/tmp`` (if any);
   ``python``/``python3``/``tooltune`` run with this interpreter (`DEFAULT_EXECUTABLES`);
   stdout and stderr go to ``<pod dir>/container.log`` and are kept.
   Pod status: Pending → Running → Succeeded/Failed with ``containerStatuses[0].state.terminated``
@@ -40,10 +51,11 @@ directly:
   scheduler's ``FailedScheduling`` Event (``0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1
   nodes are available: 1 No preemption victims found for incoming pod.``) until it fits; ``capacity``
   (optional) further caps how many pod processes run at once (``Too many pods``). `evict_pod` is the
-  Eviction API: the pod gets the
-  ``DisruptionTarget`` condition, then a graceful deletion (SIGTERM first); `evict_for_node_pressure` is
-  the kubelet's own eviction (phase Failed, reason ``Evicted``, an ``Evicted`` Event); `oom_kill` ends
-  the process as the OOM killer does (``OOMKilled``, exit code 137).
+  Eviction API: the pod gets the ``DisruptionTarget`` condition, then a graceful deletion (SIGTERM
+  first), and its Job counts it Failed with that condition once the process has ended (the real
+  controller's tracking finalizer lets it); `evict_for_node_pressure` is the kubelet's own eviction
+  (phase Failed, reason ``Evicted``, an ``Evicted`` Event); `oom_kill` ends the process as the OOM killer
+  does (``OOMKilled``, exit code 137).
   Failures to start are reported as a real kubelet reports them (its messages, checked against
   kubelet output): a missing ConfigMap or Secret volume leaves the container waiting in
   ``ContainerCreating`` with **no** message and posts ``FailedMount`` Events (``MountVolume.SetUp failed
@@ -56,7 +68,8 @@ directly:
   (so deleting a ToolTuneJob removes its Job, whose pods are then removed and their processes killed).
 
 Not emulated: several containers, init containers, restartPolicy OnFailure restarts in place (treated as
-Never), resource limits at run time, probes, parallel or indexed Jobs, more than one node.
+Never), resource limits at run time, probes, parallelism of a non-indexed Job, backoffLimitPerIndex
+and successPolicy, more than one node.
 """
 
 from __future__ import annotations
@@ -87,6 +100,7 @@ from tests.harness.emulator import (
     PODS,
     RESOURCES,
     SECRETS,
+    SERVICES,
     RunningCluster,
     clone,
     now_iso,
@@ -113,6 +127,10 @@ DEFAULT_EXECUTABLES = {
     "tooltune": [sys.executable, "-c", "from tooltune_trainer.cli import app; app()"],
 }
 FINISHED = {"Complete", "Failed"}
+TARGETS = {"SuccessCriteriaMet": "Complete", "FailureTarget": "Failed"}  # decided → concluded once pods stop
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+MAX_GENERATED_NAME = 58  # names.MaxGeneratedNameLength: 63 minus the 5 random characters
+_DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
 _ENV_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
@@ -225,6 +243,8 @@ class PodRun:
 @dataclass
 class JobMemory:
     accounted: set[str] = field(default_factory=set)  # uids of terminated pods already counted
+    completed: set[int] = field(default_factory=set)  # an Indexed Job's succeeded indexes
+    seen: dict[str, dict[str, Any]] = field(default_factory=dict)  # uid → an active pod as last seen
 
 
 def _owner_uids(obj: dict[str, Any]) -> list[str]:
@@ -279,6 +299,17 @@ def rewrite_paths(text: str, mounts: list[tuple[str, Path]]) -> str:
     alternatives = "|".join(re.escape(container_path.rstrip("/")) for container_path, _ in ordered)
     pattern = r"(?<![\w.-])(" + alternatives + r")(?=/|$|[^\w.-])"
     return re.sub(pattern, lambda match: locals_by_path[match.group(1)], text)
+
+
+def resolve_service_names(text: str, namespace: str, services: list[str]) -> str:
+    """Pod DNS names under a headless Service (``<hostname>.<service>``, with or without
+    ``.<namespace>.svc.cluster.local``) replaced by the loopback address every pod process shares here."""
+    if not services:
+        return text
+    names = "|".join(re.escape(service) for service in sorted(services, key=len, reverse=True))
+    suffix = rf"(?:\.{re.escape(namespace)}(?:\.svc(?:\.cluster\.local)?)?)?"
+    pattern = rf"(?<![\w.-]){_DNS_LABEL}\.(?:{names}){suffix}(?![\w.-])"
+    return re.sub(pattern, "127.0.0.1", text)
 
 
 def pod_failure_action(job: dict[str, Any], pod: dict[str, Any]) -> tuple[str, str]:
@@ -403,6 +434,10 @@ class Kubelet:
             if pod is None:
                 raise LookupError(f"pod {namespace}/{name} does not exist")
             self._mark_disrupted(pod, namespace, name)
+            marked = self.emulator.get_object(PODS, namespace, name) or pod
+            owner = marked["metadata"].get("labels", {}).get("controller-uid")
+            if owner:  # what the Job controller's finalizer would let it see after the deletion
+                self._jobs.setdefault(owner, JobMemory()).seen[marked["metadata"]["uid"]] = clone(marked)
             self.emulator.delete_object(PODS, namespace, name)
 
         self.cluster.call(evict)
@@ -539,15 +574,22 @@ class Kubelet:
             self._expire(job, status)
             self._delete_pods(p for p in pods if self._is_active(p))
             return
+        if any(_has_condition(status, target) for target in TARGETS):
+            self._conclude(job, status, pods)
+            return
         active = [p for p in pods if self._is_active(p)]
+        indexed = spec.get("completionMode") == "Indexed"
         verdict: tuple[str, str, str] | None = None  # (condition, reason, message)
-        for pod in pods:
+        for pod in pods + self._evicted(memory, pods):
             phase = pod.get("status", {}).get("phase")
             if phase not in ("Succeeded", "Failed") or pod["metadata"]["uid"] in memory.accounted:
                 continue
             memory.accounted.add(pod["metadata"]["uid"])
             if phase == "Succeeded":
                 status["succeeded"] = status.get("succeeded", 0) + 1
+                if indexed:
+                    memory.completed.add(int(pod["metadata"]["annotations"][COMPLETION_INDEX]))
+                    status["completedIndexes"] = ",".join(map(str, sorted(memory.completed)))
                 continue
             action, message = pod_failure_action(job, pod)
             if action == "FailJob":
@@ -558,8 +600,8 @@ class Kubelet:
             verdict = self._verdict(spec, status)
         if verdict is not None:
             self._finish(status, *verdict)
-            self._delete_pods(active)
-            status["active"], status["ready"] = 0, 0
+            self._conclude(job, status, pods)
+            return
         elif spec.get("suspend"):
             if not _has_condition(status, "Suspended"):
                 status["conditions"] = [c for c in status.get("conditions", []) if c["type"] != "Suspended"]
@@ -581,7 +623,12 @@ class Kubelet:
                 run.owner == meta["uid"] and run.exit_code is None and run.uid not in existing
                 for run in self._runs.values()
             )
-            if not active and not waits_for_termination:
+            if indexed and not waits_for_termination:  # one pod per index not yet completed
+                running = {int(p["metadata"]["annotations"][COMPLETION_INDEX]) for p in active}
+                missing = set(range(spec["completions"])) - memory.completed - running
+                room = spec.get("parallelism", 1) - len(active)
+                active += [self._create_pod(job, index) for index in sorted(missing)[: max(room, 0)]]
+            elif not active and not waits_for_termination:
                 active = [self._create_pod(job)]
             status["active"] = len(active)
             status["ready"] = sum(p.get("status", {}).get("phase") == "Running" for p in active)
@@ -593,6 +640,34 @@ class Kubelet:
                 [{"op": "add", "path": "/status", "value": status}],
                 subresource="status",
             )
+
+    def _evicted(self, memory: JobMemory, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Evicted pods of the Job whose process has ended, as Failed pods with their DisruptionTarget
+        condition. The real controller's finalizer keeps a deleted pod until it has counted its end (and
+        applied its podFailurePolicy); here deletion is immediate, so the pod is remembered as last seen."""
+        present = {pod["metadata"]["uid"] for pod in pods}
+        ended = []
+        for uid, pod in list(memory.seen.items()):
+            run = self._runs.get(uid)
+            if uid in present or uid in memory.accounted or (run is not None and run.exit_code is None):
+                continue
+            memory.seen.pop(uid)
+            if not _has_condition(pod.get("status") or {}, "DisruptionTarget"):
+                continue  # deleted by the controller itself (suspend, cleanup): not a failure
+            terminated = {"exitCode": run.exit_code if run else 137, "reason": "Error"}
+            container = pod["spec"]["containers"][0]["name"]
+            ended.append(
+                {
+                    **pod,
+                    "status": {
+                        **pod["status"],
+                        "phase": "Failed",
+                        "containerStatuses": [{"name": container, "state": {"terminated": terminated}}],
+                    },
+                }
+            )
+        memory.seen.update((pod["metadata"]["uid"], clone(pod)) for pod in pods if self._is_active(pod))
+        return ended
 
     @staticmethod
     def _verdict(spec: dict[str, Any], status: dict[str, Any]) -> tuple[str, str, str] | None:
@@ -611,11 +686,35 @@ class Kubelet:
 
     @staticmethod
     def _finish(status: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        """The verdict as the Job controller first records it: FailureTarget or SuccessCriteriaMet."""
         target = "SuccessCriteriaMet" if kind == "Complete" else "FailureTarget"
         status.setdefault("conditions", [])
-        status["conditions"] += [_condition(target, reason, message), _condition(kind, reason, message)]
-        if kind == "Complete":
-            status["completionTime"] = now_iso()
+        status["conditions"].append(_condition(target, reason, message))
+
+    def _conclude(self, job: dict[str, Any], status: dict[str, Any], pods: list[dict[str, Any]]) -> None:
+        """A decided Job's pods are stopped; its terminal condition (Failed or Complete, with the verdict's
+        reason and message) comes once none of them runs any more, as the real controller does since
+        Kubernetes 1.31: a new Job started after it never runs beside its pods."""
+        self._delete_pods(p for p in pods if self._is_active(p))
+        status["active"], status["ready"] = 0, 0
+        stopping = sum(
+            run.owner == job["metadata"]["uid"] and run.exit_code is None for run in self._runs.values()
+        )
+        status["terminating"] = stopping
+        if not stopping:
+            target = next(c for c in status["conditions"] if c["type"] in TARGETS and c["status"] == "True")
+            status["conditions"].append(
+                _condition(TARGETS[target["type"]], target["reason"], target["message"])
+            )
+            if target["type"] == "SuccessCriteriaMet":
+                status["completionTime"] = now_iso()
+            status.pop("terminating")
+        if status != job.get("status", {}):
+            meta = job["metadata"]
+            self.emulator.patch_object(
+                JOBS, meta["namespace"], meta["name"], [{"op": "add", "path": "/status", "value": status}],
+                subresource="status",
+            )  # fmt: skip
 
     def _expire(self, job: dict[str, Any], status: dict[str, Any]) -> None:
         ttl = job["spec"].get("ttlSecondsAfterFinished")
@@ -642,7 +741,10 @@ class Kubelet:
             with contextlib.suppress(Exception):
                 self.emulator.delete_object(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"])
 
-    def _create_pod(self, job: dict[str, Any]) -> dict[str, Any]:
+    def _create_pod(self, job: dict[str, Any], index: int | None = None) -> dict[str, Any]:
+        """A pod of the Job; of an Indexed Job's index, as the Job controller makes it: named
+        <job>-<index>-<suffix>, the index in an annotation, a label and JOB_COMPLETION_INDEX, hostname
+        <job>-<index>."""
         meta, template = job["metadata"], job["spec"]["template"]
         labels = {
             **(template.get("metadata", {}).get("labels") or {}),
@@ -651,12 +753,27 @@ class Kubelet:
             "controller-uid": meta["uid"],
             "batch.kubernetes.io/controller-uid": meta["uid"],
         }
+        annotations = dict(template.get("metadata", {}).get("annotations") or {})
+        spec, prefix = copy.deepcopy(template["spec"]), f"{meta['name']}-"
+        if index is not None:
+            labels[COMPLETION_INDEX] = annotations[COMPLETION_INDEX] = str(index)
+            spec["hostname"] = f"{meta['name']}-{index}"
+            prefix = f"{meta['name']}-{index}-"
+            if len(prefix) > MAX_GENERATED_NAME:
+                prefix = prefix[: MAX_GENERATED_NAME - len(f"-{index}-")] + f"-{index}-"
+            variable = {"fieldRef": {"fieldPath": f"metadata.labels['{COMPLETION_INDEX}']"}}
+            for container in spec["containers"]:
+                if not any(e["name"] == "JOB_COMPLETION_INDEX" for e in container.get("env") or []):
+                    container["env"] = [
+                        *(container.get("env") or []),
+                        {"name": "JOB_COMPLETION_INDEX", "valueFrom": variable},
+                    ]
         pod = {
             "metadata": {
-                "name": f"{meta['name']}-{_random_suffix()}",
+                "name": f"{prefix}{_random_suffix()}",
                 "namespace": meta["namespace"],
                 "labels": labels,
-                "annotations": template.get("metadata", {}).get("annotations") or {},
+                "annotations": annotations,
                 "ownerReferences": [
                     {
                         "apiVersion": "batch/v1",
@@ -668,7 +785,7 @@ class Kubelet:
                     }
                 ],
             },
-            "spec": copy.deepcopy(template["spec"]),
+            "spec": spec,
         }
         created = self.emulator.create_object(PODS, pod)
         return self.emulator.patch_object(
@@ -1053,9 +1170,15 @@ class Kubelet:
                 )
             mounts.append((mount["mountPath"], volumes[mount["name"]] / mount.get("subPath", "")))
         mounts.append((container.get("terminationMessagePath", DEFAULT_TERMINATION_PATH), termination_path))
-        env = {name: rewrite_paths(value, mounts) for name, value in env.items()}
+        services = self._headless_services(pod)
+        env = {
+            name: resolve_service_names(rewrite_paths(value, mounts), meta["namespace"], services)
+            for name, value in env.items()
+        }
         argv = [
-            rewrite_paths(expand_references(part, env), mounts)
+            resolve_service_names(
+                rewrite_paths(expand_references(part, env), mounts), meta["namespace"], services
+            )
             for part in [*(container.get("command") or []), *(container.get("args") or [])]
         ]
         if not container.get("command"):
@@ -1103,6 +1226,16 @@ class Kubelet:
         self._spawn(self._reap(run))
         return run
 
+    def _headless_services(self, pod: dict[str, Any]) -> list[str]:
+        """Names of the headless Services in the pod's namespace: what cluster DNS answers pod names under
+        (a name under a Service that does not exist stays unresolvable, as in a cluster)."""
+        return [
+            service["metadata"]["name"]
+            for service in self.emulator.peek_objects(SERVICES)
+            if service["metadata"]["namespace"] == pod["metadata"]["namespace"]
+            and (service.get("spec") or {}).get("clusterIP") == "None"
+        ]
+
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
@@ -1121,7 +1254,7 @@ class Kubelet:
             "PATH": path,
             "PYTHONPATH": pythonpath,
             "PYTHONUNBUFFERED": "1",
-            "HOSTNAME": pod["metadata"]["name"],
+            "HOSTNAME": pod["spec"].get("hostname") or pod["metadata"]["name"],
             "KUBECONFIG": str(self._serviceaccount_kubeconfig(pod)),
             TERMINATION_LOG_ENV: str(termination),
             **self.env,

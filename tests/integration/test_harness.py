@@ -18,12 +18,13 @@ from tests.harness.emulator import (
     EVENTS,
     JOBS,
     PODS,
+    SERVICES,
     TTJ,
     labels_match,
     merge_patch,
     parse_label_selector,
 )
-from tests.harness.kubelet import expand_references, rewrite_paths
+from tests.harness.kubelet import expand_references, resolve_service_names, rewrite_paths
 from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -255,7 +256,9 @@ def test_eviction_sends_sigterm_and_the_replacement_waits_for_the_process_to_end
         time.sleep(60)
     """)
     kubelet.max_grace_seconds = 10
-    k8s.batch.create_namespaced_job(NS, job_body("evicted", script, podReplacementPolicy="Failed"))
+    # No podFailurePolicy: the eviction counts against backoffLimit, as in a real cluster.
+    body = job_body("evicted", script, podReplacementPolicy="Failed", backoffLimit=1)
+    k8s.batch.create_namespaced_job(NS, body)
     running = lambda: [p for p in job_pods(k8s, "evicted") if p.get("status", {}).get("phase") == "Running"]  # noqa: E731
     first = wait_for(running, 10, what="the first pod")[0]["metadata"]["name"]
     wait_for(lambda: "running" in kubelet.logs(first), 10, what="the handler installed")
@@ -265,7 +268,85 @@ def test_eviction_sends_sigterm_and_the_replacement_waits_for_the_process_to_end
     assert not job_pods(k8s, "evicted"), "no replacement while the evicted pod's process still runs"
     second = wait_for(lambda: job_pods(k8s, "evicted"), 10, what="a replacement")[0]["metadata"]["name"]
     assert kubelet.logs(first).endswith("saved on SIGTERM\n") and kubelet.exit_code(first) == 143
-    assert second != first and k8s.cluster.get(JOBS, NS, "evicted")["status"].get("failed", 0) == 0
+    assert second != first and k8s.cluster.get(JOBS, NS, "evicted")["status"].get("failed", 0) == 1
+
+
+def test_an_indexed_job_runs_a_pod_per_index_that_reach_each_other_under_its_headless_service(k8s, kubelet):
+    """Pods named, labelled and addressed as the real Job controller makes them; their DNS names under the
+    Service resolve to the loopback address, where rank 0 listens."""
+    script = textwrap.dedent("""
+        import os, socket, time
+        index = int(os.environ['JOB_COMPLETION_INDEX'])
+        print(os.environ['HOSTNAME'], os.environ['LEADER'], flush=True)
+        if index == 0:
+            server = socket.create_server((os.environ['LEADER'], 29411))
+            connection, _ = server.accept()
+            print('rank 1 says', connection.recv(16).decode(), flush=True)
+        else:
+            for _ in range(100):
+                try:
+                    socket.create_connection((os.environ['LEADER'], 29411)).sendall(b'hello')
+                    break
+                except OSError:
+                    time.sleep(0.1)
+    """)
+    body = job_body(
+        "group",
+        script,
+        completionMode="Indexed",
+        completions=2,
+        parallelism=2,
+        pod={"subdomain": "group"},
+        container={"env": [{"name": "LEADER", "value": "group-0.group.default.svc.cluster.local"}]},
+    )
+    headless = {
+        "metadata": {"name": "group"},
+        "spec": {"clusterIP": "None", "selector": {"job-name": "group"}},
+    }
+    k8s.cluster.create(SERVICES, headless, NS)
+    k8s.batch.create_namespaced_job(NS, body)
+
+    wait_for_job(k8s, "group", "Complete")
+    pods = sorted(job_pods(k8s, "group"), key=lambda p: p["metadata"]["name"])
+    assert [p["metadata"]["name"][: len("group-0-")] for p in pods] == ["group-0-", "group-1-"]
+    for index, pod in enumerate(pods):
+        assert pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == str(index)
+        assert pod["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] == str(index)
+        assert (pod["spec"]["hostname"], pod["spec"]["subdomain"]) == (f"group-{index}", "group")
+        assert kubelet.logs(pod["metadata"]["name"]).startswith(f"group-{index} 127.0.0.1\n")
+    assert "rank 1 says hello" in kubelet.logs(pods[0]["metadata"]["name"])
+    assert k8s.cluster.get(JOBS, NS, "group")["status"]["completedIndexes"] == "0,1"
+
+
+def test_a_failed_indexed_job_stops_its_other_pods_before_it_reads_failed(k8s, kubelet):
+    script = textwrap.dedent("""
+        import os, signal, sys, time
+        def finish(*_):
+            time.sleep(1)  # saving a checkpoint
+            sys.exit(143)
+        signal.signal(signal.SIGTERM, finish)
+        time.sleep(1 if os.environ['JOB_COMPLETION_INDEX'] == '1' else 60)
+        sys.exit(1)
+    """)
+    body = job_body("crash", script, completionMode="Indexed", completions=2, parallelism=2)
+    k8s.batch.create_namespaced_job(NS, body)
+    pods = wait_for(
+        lambda: len(names := [p["metadata"]["name"] for p in job_pods(k8s, "crash")]) == 2 and names, 10
+    )
+    survivor = next(name for name in pods if name.startswith("crash-0-"))
+    job = lambda: k8s.cluster.get(JOBS, NS, "crash")  # noqa: E731
+    target = wait_for(lambda: condition(job(), "FailureTarget"), 15, what="the verdict", interval=0.05)
+    assert target["reason"] == "BackoffLimitExceeded"
+    assert not condition(job(), "Failed") and kubelet.exit_code(survivor) is None, "rank 0 still stopping"
+    failed = wait_for_job(k8s, "crash", "Failed")
+    assert (failed["reason"], failed["message"]) == (target["reason"], target["message"])
+    assert kubelet.exit_code(survivor) == 143, "Failed only once every pod has stopped"
+
+
+def test_a_name_under_a_service_that_does_not_exist_stays_unresolved():
+    assert resolve_service_names("a-0.svc-x:1 a-0.other", "default", ["other"]) == "a-0.svc-x:1 127.0.0.1"
+    assert resolve_service_names("x.other.default.svc.cluster.local", "default", ["other"]) == "127.0.0.1"
+    assert resolve_service_names("x.other.elsewhere.svc", "default", ["other"]) == "x.other.elsewhere.svc"
 
 
 def test_a_full_node_keeps_pods_pending_until_a_slot_frees(k8s, kubelet):
@@ -590,7 +671,14 @@ def test_kubectl_applies_lists_prints_columns_and_deletes(k8s, tmp_path):
         NS,
         PLURAL,
         "task-api-tools",
-        {"status": {"phase": "Running", "reason": "Training", "progress": {"step": 12, "trainLoss": 0.53}}},
+        {
+            "status": {
+                "phase": "Running",
+                "reason": "Training",
+                "workers": "2x4",
+                "progress": {"step": 12, "trainLoss": 0.53},
+            }
+        },
     )
 
     waited = k8s.kubectl(
@@ -599,17 +687,19 @@ def test_kubectl_applies_lists_prints_columns_and_deletes(k8s, tmp_path):
     assert "condition met" in waited.stdout and not waited.stderr
     output = k8s.kubectl("get", "ttj")
     header, row = output.stdout.splitlines()
-    assert header.split() == ["NAME", "PHASE", "REASON", "BACKEND", "MODEL", "STEP", "LOSS", "AGE"]
-    assert row.split()[:7] == [
+    header_names = ["NAME", "PHASE", "REASON", "BACKEND", "MODEL", "WORKERS", "STEP", "LOSS", "AGE"]
+    assert header.split() == header_names
+    assert row.split()[:8] == [
         "task-api-tools",
         "Running",
         "Training",
         "unsloth",
         "tooltune/tiny-llama",
+        "2x4",
         "12",
         "0.53",
     ]
-    assert row.split()[7].endswith("s")
+    assert row.split()[8].endswith("s")
     assert "Warning" not in output.stderr
 
     as_yaml = k8s.kubectl("get", "ttj", "task-api-tools", "-o", "yaml").stdout

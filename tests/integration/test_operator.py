@@ -282,9 +282,10 @@ def test_kubectl_apply_example_and_get_shows_the_printer_columns(
     wait_for(lambda: cluster.cluster.get(JOBS, NS, f"{name}-1"), timeout=1.5, what="a Job within a second")
     wait_for(phase_is(cluster, name, "Succeeded"), timeout=30, what="Succeeded")
     table = cluster.kubectl("get", "ttj").stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "REASON", "BACKEND", "MODEL", "STEP", "LOSS", "AGE"]
+    header = ["NAME", "PHASE", "REASON", "BACKEND", "MODEL", "WORKERS", "STEP", "LOSS", "AGE"]
+    assert table[0].split() == header
     row = next(line.split() for line in table[1:] if line.startswith(name))
-    assert row[1:7] == ["Succeeded", "Completed", "unsloth", "script/succeed", "30", "0.4321"]
+    assert row[1:8] == ["Succeeded", "Completed", "unsloth", "script/succeed", "1xCPU", "30", "0.4321"]
     wide = cluster.kubectl("get", "ttj", "-o", "wide").stdout.splitlines()
     assert wide[0].split()[:4] == ["NAME", "PHASE", "REASON", "BACKEND"] and "MESSAGE" in wide[0].split()
     assert "training finished" in next(line for line in wide[1:] if line.startswith(name))

@@ -82,7 +82,7 @@ def test_crd_is_structural_with_status_subresource_and_columns() -> None:
     version = crd.crd()["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Phase", "Reason", "Backend", "Model", "Step", "Loss", "Age"]
+    assert columns == ["Phase", "Reason", "Backend", "Model", "Workers", "Step", "Loss", "Age"]
 
     def walk(node: dict[str, Any], where: str) -> None:
         assert "$ref" not in node and "anyOf" not in node, where

@@ -61,6 +61,9 @@ OPENAI_JOB = {
 }
 
 
+GROUP_JOB = {**GPU_JOB, "resources": {**GPU_JOB["resources"], "gpus": 4, "nodes": 2}}
+
+
 def created(obj: dict[str, Any]) -> dict[str, Any]:
     """obj as the API answers its create: with a uid."""
     return {**obj, "metadata": {**obj["metadata"], "uid": "9d3c1e2a-aaaa-bbbb-cccc-ddddeeeeffff"}}
@@ -78,6 +81,8 @@ CASES = {
         OPENAI_JOB,
         lambda r, s: builders.remote_cancel_job(r, s, 2, "ftjob-abc123", "deleted", SETTINGS),
     ),
+    "group-job": (GROUP_JOB, lambda r, s: builders.training_job(r, s, 3, SETTINGS, group_restarts=1)),
+    "group-service": (GROUP_JOB, lambda r, s: builders.group_service(r, s, 3)),
 }
 
 
@@ -181,11 +186,84 @@ def test_invalid_data_fails_the_job_at_once_and_disruptions_do_not_count() -> No
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
 
 
+def test_a_group_is_an_indexed_job_whose_first_failure_or_disruption_fails_it_whole() -> None:
+    job = builders.training_job(resource(GROUP_JOB), parse_spec(GROUP_JOB), 3, SETTINGS, group_restarts=1)
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
+    assert spec["backoffLimit"] == 0  # retries are the operator's group restarts, counted per group
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[builders.INVALID_RULE]["onExitCodes"]["values"] == [2]
+    assert rules[builders.DISRUPTION_RULE] == {
+        "action": "FailJob",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
+    assert job["metadata"]["annotations"]["tooltune.dev/group-restarts"] == "1"
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == "task-api-tools-3"
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert {name: env[name].get("value") for name in env if name.startswith("PET_")} == {
+        "PET_NNODES": "2",
+        "PET_NPROC_PER_NODE": "4",
+        "PET_NODE_RANK": None,
+        "PET_MASTER_ADDR": "task-api-tools-3-0.task-api-tools-3",  # index 0's hostname.subdomain
+        "PET_MASTER_PORT": "29400",
+    }
+    assert env["PET_NODE_RANK"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+    }
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "4"  # per node
+
+
+def test_a_group_service_is_headless_selects_the_jobs_pods_and_goes_with_the_job() -> None:
+    body, spec = resource(GROUP_JOB), parse_spec(GROUP_JOB)
+    job = created(builders.training_job(body, spec, 1, SETTINGS))
+    service = builders.group_service(body, spec, 1)
+    assert service["metadata"]["name"] == job["spec"]["template"]["spec"]["subdomain"]
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
+    select_job_pods(job)  # the labels the API server gives the Job's pods
+    pod_labels = job["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert [o["kind"] for o in service["metadata"]["ownerReferences"]] == ["ToolTuneJob"]  # until handed over
+    assert [o["uid"] for o in builders.owned_by(job)["metadata"]["ownerReferences"]] == [
+        job["metadata"]["uid"]
+    ]
+
+
+def test_one_node_keeps_a_plain_job_without_group_variables() -> None:
+    job = builders.training_job(resource(GPU_JOB), parse_spec(GPU_JOB), 1, SETTINGS)
+    assert "completionMode" not in job["spec"] and "subdomain" not in job["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PET_NNODES"] == "1" and not {"PET_NODE_RANK", "PET_MASTER_ADDR"} & set(env)
+
+
+def test_each_variable_is_set_once_on_a_group_of_several_gpus() -> None:
+    job = builders.training_job(resource(GROUP_JOB), parse_spec(GROUP_JOB), 1, SETTINGS)
+    names = [e["name"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert len(names) == len(set(names)), names
+
+
 def test_gpus_are_requested_and_limited_under_the_configured_resource_name() -> None:
     spec = {**GPU_JOB, "resources": {"gpus": 1, "gpuResourceName": "amd.com/gpu"}}
     job = builders.training_job(resource(spec), parse_spec(spec), 1, SETTINGS)
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"] == {"requests": {"amd.com/gpu": "1"}, "limits": {"amd.com/gpu": "1"}}
+
+
+@pytest.mark.parametrize(("gpus", "expected"), [
+    (4, {"PET_NNODES": "1", "PET_NPROC_PER_NODE": "4"}),
+    (1, {}),
+    (0, {}),
+])  # fmt: skip
+def test_several_gpus_ask_for_one_process_per_gpu_in_kubeflow_trainers_variables(
+    gpus: int, expected: dict[str, str]
+) -> None:
+    spec = {**GPU_JOB, "resources": {"gpus": gpus}}
+    job = builders.training_job(resource(spec), parse_spec(spec), 1, SETTINGS)
+    env = {
+        item["name"]: item.get("value") for item in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert {name: value for name, value in env.items() if name.startswith("PET_")} == expected
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["tooltune", "train"]
 
 
 def test_cpu_only_job_asks_for_no_gpu_and_no_shared_memory_volume() -> None:

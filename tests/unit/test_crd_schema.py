@@ -171,6 +171,7 @@ def test_bad_jobs_are_refused_naming_the_field(job, field, words):
             "spec.dataset",
             "not both",
         ),
+        (with_spec(OPENAI, "resources.nodes", 2), "spec.resources.nodes", "needs backend: unsloth"),
         (with_spec(MINIMAL, "output.uri", "ftp://models/out/"), "spec.output.uri", "unsupported scheme"),
         (with_spec(MINIMAL, "dataset.train", "gs://d/t.jsonl"), "spec.dataset.train", "unsupported scheme"),
         (
@@ -187,6 +188,7 @@ def test_bad_jobs_are_refused_naming_the_field(job, field, words):
         "openai-backend-without-settings",
         "openai-settings-on-unsloth",
         "two-validation-sources",
+        "nodes-on-openai",
         "output-scheme",
         "train-scheme",
         "validation-scheme",
@@ -237,6 +239,7 @@ def test_printer_columns_read_a_status_written_by_the_status_model():
             "phase": "Running",
             "reason": "Training",
             "message": "training",
+            "workers": "2x4",
             "progress": {
                 "step": 12,
                 "trainLoss": 0.53,
@@ -261,6 +264,7 @@ def test_printer_columns_read_a_status_written_by_the_status_model():
         "Message": "training",
         "Backend": "unsloth",
         "Model": "tooltune/tiny-llama",
+        "Workers": "2x4",
         "Step": 12,
         "Loss": 0.53,
         "Age": "2026-01-01T00:00:00Z",

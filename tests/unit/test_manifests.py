@@ -44,6 +44,7 @@ OPERATOR_NEEDS: dict[tuple[str, str], set[str]] = {
     ("batch", "jobs"): {"get", "list", "watch", "create", "delete", "patch"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "configmaps"): {"get", "list", "watch", "create", "delete", "patch"},
+    ("", "services"): {"get", "create", "patch"},  # a group's headless Service: create (409: get), hand over
     ("", "events"): {"create", "patch", "list"},  # list: the kubelet's Events of a pod that stays Pending
     ("events.k8s.io", "events"): {"create", "patch"},
     ("", "serviceaccounts"): {"get", "create", "patch"},

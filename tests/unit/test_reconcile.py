@@ -123,3 +123,68 @@ def test_an_older_unfinished_job_holds_an_output_that_overlaps(
     index = {("ns", "older"): [older], ("ns", "younger"): [younger], ("ns", "me"): [me]}
     holder = reconcile.output_holder(me, spec, index)
     assert (holder is not None and holder["metadata"]["name"] == "older") == holds
+
+
+class StoringKube:
+    """An API that keeps what is created, in order, and applies merge patches of metadata."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.created: list[tuple[str, str]] = []
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.objects.get((kind, name)))
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.created.append((body["kind"], body["metadata"]["name"]))
+        stored = copy.deepcopy(body)
+        stored["metadata"]["uid"] = f"uid-{body['metadata']['name']}"
+        self.objects.setdefault((body["kind"], body["metadata"]["name"]), stored)
+        return copy.deepcopy(self.objects[(body["kind"], body["metadata"]["name"])])
+
+    def patch(self, api_version: str, kind: str, namespace: str, name: str, body: dict[str, Any], *_: Any):
+        if (kind, name) in self.objects and "metadata" in body:
+            self.objects[(kind, name)]["metadata"].update(body["metadata"])
+        return {"metadata": {"resourceVersion": "1"}, "status": body.get("status", {})}
+
+
+def fail(kube: StoringKube, job: str, reason: str, message: str) -> None:
+    condition = {"type": "Failed", "status": "True", "reason": reason, "message": message}
+    kube.objects[("Job", job)]["status"] = {"conditions": [condition], "failed": 1}
+
+
+def test_a_group_restarts_as_the_next_attempt_counting_crashes_not_disruptions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events: list[tuple[str, str]] = []
+    monkeypatch.setattr(kopf, "event", lambda _, *, type, reason, message: events.append((reason, message)))
+    kube = StoringKube()
+    memo = operator_memo(kube)
+    raw = tooltunejob()
+    raw["spec"]["resources"] = {"nodes": 2, "gpus": 1}
+    assert reconcile.converge(memo, raw, {}, {}, restart=True) == 1
+    # The Service first (its pods' names resolve from their start), then the Job, which then owns it.
+    assert kube.created[-3:] == [("ConfigMap", "demo-1-contract"), ("Service", "demo-1"), ("Job", "demo-1")]
+    owners = kube.objects[("Service", "demo-1")]["metadata"]["ownerReferences"]
+    assert [(o["kind"], o["name"]) for o in owners] == [("Job", "demo-1")]
+
+    fail(kube, "demo-1", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+    raw["status"] = {"attempts": 1, "phase": "Pending"}
+    assert reconcile.converge(memo, raw, {}, {}) == 2
+    assert kube.objects[("Job", "demo-2")]["metadata"]["annotations"]["tooltune.dev/group-restarts"] == "1"
+    assert ("Service", "demo-2") in kube.objects
+
+    disrupted = "Pod ns/demo-2-0-abcde has condition DisruptionTarget matching FailJob rule at index 1"
+    fail(kube, "demo-2", "PodFailurePolicy", disrupted)
+    raw["status"] = {"attempts": 2, "phase": "Pending"}
+    assert reconcile.converge(memo, raw, {}, {}) == 3
+    assert kube.objects[("Job", "demo-3")]["metadata"]["annotations"]["tooltune.dev/group-restarts"] == "1"
+    told = [message for reason, message in events if reason == "GroupRestarting"]
+    assert "(counted against" in told[0] and "(uncounted against" in told[1], told
+
+    invalid = (
+        "Container trainer for pod ns/demo-3-1-abcde failed with exit code 2 matching FailJob rule at index 0"
+    )
+    fail(kube, "demo-3", "PodFailurePolicy", invalid)
+    raw["status"] = {"attempts": 3, "phase": "Failed"}
+    assert reconcile.converge(memo, raw, {}, {}) == 3, "invalid data is not retried"

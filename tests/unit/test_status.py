@@ -11,7 +11,16 @@ import pytest
 from tooltune_api import ANNOTATION_GENERATION, LABEL_ATTEMPT, LABEL_JOB
 from tooltune_api.models import ToolTuneJobStatus
 from tooltune_operator import conditions as c
-from tooltune_operator.status import Observed, compute_status, needs_resync, status_patch
+from tooltune_operator.status import (
+    COUNTED,
+    UNCOUNTED,
+    Observed,
+    compute_status,
+    group_restart,
+    needs_resync,
+    retry_wanted,
+    status_patch,
+)
 from tooltune_operator.views import job_generation, job_view, pod_view
 
 NOW = "2026-11-25T10:00:00Z"
@@ -29,6 +38,34 @@ def job(*conditions: tuple[str, str], failed: int = 0, suspend: bool = False) ->
             ],
         },
     }
+
+
+def group_job(*conditions: tuple[str, str, str], restarts: int = 0) -> dict[str, Any]:
+    """A multi-node group's Job view: the counted restarts before it, conditions (type, reason, message)."""
+    return {
+        "metadata": {"name": "demo-2", "annotations": {"tooltune.dev/group-restarts": str(restarts)}},
+        "spec": {"suspend": False},
+        "status": {
+            "failed": 1,
+            "conditions": [
+                {"type": t, "status": "True", "reason": r, "message": m} for t, r, m in conditions
+            ],
+        },
+    }
+
+
+CRASHED = ("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+EVICTED = (
+    "Failed",
+    "PodFailurePolicy",
+    "Pod default/demo-2-1-x7k2p has condition DisruptionTarget matching FailJob rule at index 1",
+)
+INVALID = (
+    "Failed",
+    "PodFailurePolicy",
+    "Container trainer for pod default/demo-2-0-abcde failed with exit code 2 "
+    "matching FailJob rule at index 0",
+)
 
 
 def pod(phase: str, exit_code: int | None = None, message: str = "", reason: str = "") -> dict[str, Any]:
@@ -256,6 +293,67 @@ TABLE = [
         "finished",
     ),
     (
+        "a group with one of two pods running waits for the other",
+        Observed(
+            1,
+            nodes=2,
+            job=group_job(),
+            pods=[pod("Running"), {"metadata": {"name": "demo-2-1-abcde"}, "status": {"phase": "Pending"}}],
+        ),
+        "Pending",
+        c.GROUP_STARTING,
+        "1 of 2 pods run",
+    ),
+    (
+        "a group whose other pod cannot be scheduled says why",
+        Observed(1, nodes=2, job=group_job(), pods=[pod("Running"), unscheduled_pod("")]),
+        "Pending",
+        c.UNSCHEDULABLE,
+        "",
+    ),
+    (
+        "a group whose pods all run trains",
+        Observed(1, nodes=2, job=group_job(), pods=[pod("Running"), pod("Running")], previous=TRAINING),
+        "Running",
+        c.TRAINING,
+        "training",
+    ),
+    (
+        "a group's crashed pod restarts the group, counted",
+        Observed(1, nodes=2, job=group_job(CRASHED, restarts=1), pods=[pod("Failed", 137)]),
+        "Pending",
+        c.GROUP_RESTARTING,
+        "restart 2 of 3 (spec.backoffLimit)",
+    ),
+    (
+        "a group's evicted pod restarts the group, uncounted",
+        Observed(1, nodes=2, job=group_job(EVICTED, restarts=3)),
+        "Pending",
+        c.GROUP_RESTARTING,
+        "not counted against spec.backoffLimit",
+    ),
+    (
+        "a group already failing (its pods stopping) shows the restart to come",
+        Observed(1, nodes=2, job=group_job(("FailureTarget", *CRASHED[1:]))),
+        "Pending",
+        c.GROUP_RESTARTING,
+        "whole group restarts",
+    ),
+    (
+        "a group out of restarts fails",
+        Observed(1, nodes=2, job=group_job(CRASHED, restarts=3), pods=[pod("Failed", 1, "boom")]),
+        "Failed",
+        c.BACKOFF_LIMIT_EXCEEDED,
+        "boom",
+    ),
+    (
+        "a group pod's invalid data fails the job at once",
+        Observed(1, nodes=2, job=group_job(INVALID), pods=[pod("Failed", 2, "train.jsonl:3: bad JSON")]),
+        "Failed",
+        c.INVALID_DATA,
+        "train.jsonl:3",
+    ),
+    (
         "new attempt after failure",
         Observed(
             1,
@@ -307,6 +405,30 @@ def test_retries_and_times_come_from_the_job() -> None:
     assert status.retries == 3  # backoffLimit 3: the first pod and three retries failed
     assert status.start_time == "2026-11-25T09:00:00Z"
     assert status.completion_time == NOW
+
+
+def test_a_groups_retries_are_its_counted_restarts() -> None:
+    assert compute_status(Observed(1, nodes=2, job=group_job(restarts=2), now=NOW)).retries == 2
+    assert compute_status(Observed(1, nodes=2, job=group_job(CRASHED, restarts=2), now=NOW)).retries == 3
+    assert compute_status(Observed(1, nodes=2, job=group_job(EVICTED, restarts=2), now=NOW)).retries == 2
+    exhausted = Observed(1, nodes=2, backoff_limit=2, job=group_job(CRASHED, restarts=2), now=NOW)
+    assert compute_status(exhausted).retries == 2  # the failure that ends the job is no retry
+
+
+def test_the_restart_rule_starts_a_group_again_only_once_its_job_failed() -> None:
+    assert group_restart(group_job(CRASHED), 3) == COUNTED
+    assert group_restart(group_job(EVICTED, restarts=3), 3) == UNCOUNTED
+    assert group_restart(group_job(CRASHED, restarts=3), 3) is None
+    assert group_restart(group_job(INVALID), 3) is None
+    assert group_restart(group_job(("Failed", "DeadlineExceeded", "")), 3) is None
+    assert group_restart(job(("Failed", "BackoffLimitExceeded")), 3) is None  # one pod: the Job retries
+    assert retry_wanted(True, 1, 1, False, COUNTED) and not retry_wanted(True, 1, 1, True, COUNTED)
+    assert not retry_wanted(True, 1, 1, False, None)
+
+
+def test_workers_show_nodes_times_gpus() -> None:
+    assert compute_status(Observed(1, nodes=2, gpus=4, now=NOW)).workers == "2x4"
+    assert compute_status(Observed(1, gpus=0, now=NOW)).workers == "1xCPU"
 
 
 def test_a_failure_that_was_never_retried_is_not_a_retry() -> None:

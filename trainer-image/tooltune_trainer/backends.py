@@ -9,6 +9,8 @@ instead of adapters. Both are trained by `trl.SFTTrainer` and saved in the same 
     <dir>/merged/                                            (output.mergedWeights, LoRA only)
 
 `TOOLTUNE_BACKEND_IMPL=unsloth|transformers` forces an implementation (the suite runs Unsloth on CPU).
+Under DDP (several processes, tooltune_trainer.launcher) it is always transformers + peft: the installed
+Unsloth refuses multi-GPU setups.
 Unsloth is imported only on its path: it is slow to import and patches transformers.
 """
 
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from tooltune_api.models import LAB_TARGET_MODULES, Precision, ToolTuneJobSpec
+
+from tooltune_trainer import ranks
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # "<quota> <period>" in µs, or "max <period>"
 
@@ -45,7 +49,21 @@ def backend_impl(device: str) -> str:
     forced = os.environ.get(BACKEND_IMPL_ENV, "").strip().lower()
     if forced and forced not in (UNSLOTH, TRANSFORMERS):
         raise BackendError(f"{BACKEND_IMPL_ENV}={forced!r}: use {UNSLOTH!r} or {TRANSFORMERS!r}")
+    if ranks.from_env().distributed:
+        return TRANSFORMERS  # see impl_reason
     return forced or (UNSLOTH if device == "cuda" else TRANSFORMERS)
+
+
+def impl_reason(device: str) -> str | None:
+    """Why backend_impl is not the one a single process would use here, for the log, status and an Event."""
+    world = ranks.from_env().world_size
+    if world <= 1:
+        return None
+    return (
+        f"{world} training processes (one per GPU) train with transformers + peft"
+        f"{' (QLoRA through bitsandbytes)' if device == 'cuda' else ''} under DDP: the installed Unsloth "
+        "trains on one GPU only"
+    )
 
 
 def cpu_budget(cpu_max: Path = CGROUP_CPU_MAX) -> int:
@@ -129,7 +147,11 @@ def _load_transformers(spec: ToolTuneJobSpec, device: str, source: str) -> tuple
 
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, quantization_config=quantization, dtype="auto")
+    # A quantized model is placed when loaded: under DDP, on this process's own GPU.
+    placement = {"device_map": {"": ranks.from_env().local_rank}} if quantization else {}
+    model = AutoModelForCausalLM.from_pretrained(
+        source, quantization_config=quantization, dtype="auto", **placement
+    )
     if hp.full_fine_tune:
         return model, tokenizer
     from peft import LoraConfig, get_peft_model
@@ -238,6 +260,9 @@ def sft_config(
         seed=spec.dataset.seed,
         data_seed=spec.dataset.seed,
         use_cpu=device != "cuda",
+        ddp_backend=ranks.ddp_backend(device) if ranks.from_env().distributed else None,
+        # LoRA adapters and full weights are all used in every forward pass: no extra autograd traversal
+        ddp_find_unused_parameters=False,
         gradient_checkpointing=device == "cuda",
         report_to=[],
         disable_tqdm=True,

@@ -40,6 +40,7 @@ from tooltune_api import __version__
 from tooltune_api.models import ToolTuneJobSpec, TrainerContract, now_iso
 from transformers import TrainerCallback
 
+from tooltune_trainer import ranks
 from tooltune_trainer.storage import StorageError, Store, join
 
 log = logging.getLogger(__name__)
@@ -271,6 +272,9 @@ class CheckpointSync(TrainerCallback):
     # -- trainer side
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # Under DDP every rank writes its own files into the checkpoint (rng_state_<rank>.pth): wait for all
+        # of them before rank 0 snapshots it. Only rank 0 uploads.
+        ranks.barrier(ranks.from_env())
         if not state.is_world_process_zero:
             return
         output_dir = Path(args.output_dir)
@@ -397,10 +401,14 @@ class SaveOnTerminate(TrainerCallback):
     Kubernetes gives a pod `terminationGracePeriodSeconds` between SIGTERM and SIGKILL; a trainer that
     saves and uploads within it loses no steps. `requested` tells the recipe why training stopped. The
     handler lives only while training runs, and only in the main thread (where Python runs handlers).
+    Under DDP the ranks decide together at every step's end (a signal may reach them a step apart, and a
+    rank that stops alone would leave the others waiting in their next all-reduce): one rank's SIGTERM
+    stops them all at the same step, and `requested` is set on each.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, process: ranks.Ranks | None = None) -> None:
         self.requested = threading.Event()
+        self.ranks = process or ranks.Ranks()
         self._previous: Any = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -408,7 +416,8 @@ class SaveOnTerminate(TrainerCallback):
             self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.requested.is_set():
+        if ranks.any_rank(self.ranks, self.requested.is_set()):
+            self.requested.set()
             log.warning("terminating: saving a checkpoint at step %d and stopping", state.global_step)
             control.should_save = True
             control.should_training_stop = True
@@ -471,6 +480,17 @@ def start_over(store: Store, output_uri: str) -> ResumePoint:
     )
 
 
+def local_checkpoint(dest_dir: Path) -> ResumePoint:
+    """The checkpoint fetch_latest_checkpoint left in dest_dir (another rank of this node fetched it)."""
+    found = [
+        path
+        for path in dest_dir.glob(f"{LOCAL_CHECKPOINT_PREFIX}*")
+        if path.name[len(LOCAL_CHECKPOINT_PREFIX) :].isdigit()
+    ]
+    newest = max(found, key=lambda path: int(path.name[len(LOCAL_CHECKPOINT_PREFIX) :]), default=None)
+    return ResumePoint(newest)
+
+
 def fetch_latest_checkpoint(
     store: Store,
     output_uri: str,
@@ -489,6 +509,7 @@ def fetch_latest_checkpoint(
     """
     root = join(output_uri, CHECKPOINTS_DIR)
     mismatched: dict[int, str] = {}
+    shutil.rmtree(dest_dir, ignore_errors=True)  # local_checkpoint reads what is left here: only the one
     for step in complete_steps(store.list(root)):
         uri = checkpoint_uri(output_uri, step)
         target = dest_dir / f"{LOCAL_CHECKPOINT_PREFIX}{step}"
@@ -531,6 +552,7 @@ def lineage_manifest(
     tool_call_format: str | None = None,
     cost: Mapping[str, Any] | None = None,
     promotion: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What went into the final model: base model, data (URI + sha256), hyperparameters, versions, results,
     and what the run cost (GPU-hours, and dollars where a price per GPU-hour is known).
@@ -557,6 +579,7 @@ def lineage_manifest(
         "metrics": dict(metrics),
         "cost": dict(cost) if cost else None,
         **dict(promotion or {}),
+        "training": dict(training) if training else None,  # processes and effective batch (status.training)
     }
 
 
@@ -568,9 +591,10 @@ def write_lineage(
     tool_call_format: str | None = None,
     cost: Mapping[str, Any] | None = None,
     promotion: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
 ) -> str:
     """Write <output>/final/lineage.json and return its URI; promotion: the gate verdict (promoted, gate)."""
     uri = join(contract.spec.output.uri, FINAL_DIR, LINEAGE)
-    document = lineage_manifest(contract, datasets, metrics, tool_call_format, cost, promotion)
+    document = lineage_manifest(contract, datasets, metrics, tool_call_format, cost, promotion, training)
     store.write_bytes(uri, json.dumps(document, indent=1, sort_keys=True, default=str).encode())
     return uri

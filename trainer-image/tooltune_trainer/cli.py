@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from collections import Counter
@@ -14,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from tooltune_api import EXIT_INVALID
 
+from tooltune_trainer import pod
 from tooltune_trainer.data import (
     Problem,
     ValidationReport,
@@ -395,8 +397,22 @@ def train(
         Path | None, typer.Option("--config", help="Contract JSON; default $TOOLTUNE_CONFIG.")
     ] = None,
 ) -> None:
-    """The training pod's entrypoint: exit 0 done, 2 invalid data or config, anything else retryable."""
+    """The training pod's entrypoint: exit 0 done, 2 invalid data or config, anything else retryable.
+
+    When PET_NNODES × PET_NPROC_PER_NODE (Kubeflow Trainer's variables) is more than 1, it starts torchrun,
+    whose workers each run this command again (tooltune_trainer.launcher)."""
     exit_on_sigterm()
+    from tooltune_trainer import launcher
+
+    try:
+        distributed = launcher.should_launch(os.environ)
+    except launcher.InvalidShape as error:
+        pod.setup_logging()
+        logging.getLogger(__name__).error("%s", error)
+        raise typer.Exit(pod.finish(pod.INVALID, error)) from None
+    if distributed:
+        options = ["--config", str(config)] if config else []
+        raise typer.Exit(launcher.launch(launcher.worker_command(["train", *options])))
     _quiet_library_warnings()
     from tooltune_trainer import backends
 

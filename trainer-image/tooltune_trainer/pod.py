@@ -43,6 +43,9 @@ EXIT_CODES = {  # one outcome per exit code: outcome_of reads them back
     RETRYABLE: EXIT_RETRYABLE,
 }
 TERMINATION_MESSAGE_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
+# Under several processes (tooltune_trainer.launcher) each worker writes its line into this directory as
+# rank-<RANK>, and the launcher makes one of them the pod's.
+RANK_MESSAGES_ENV = "TOOLTUNE_RANK_MESSAGES"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -95,8 +98,20 @@ def finish(outcome: str, reason: str | BaseException) -> int:
     return EXIT_INVALID if outcome == GATE_FAILED else EXIT_CODES[outcome]  # gate_failed: fail at once
 
 
+def rank_message(messages: Path, rank: int | str) -> Path:
+    return messages / f"rank-{rank}"
+
+
+def termination_log_path() -> Path:
+    """The pod's termination log, or this worker's file when a launcher collects the workers' lines."""
+    messages, rank = os.environ.get(RANK_MESSAGES_ENV), os.environ.get("RANK")
+    if messages and rank is not None:
+        return rank_message(Path(messages), rank)
+    return Path(os.environ.get(TERMINATION_LOG_ENV, TERMINATION_LOG_PATH))
+
+
 def write_termination_message(message: str) -> None:
     """The one line `kubectl describe pod` shows; unwritable outside a pod, which is fine."""
-    path = Path(os.environ.get(TERMINATION_LOG_ENV, TERMINATION_LOG_PATH))
+    path = termination_log_path()
     with contextlib.suppress(OSError):
         path.write_bytes(message.encode()[:TERMINATION_MESSAGE_LIMIT])

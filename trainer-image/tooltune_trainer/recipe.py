@@ -26,18 +26,20 @@ from tooltune_api.models import (
     InvalidSpec,
     ToolTuneJobSpec,
     TrainerContract,
+    TrainingStatus,
     describe_validation_error,
     now_iso,
 )
 from transformers import PrinterCallback
 
-from tooltune_trainer import backends, pod, tiny
+from tooltune_trainer import backends, pod, ranks, tiny
 from tooltune_trainer.checkpoints import (
     CheckpointSync,
     ResumePoint,
     SaveOnTerminate,
     checkpoint_source,
     fetch_latest_checkpoint,
+    local_checkpoint,
     start_over,
     write_lineage,
 )
@@ -95,11 +97,15 @@ class InvalidJob(ValueError):
 class Terminated(RuntimeError):
     """SIGTERM stopped training after a checkpoint of the last step; the next pod resumes from it."""
 
-    def __init__(self, step: int, uploaded: bool):
+    def __init__(self, step: int, uploaded: bool | None):
         self.step = step
-        self.uploaded = uploaded
-        where = "uploaded" if uploaded else "NOT uploaded in time; the next pod resumes from an older one"
-        super().__init__(f"terminated at step {step}: its checkpoint is {where}")
+        self.uploaded = uploaded  # None: not this process's to upload (a rank other than 0)
+        where = {
+            True: "its checkpoint is uploaded",
+            False: "its checkpoint is NOT uploaded in time; the next pod resumes from an older one",
+            None: "rank 0 uploads its checkpoint",
+        }[uploaded]
+        super().__init__(f"terminated at step {step}: {where}")
 
 
 # What a user can fix; the entrypoint exits 2 on these (the Job fails at once instead of retrying).
@@ -125,6 +131,7 @@ class RunResult:
     eval_loss: float | None
     evaluation: dict[str, Any]
     saved: list[str] = field(default_factory=list)
+    rank: int = 0  # under DDP only rank 0 evaluates and saves; the others' evaluation is empty
 
     @property
     def promoted(self) -> bool:
@@ -143,19 +150,27 @@ def run(
     spec = contract.spec
     started = time.monotonic()
     device = backends.detect_device()
+    process = ranks.from_env()
+    ranks.join_group(process, device)
     backend = backends.prepare(device)
     backends.check_supported(spec, device)
     store = open_store(spec.storage)
-    reporter, metrics = StatusReporter(contract), TrainingMetrics(contract)
+    # Only rank 0 speaks for the job: status, Events and /metrics (the loss it logs is all ranks' mean).
+    silent = {"report_progress": False, "metrics_port": 0}
+    speaker = contract if process.is_main else contract.model_copy(update=silent)
+    reporter, metrics = StatusReporter(speaker), TrainingMetrics(speaker)
     metrics.serve()
 
     on_stage("fetch and validate data")
-    datasets = {spec.dataset.train: store.fetch(spec.dataset.train, workdir / "data" / "train.jsonl")}
-    train_lines = list(read_jsonl(datasets[spec.dataset.train]))
-    examples = _validated(train_lines)
-    model_source = (
-        str(tiny.ensure_tiny_model(examples, workdir)) if tiny.is_tiny(spec.base_model) else spec.base_model
-    )
+    with ranks.local_main_first(process):  # one download and one tiny model per node, read by all its ranks
+        datasets = {spec.dataset.train: store.fetch(spec.dataset.train, workdir / "data" / "train.jsonl")}
+        train_lines = list(read_jsonl(datasets[spec.dataset.train]))
+        examples = _validated(train_lines)
+        model_source = (
+            str(tiny.ensure_tiny_model(examples, workdir))
+            if tiny.is_tiny(spec.base_model)
+            else spec.base_model
+        )
     on_stage("pick the tool-call format")
     chat_tokenizer = _tokenizer(model_source)
     fmt = prepare_tokenizer(chat_tokenizer, spec.tool_call_format)
@@ -165,9 +180,10 @@ def run(
 
     on_stage("split")
     if spec.dataset.validation:
-        datasets[spec.dataset.validation] = store.fetch(
-            spec.dataset.validation, workdir / "data" / "val.jsonl"
-        )
+        with ranks.local_main_first(process):
+            datasets[spec.dataset.validation] = store.fetch(
+                spec.dataset.validation, workdir / "data" / "val.jsonl"
+            )
         validation_lines = list(read_jsonl(datasets[spec.dataset.validation]))
         train, validation = examples, _validated(validation_lines, spec, count_tokens)
     else:
@@ -201,8 +217,8 @@ def run(
         source=source,
         job=writer,
     )
-    telemetry = telemetry_callbacks(contract, reporter, metrics)
-    save_on_terminate = SaveOnTerminate()
+    telemetry = telemetry_callbacks(speaker, reporter, metrics)
+    save_on_terminate = SaveOnTerminate(process)
     trainer = _trainer(
         spec,
         model,
@@ -217,19 +233,23 @@ def run(
         trainer.remove_callback(PrinterCallback)
     turns = evaluation_turns(validation)[: spec.evaluation.max_examples]
     base = None
-    if spec.evaluation.evaluate_base:
+    if spec.evaluation.evaluate_base and process.is_main:  # rank 0 alone evaluates
         on_stage(f"evaluate the base model on {len(turns)} validation turns")
         _stop_at_end_of_turn(trainer.model, tokenizer, fmt)
         with base_weights(trainer.model):
             base = evaluate(trainer.model, tokenizer, turns, [], train, fmt)
         log.info("base model: %s (%.1f s)", base.report["metrics"], base.report["seconds"])
         reporter.update(evaluation={"base": _status_scores(base.report["metrics"])})
+    training = training_status(spec, process, backend, backends.impl_reason(device))
+    _report_training(training, reporter, telemetry[0].events)
     on_stage("train")
-    resume_point = (
-        fetch_latest_checkpoint(store, spec.output.uri, workdir / "resume", source, writer)
-        if resume
-        else start_over(store, spec.output.uri)
-    )
+    with ranks.local_main_first(process):  # per node, local rank 0 downloads; its other ranks read that copy
+        if not resume:
+            resume_point = start_over(store, spec.output.uri)
+        elif process.local_rank == 0:
+            resume_point = fetch_latest_checkpoint(store, spec.output.uri, workdir / "resume", source, writer)
+        else:
+            resume_point = local_checkpoint(workdir / "resume")
     _report_resume(resume_point, reporter, telemetry[0].events)
     checkpoint_sync.supersede(resume_point.mismatched)
     trainer.train(resume_from_checkpoint=resume_point.checkpoint)
@@ -238,10 +258,18 @@ def run(
         reporter.flush()
         metrics.close()
         step = trainer.state.global_step
-        raise Terminated(step, step in checkpoint_sync.completed)
+        raise Terminated(step, step in checkpoint_sync.completed if process.is_main else None)
     try:
         _stop_at_end_of_turn(trainer.model, tokenizer, fmt)
-        eval_loss = trainer.evaluate()["eval_loss"] if validation_rows else None
+        eval_loss = trainer.evaluate()["eval_loss"] if validation_rows else None  # every rank: a collective
+        if not process.is_main:  # rank 0 alone evaluates tool calls, saves and uploads
+            return RunResult(
+                output_uri=join(spec.output.uri, FINAL_DIR), device=device, backend=backend,
+                train_examples=len(train), validation_examples=len(validation),
+                steps=trainer.state.global_step, seconds=time.monotonic() - started,
+                train_loss=_last(trainer.state.log_history, "loss"), eval_loss=eval_loss, evaluation={},
+                rank=process.rank,
+            )  # fmt: skip
 
         on_stage(f"evaluate the tuned model on {len(turns)} validation turns")
         tuned = evaluate(trainer.model, tokenizer, turns, spec.evaluation.smoke_prompts, train, fmt)
@@ -298,6 +326,7 @@ def run(
             fmt.name,
             gpu_cost(spec.resources.gpus, telemetry[0].gpu_hour_price, time.monotonic() - started, 0),
             {"promoted": gate["passed"], "gate": gate["message"]},
+            training,
         )
         if gate["passed"]:
             marker = {"promoted": True, "model": output_uri, "gate": gate["message"], "at": now_iso(),
@@ -353,6 +382,40 @@ def _validated(
     if report.problems:
         raise InvalidDataset(report)
     return report.examples
+
+
+def training_status(
+    spec: ToolTuneJobSpec, process: ranks.Ranks, implementation: str, reason: str | None
+) -> dict[str, Any]:
+    """status.training: the implementation, the processes, and the batch as a user counts it."""
+    hp = spec.hyperparameters
+    return TrainingStatus(
+        implementation=implementation,
+        implementation_reason=reason,
+        nodes=process.nodes,
+        processes_per_node=process.local_world_size,
+        world_size=process.world_size,
+        per_device_batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        effective_batch_size=hp.batch_size * process.world_size * hp.gradient_accumulation_steps,
+        learning_rate=hp.learning_rate,
+    ).dump()
+
+
+def _report_training(training: dict[str, Any], reporter: StatusReporter, events: EventRecorder) -> None:
+    """The log line, status.training and (when it is not the device's default) an Event saying how this
+    attempt trains."""
+    batch = (
+        f"effective batch {training['effectiveBatchSize']} = {training['perDeviceBatchSize']} per device × "
+        f"{training['worldSize']} process(es) × {training['gradientAccumulationSteps']} accumulation steps; "
+        f"learning rate {training['learningRate']:g} per optimizer step (not scaled with the processes)"
+    )
+    log.info("training with %s: %s", training["implementation"], batch)
+    reporter.update(training=training)
+    reason = training.get("implementationReason")
+    if reason:
+        log.warning("%s", reason)
+        events.record("DistributedTraining", f"{reason}; {batch}")
 
 
 def _report_resume(resume: ResumePoint, reporter: StatusReporter, events: EventRecorder) -> None:
@@ -547,6 +610,9 @@ def main(config: Path | None = None) -> int:
             return pod.finish(pod.INVALID, error)
         log.exception("training failed, the Job may retry")
         return pod.finish(pod.RETRYABLE, f"{type(error).__name__}: {pod.one_line(error)}")
+    if result.rank:
+        summary = f"rank {result.rank}: {result.steps} steps; rank 0 evaluates and saves the model"
+        return pod.finish(pod.SUCCEEDED, summary)
     gate = result.evaluation["gate"]["message"]
     if not result.promoted:  # the model is kept, not promoted; retrying would train the same model again
         log.error("%s", gate)

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # Status fields the trainer writes; the operator owns the rest (phase, conditions, attempts, times...).
 TRAINER_STATUS_FIELDS = frozenset(
-    {"progress", "diagnosis", "checkpoints", "evaluation", "output", "openai", "cost"}
+    {"progress", "diagnosis", "checkpoints", "evaluation", "output", "openai", "cost", "training"}
 )
 EVENT_COMPONENT = "tooltune-trainer"
 # (connect, read) seconds for a status patch or an Event: a slow API server must not stall training for long
@@ -65,7 +65,8 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
 class StatusReporter:
     """Patches fields of the ToolTuneJob's status (merge patch on the status subresource) at most once
     per contract.progress_interval_seconds (default 10 s), plus a final flush. Fields the trainer owns:
-    progress, diagnosis, checkpoints, evaluation, output, openai, cost (camelCase, as in ToolTuneJobStatus).
+    progress, diagnosis, checkpoints, evaluation, output, openai, cost, training (camelCase, as in
+    ToolTuneJobStatus).
     The operator owns phase, conditions, attempts, jobName, times, failureReason.
 
     ``patch`` receives the merge-patch body ``{"status": {...}}``. Without one, the Kubernetes client

@@ -162,7 +162,14 @@ def build_tiny_model(examples: list[dict[str, Any]], dest: Path, config: TinyCon
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     tmp = dest.with_name(dest.name + ".partial")
-    model.save_pretrained(tmp)
+    # Not model.save_pretrained: in a process group it writes on global rank 0 only, and each node of a
+    # multi-node job builds its own copy (its local rank 0 does, on the node's own disk).
+    from safetensors.torch import save_model
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(tmp)
+    model.generation_config.save_pretrained(tmp)
+    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})  # tied weights stored once
     tokenizer.save_pretrained(tmp)
     tmp.rename(dest)  # a half-written build is never mistaken for a cached one
     return dest

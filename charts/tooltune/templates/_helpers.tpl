@@ -77,6 +77,10 @@ get+patch, events create): Kubernetes lets a role grant only what its creator ho
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch, create, delete, patch]
+# A multi-node job's headless Service (pods' DNS names), created before its Job and handed over to it.
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, create, patch]
 # Its own Events; and the kubelet's and scheduler's about a trainer pod that stays Pending (list).
 - apiGroups: [""]
   resources: [events]
