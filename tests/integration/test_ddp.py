@@ -9,8 +9,9 @@ two workers train the tiny model with DDP over gloo.
 - Only rank 0 writes: every write to storage and to the Kubernetes API is recorded with its rank in the
   workers themselves (tests/integration/ddp_spy/sitecustomize.py), against a real S3 server and the
   emulated API server. /metrics is served on a fixed port: a second rank serving it would fail to bind.
-- SIGTERM to the pod's process (an eviction) checkpoints one step on both ranks and exits 143; the next pod
-  resumes from that checkpoint.
+- A worker killed outright (out of memory) fails the pod with its own exit code and line; the next pod
+  resumes from the newest complete checkpoint. SIGTERM to the pod's process (an eviction) checkpoints one
+  step on both ranks and exits 143; the next pod resumes from that checkpoint.
 """
 
 from __future__ import annotations
@@ -147,27 +148,55 @@ def test_two_processes_train_like_one_at_the_same_global_batch_and_only_rank_0_w
     assert _read_json(s3_server, s3_bucket, "two/final/lineage.json")["training"] == training
 
 
-def test_sigterm_checkpoints_both_ranks_at_one_step_and_the_next_pod_resumes_there(tmp_path) -> None:
+def _kill_rank(pod: subprocess.Popen[str], rank: str) -> None:
+    """SIGKILL one worker, as the OOM killer would (workers run in sessions of their own)."""
+    import psutil
+
+    worker = next(w for w in psutil.Process(pod.pid).children() if w.environ().get("RANK") == rank)
+    worker.kill()
+
+
+def _wait_for(path: Path, pod: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not path.exists() and pod.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"{path} never appeared"
+
+
+def test_a_killed_rank_fails_the_pod_sigterm_stops_all_ranks_at_one_step_and_resume_continues(
+    tmp_path,
+) -> None:
     data = write_jsonl(tmp_path / "tasks.jsonl", tool_calling_dataset(40))
-    spec = _spec(str(data), str(tmp_path / "out"), epochs=6, batchSize=2)  # 4 steps an epoch
+    spec = _spec(str(data), str(tmp_path / "out"), epochs=6, batchSize=2)  # 4 steps an epoch, 24 in all
     spec["checkpoints"] = {"everySteps": 4, "keep": 2}
     spec["evaluation"]["everySteps"] = 1000
     contract = {"job": {"namespace": "test", "name": "tiny"}, "spec": spec, "metricsPort": 0,
                 "reportProgress": False}  # fmt: skip
-    pod = _start(tmp_path / "first", contract, 2)
-    checkpoint = tmp_path / "out" / "checkpoints" / "step-4" / "manifest.json"
-    deadline = time.monotonic() + TIMEOUT
-    while not checkpoint.exists() and pod.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    checkpoints = tmp_path / "out" / "checkpoints"
+
+    # Rank 1 dies without a word (out of memory): rank 0's all-reduce fails too, the pod is rank 1's failure.
+    pod = _start(tmp_path / "killed", contract, 2)
+    _wait_for(checkpoints / "step-4" / "manifest.json", pod)
+    _kill_rank(pod, "1")
+    code, line = _finish(pod, tmp_path / "killed")
+    assert code == 128 + signal.SIGKILL, (tmp_path / "killed" / "pod.log").read_text()[-6000:]
+    assert line == "retryable: worker rank 1 exited with code 137 (SIGKILL)"
+    kept = max(int(p.parent.name.removeprefix("step-")) for p in checkpoints.glob("step-*/manifest.json"))
+
+    # The next pod resumes from the newest complete checkpoint; SIGTERM (an eviction) to its first process.
+    pod = _start(tmp_path / "evicted", contract, 2)
+    _wait_for(checkpoints / f"step-{kept + 4}" / "manifest.json", pod)
     pod.send_signal(signal.SIGTERM)  # as the kubelet does: to the container's first process, torchrun's agent
-    code, line = _finish(pod, tmp_path / "first")
-    assert code == 128 + signal.SIGTERM, (tmp_path / "first" / "pod.log").read_text()[-6000:]
+    code, line = _finish(pod, tmp_path / "evicted")
+    log = (tmp_path / "evicted" / "pod.log").read_text()
+    assert code == 128 + signal.SIGTERM, log[-6000:]
+    assert f"resuming from {checkpoints / f'step-{kept}'}" in log
     assert line.startswith("terminated: terminated at step ") and line.endswith(
         ": its checkpoint is uploaded"
     )
     stopped = int(line.removeprefix("terminated: terminated at step ").split(":")[0])
-    assert 4 <= stopped < 24
-    saved = tmp_path / "out" / "checkpoints" / f"step-{stopped}"
+    assert kept + 4 <= stopped < 24
+    saved = checkpoints / f"step-{stopped}"
     assert {"manifest.json", "rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in saved.iterdir()}
     before = _losses(json.loads((saved / "trainer_state.json").read_text())["log_history"], "loss")
 

@@ -162,8 +162,11 @@ def run(
     metrics.serve()
 
     on_stage("fetch and validate data")
+    fetch = (
+        store.fetch if process.local_rank == 0 else lambda uri, dest: dest
+    )  # the node's others read its copy
     with ranks.local_main_first(process):  # one download and one tiny model per node, read by all its ranks
-        datasets = {spec.dataset.train: store.fetch(spec.dataset.train, workdir / "data" / "train.jsonl")}
+        datasets = {spec.dataset.train: fetch(spec.dataset.train, workdir / "data" / "train.jsonl")}
         train_lines = list(read_jsonl(datasets[spec.dataset.train]))
         examples = _validated(train_lines)
         model_source = (
@@ -181,9 +184,7 @@ def run(
     on_stage("split")
     if spec.dataset.validation:
         with ranks.local_main_first(process):
-            datasets[spec.dataset.validation] = store.fetch(
-                spec.dataset.validation, workdir / "data" / "val.jsonl"
-            )
+            datasets[spec.dataset.validation] = fetch(spec.dataset.validation, workdir / "data" / "val.jsonl")
         validation_lines = list(read_jsonl(datasets[spec.dataset.validation]))
         train, validation = examples, _validated(validation_lines, spec, count_tokens)
     else:
