@@ -1175,5 +1175,6 @@ def start_cluster(directory: Path, namespaces: tuple[str, ...] = ("default",)) -
     if not ready.wait(STARTUP_TIMEOUT) or "error" in started:
         raise RuntimeError(f"the Kubernetes emulator did not start: {started.get('error')!r}")
     url = started["url"]
+    directory.mkdir(parents=True, exist_ok=True)
     kubeconfig = write_kubeconfig(directory / "kubeconfig", url)
     return RunningCluster(started["emulator"], loop, thread, url, kubeconfig, started["stop"])
