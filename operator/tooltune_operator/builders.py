@@ -252,12 +252,7 @@ def training_job(
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": restricted_container(),
     }
     if resources(spec):
         container["resources"] = resources(spec)
@@ -335,6 +330,16 @@ def training_job(
     }
 
 
+def restricted_container() -> dict[str, Any]:
+    """The container securityContext every tooltune pod runs with (Pod Security "restricted")."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
 def remote_cancel_job(
     body: dict[str, Any], spec: ToolTuneJobSpec, attempt: int, remote_id: str, why: str, settings: Settings
 ) -> dict[str, Any]:
@@ -365,12 +370,7 @@ def remote_cancel_job(
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
         "terminationMessagePath": TERMINATION_LOG_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": restricted_container(),
     }
     return {
         "apiVersion": "batch/v1",
