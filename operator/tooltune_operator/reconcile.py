@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -36,6 +37,7 @@ from tooltune_operator.status_writer import StatusWriter
 from tooltune_operator.views import group_restarts, job_condition, job_generation, job_view, of_attempt
 
 REFUSED_RETRY_SECONDS = 60.0
+UNSEEN_GRACE_ROUNDS = 3  # resync periods a job without status is left to its create handler
 BUSY_RETRY_SECONDS = 2.0
 
 
@@ -128,9 +130,22 @@ def api_message(error: ApiException) -> str:
 
 
 async def resync(memo: kopf.Memo, raw: dict[str, Any], jobs: Any, pods: Any, owners: Any) -> None:
-    """One round of the periodic resync (in a thread: the API client blocks)."""
-    if not raw["metadata"].get("deletionTimestamp"):
-        await asyncio.to_thread(converge, memo, raw, jobs, pods, indexed_job=True, owners=owners)
+    """One round of the periodic resync (in a thread: the API client blocks). A job with no status yet is
+    the create handler's while it is younger than UNSEEN_GRACE_ROUNDS resync periods: racing it would create
+    every new job's children twice under a backlog; after that, its create was lost and is made here."""
+    if raw["metadata"].get("deletionTimestamp"):
+        return
+    if not raw.get("status") and age_seconds(raw) < UNSEEN_GRACE_ROUNDS * memo.settings.resync_seconds:
+        return
+    await asyncio.to_thread(converge, memo, raw, jobs, pods, indexed_job=True, owners=owners)
+
+
+def age_seconds(raw: dict[str, Any]) -> float:
+    """Seconds since the object was created (0 when the API did not say)."""
+    created = raw["metadata"].get("creationTimestamp")
+    if not created:
+        return 0.0
+    return (datetime.now(UTC) - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds()
 
 
 async def job_event(memo: kopf.Memo, owners: Any, jobs: Any, pods: Any, every_owner: Any) -> None:

@@ -136,12 +136,9 @@ def group_restart(job: dict[str, Any] | None, backoff_limit: int) -> str | None:
 
 
 def needs_resync(status: Mapping[str, Any], meta: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
-    """Whether the periodic resync watches a ToolTuneJob: once the reconciler has written its first status
-    (before that, the create handler, which kopf retries, has it: a resync would only race it, and under a
-    backlog longer than the resync period every new job would be created twice), while unfinished, or while
+    """Whether the periodic resync watches a ToolTuneJob: while unfinished (a job with no status yet too:
+    its create may have been lost, and reconcile.resync gives the create handler its turn first), or while
     retry_wanted says a new attempt is due (and its start may have been lost)."""
-    if not status:
-        return False
     phase = status.get("phase")
     if phase not in TERMINAL:
         return True

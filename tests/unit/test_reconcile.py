@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
 import pytest
 from kubernetes.client.rest import ApiException
 from prometheus_client import CollectorRegistry
+from tooltune_api.models import now_iso
 from tooltune_operator import reconcile
 from tooltune_operator.metrics import OperatorMetrics
 from tooltune_operator.settings import Settings
@@ -188,3 +191,23 @@ def test_a_group_restarts_as_the_next_attempt_counting_crashes_not_disruptions(
     fail(kube, "demo-3", "PodFailurePolicy", invalid)
     raw["status"] = {"attempts": 3, "phase": "Failed"}
     assert reconcile.converge(memo, raw, {}, {}) == 3, "invalid data is not retried"
+
+
+@pytest.mark.parametrize(
+    ("age", "status", "converged"),
+    [
+        (1, {}, False),  # new and not reconciled yet: the create handler's turn
+        (10, {}, True),  # older than 3 resync periods and still no status: its create was lost
+        (1, {"phase": "Pending"}, True),
+    ],
+)
+def test_the_resync_leaves_a_new_job_to_its_create_handler_then_makes_a_lost_create(
+    monkeypatch: pytest.MonkeyPatch, age: int, status: dict[str, Any], converged: bool
+) -> None:
+    calls: list[Any] = []
+    monkeypatch.setattr(reconcile, "converge", lambda *args, **kwargs: calls.append(args))
+    raw = tooltunejob()
+    raw["status"] = status
+    raw["metadata"]["creationTimestamp"] = now_iso(datetime.now(UTC) - timedelta(seconds=age))
+    asyncio.run(reconcile.resync(kopf.Memo(settings=Settings(resync_seconds=2.0)), raw, {}, {}, {}))
+    assert bool(calls) is converged

@@ -513,7 +513,7 @@ def test_views_are_small_and_detached() -> None:
 @pytest.mark.parametrize(
     ("status", "generation", "watched"),
     [
-        ({}, 1, False),  # not reconciled yet: the create handler has it
+        ({}, 1, True),  # not reconciled yet: watched, in case its create is lost (resync waits first)
         ({"phase": "Pending"}, 1, True),
         ({"phase": "Running"}, 1, True),
         ({"phase": "Succeeded", "specGeneration": 1}, 2, False),  # a change after success is ignored
