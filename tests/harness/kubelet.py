@@ -39,7 +39,10 @@ directly:
   pod's mounted token does: the trainer's Role, or nothing for ``default``), ``HOSTNAME`` is the pod's
   ``hostname`` or its name, ``TMPDIR`` the local directory of a volume mounted at ``/tmp`` (if any);
   ``python``/``python3``/``tooltune`` run with this interpreter (`DEFAULT_EXECUTABLES`);
-  stdout and stderr go to ``<pod dir>/container.log`` and are kept.
+  stdout and stderr go to ``<pod dir>/container.log`` and are kept. An argv[0] in ``scripts`` runs in the
+  kubelet's own process instead, as a coroutine on its loop (`Script`, given argv and the env the process
+  would get; its return value is the exit code, a signal cancels it): a benchmark's thousand pods then cost
+  no interpreter each.
   Pod status: Pending → Running → Succeeded/Failed with ``containerStatuses[0].state.terminated``
   (``exitCode``, ``reason`` Completed/Error/OOMKilled, ``message`` from the termination file, or the log
   tail with ``FallbackToLogsOnError``), ``startTime``, conditions. A deleted pod's process gets SIGTERM,
@@ -84,6 +87,8 @@ import re
 import signal
 import string
 import sys
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -126,6 +131,8 @@ DEFAULT_EXECUTABLES = {
     "python3": [sys.executable],
     "tooltune": [sys.executable, "-c", "from tooltune_trainer.cli import app; app()"],
 }
+# A container run in the kubelet's process: (argv, env) → exit code. It must not block the loop.
+Script = Callable[[Sequence[str], Mapping[str, str]], Awaitable[int]]
 FINISHED = {"Complete", "Failed"}
 TARGETS = {"SuccessCriteriaMet": "Complete", "FailureTarget": "Failed"}  # decided → concluded once pods stop
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
@@ -218,6 +225,37 @@ def unschedulable_message(problems: list[tuple[str, bool]]) -> str:
     return f"0/1 nodes are available: {reasons}. preemption: 0/1 nodes are available: 1 {preemption}."
 
 
+class ScriptProcess:
+    """A `Script` running as a pod's container, with what the kubelet uses of a process: ``pid``, ``wait()``
+    (the exit code, ``-N`` after signal N, as asyncio's processes say it) and ``send_signal``. A script
+    has no handlers: any signal ends it at once, as it ends a process that installs none. An exception
+    is exit code 1, its traceback in the log."""
+
+    pid = 0
+
+    def __init__(self, script: Script, argv: Sequence[str], env: Mapping[str, str], log_path: Path):
+        self._signal: int | None = None
+        self._task = asyncio.create_task(self._run(script, argv, env, log_path))
+
+    @staticmethod
+    async def _run(script: Script, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> int:
+        try:
+            return await script(argv, env)
+        except Exception:
+            with log_path.open("a") as log:
+                traceback.print_exc(file=log)
+            return 1
+
+    def send_signal(self, signum: int) -> None:
+        if not self._task.done():
+            self._signal = signum
+            self._task.cancel()
+
+    async def wait(self) -> int:
+        await asyncio.wait([self._task])
+        return -(self._signal or signal.SIGKILL) if self._task.cancelled() else self._task.result()
+
+
 @dataclass
 class PodRun:
     """A pod's local process and the files kept for assertions."""
@@ -230,7 +268,7 @@ class PodRun:
     termination_path: Path
     fallback_to_logs: bool
     started_at: str
-    process: asyncio.subprocess.Process
+    process: asyncio.subprocess.Process | ScriptProcess
     owner: str = ""  # the uid of the Job that owns the pod
     grace_seconds: float = MAX_GRACE_SECONDS
     exit_code: int | None = None
@@ -356,6 +394,7 @@ class Kubelet:
         *,
         env: dict[str, str] | None = None,
         executables: dict[str, list[str]] | None = None,
+        scripts: dict[str, Script] | None = None,
         capacity: int | None = None,
         max_grace_seconds: float = MAX_GRACE_SECONDS,
         node: Node | None = None,
@@ -366,6 +405,7 @@ class Kubelet:
         self.root = root
         self.env = env or {}
         self.executables = {**DEFAULT_EXECUTABLES, **(executables or {})}
+        self.scripts = scripts or {}
         self.capacity = capacity
         self.max_grace_seconds = max_grace_seconds
         self.node = node or Node()
@@ -1187,7 +1227,8 @@ class Kubelet:
                 f"container {container['name']} has no command: "
                 "the test kubelet ignores images, so the pod spec must set command",
             )
-        argv = [*self.executables.get(argv[0], [argv[0]]), *argv[1:]]
+        script = self.scripts.get(argv[0])
+        argv = argv if script else [*self.executables.get(argv[0], [argv[0]]), *argv[1:]]
         workdir = (
             Path(rewrite_paths(container["workingDir"], mounts))
             if container.get("workingDir")
@@ -1195,21 +1236,13 @@ class Kubelet:
         )
         workdir.mkdir(parents=True, exist_ok=True)
         log_path = directory / "container.log"
-        with log_path.open("ab") as log:
-            try:
-                process = await asyncio.create_subprocess_exec(
-                    *argv,
-                    cwd=workdir,
-                    env=self._process_env(pod, env, termination_path, dict(mounts).get("/tmp")),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            except OSError as error:
-                raise ContainerConfigError(
-                    "CreateContainerError", f"cannot start {argv[0]!r}: {error}"
-                ) from None
+        process_env = self._process_env(pod, env, termination_path, dict(mounts).get("/tmp"))
+        log_path.touch()
+        process: asyncio.subprocess.Process | ScriptProcess
+        if script:
+            process = ScriptProcess(script, argv, process_env, log_path)
+        else:
+            process = await self._start_process(argv, workdir, process_env, log_path)
         run = PodRun(
             meta["namespace"],
             meta["name"],
@@ -1225,6 +1258,26 @@ class Kubelet:
         )
         self._spawn(self._reap(run))
         return run
+
+    @staticmethod
+    async def _start_process(
+        argv: list[str], workdir: Path, env: dict[str, str], log_path: Path
+    ) -> asyncio.subprocess.Process:
+        with log_path.open("ab") as log:
+            try:
+                return await asyncio.create_subprocess_exec(
+                    *argv,
+                    cwd=workdir,
+                    env=env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as error:
+                raise ContainerConfigError(
+                    "CreateContainerError", f"cannot start {argv[0]!r}: {error}"
+                ) from None
 
     def _headless_services(self, pod: dict[str, Any]) -> list[str]:
         """Names of the headless Services in the pod's namespace: what cluster DNS answers pod names under
@@ -1277,6 +1330,9 @@ class Kubelet:
             self._wake.set()
 
     def _signal(self, run: PodRun, signum: int) -> None:
+        if isinstance(run.process, ScriptProcess):
+            run.process.send_signal(signum)
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(run.process.pid, signum)
 

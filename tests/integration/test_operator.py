@@ -321,3 +321,37 @@ def test_an_output_tooltune_cannot_write_is_refused_before_any_job(
         and "spec.output.uri: unsupported scheme ftp://" in validated["message"]
     )
     assert jobs_of(cluster, "ftp-out") == []
+
+
+def test_a_pod_run_in_the_kubelets_process_reports_as_its_serviceaccount_and_ends_on_a_signal(
+    k8s: K8s, kopf_operator: Callable[..., KopfRunner], tmp_path: Path
+) -> None:
+    """What the scale benchmark runs: fake_trainer.in_process as the kubelet's script. Its status patches
+    go through the trainer's client as the pod's ServiceAccount (the operator's RBAC gives that account
+    only its ToolTuneJob's status), and deleting the job ends the script as SIGTERM ends a process."""
+    from tests.integration import fake_trainer
+
+    node = Kubelet(k8s.cluster, tmp_path / "kubelet", scripts={"tooltune": fake_trainer.in_process}).start()
+    try:
+        api, token = operator_identity(k8s, tmp_path)
+        memo = kopf.Memo(kube=Kube(api), settings=Settings(trainer_image="t:test", metrics_port=0))
+        kopf_operator("tooltune_operator.handlers", memo=memo, token=token)
+        k8s.create_tooltunejob("ok", scripted_spec())
+        k8s.create_tooltunejob("runs", scripted_spec("run"))
+
+        wait_for(
+            phase_is(k8s, "ok", "Succeeded"), timeout=30, what="Succeeded", describe=lambda: ttj(k8s, "ok")
+        )
+        progress = ttj(k8s, "ok")["status"]["progress"]
+        assert (progress["step"], progress["trainLoss"]) == (30, 0.4321)
+        running = wait_for(
+            lambda: [p for p in k8s.cluster.list(PODS, NS) if p["metadata"]["name"].startswith("runs-1-")
+                     and ttj(k8s, "runs").get("status", {}).get("progress", {}).get("step") == 30],
+            timeout=15, what="the run script's last progress patch",
+        )  # fmt: skip
+        name = running[0]["metadata"]["name"]
+        assert node.exit_code(name) is None
+        k8s.custom.delete_namespaced_custom_object("tooltune.dev", "v1alpha1", NS, "tooltunejobs", "runs")
+        assert wait_for(lambda: node.exit_code(name), 10, what="the script to end") == 128 + 15  # SIGTERM
+    finally:
+        node.stop()

@@ -140,10 +140,11 @@ def kubernetes_api_client() -> Any | None:
     return client.ApiClient()
 
 
-def kubernetes_status_patch(contract: TrainerContract) -> Patch | None:
+def kubernetes_status_patch(contract: TrainerContract, api_client: Any | None = None) -> Patch | None:
+    """A status patch through the Kubernetes client: ``api_client``, else the pod's own client."""
     if not contract.report_progress:
         return None
-    api_client = kubernetes_api_client()
+    api_client = api_client or kubernetes_api_client()
     if api_client is None:
         return None
     from kubernetes import client
