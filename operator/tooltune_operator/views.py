@@ -7,7 +7,7 @@ not leak into code that runs later in a thread.
 
 from __future__ import annotations
 
-import copy
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -34,8 +34,8 @@ def owner_view(body: Mapping[str, Any]) -> dict[str, Any]:
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
         "metadata": {key: meta[key] for key in OWNER_METADATA if key in meta},
-        "spec": copy.deepcopy(dict(body.get("spec") or {})),
-        "status": copy.deepcopy(dict(body.get("status") or {})),
+        "spec": detached(dict(body.get("spec") or {})),
+        "status": detached(dict(body.get("status") or {})),
     }
 
 
@@ -55,7 +55,7 @@ def job_view(job: Mapping[str, Any]) -> dict[str, Any]:
             "annotations": _picked(meta.get("annotations"), JOB_ANNOTATIONS),
         },
         "spec": {"suspend": bool((job.get("spec") or {}).get("suspend"))},
-        "status": copy.deepcopy(_picked(status, ("conditions", "failed", "startTime"))),
+        "status": detached(_picked(status, ("conditions", "failed", "startTime"))),
     }
 
 
@@ -75,12 +75,18 @@ def pod_view(pod: Mapping[str, Any]) -> dict[str, Any]:
             "message": status.get("message"),
             "startTime": status.get("startTime"),
             "containerStatuses": [
-                {"state": copy.deepcopy(container.get("state") or {})}
+                {"state": detached(container.get("state") or {})}
                 for container in status.get("containerStatuses") or []
             ],
-            "conditions": copy.deepcopy(conditions),
+            "conditions": detached(conditions),
         },
     }
+
+
+def detached(value: Any) -> Any:
+    """A deep copy of JSON data (a body's parts are JSON): through the C codec, several times faster than
+    copy.deepcopy, which was the operator's biggest cost per watch event."""
+    return json.loads(json.dumps(value))
 
 
 def _picked(mapping: Mapping[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any]:
