@@ -79,7 +79,7 @@ def converge(
     writer: StatusWriter = memo.status_writer
     known = list(jobs.get(key) or [])
     if spec is not None and job is not None and not of_attempt(known, attempt):
-        known.append(job_view(job))  # created a moment ago: the index has not seen it yet
+        writer.made_job(raw, job_view(job))  # created a moment ago: the index has not seen it yet
     sighting = writer.observe(raw, known, pods.get(key), attempt)
     sighting.seen.refused, sighting.seen.reconciled = refused, True
     if holder is not None:

@@ -10,7 +10,10 @@ starts clean), and which remembers per job:
   timestamps, a new Event, and so on while kopf's backlog lasts). Until the watch catches up, the status
   is computed from the answer instead;
 - what it has reported per attempt (the phase whose Event was posted, the retries counted in metrics),
-  recorded before the patch is sent, so a lagging body or a lost answer never reports twice.
+  recorded before the patch is sent, so a lagging body or a lost answer never reports twice;
+- the Job the reconciler has just made (or read) for an attempt, until the index of Jobs shows one of that
+  attempt: the echo of the reconciler's own status patch often arrives first, and read from the index
+  alone the job would go back to "creating the training Job" and forth again (two patches, two events).
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ class StatusWriter:
     # whether Kueue's Workloads are watched (Settings.kueue_enabled); Job uid → its Workload's view
     kueue_reading: bool = False
     workloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # ToolTuneJob uid → the view of the Job the reconciler made or read, until the index shows it
+    made: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Job uid → (namespace, LABEL_JOB) of its ToolTuneJob: whose status a Workload event changes
     job_keys: dict[str, tuple[str, str]] = field(default_factory=dict)
     # uid → the lock its status patches take: the reconciler's threads and the event handlers race
@@ -167,6 +172,10 @@ class StatusWriter:
         status = self.latest_status(raw)
         attempt = attempt or status.get("attempts") or 1
         current = of_attempt(jobs, attempt)
+        if current:
+            self.made.pop(meta.get("uid", ""), None)  # the index has caught up
+        else:
+            current = of_attempt([self.made[meta["uid"]]] if meta.get("uid") in self.made else [], attempt)
         try:
             spec = parse_spec(raw["spec"])
             problems = None
@@ -195,6 +204,10 @@ class StatusWriter:
             **shape,
         )
         return Sighting(raw, status, seen)
+
+    def made_job(self, raw: dict[str, Any], job: dict[str, Any]) -> None:
+        """The reconciler made or read this Job (a view) for the ToolTuneJob: read it until the index does."""
+        self.made[raw["metadata"].get("uid", "")] = job
 
     def latest_status(self, raw: dict[str, Any]) -> dict[str, Any]:
         uid = raw["metadata"].get("uid", "")
@@ -228,6 +241,7 @@ class StatusWriter:
             self.reported.pop(reported, None)
         self.warned -= {key for key in self.warned if key[0] == uid}
         self.patched.pop(uid or "", None)
+        self.made.pop(uid or "", None)
         self._locks.pop(uid or "", None)
 
     def _warn(self, sighting: Sighting, new: ToolTuneJobStatus) -> None:

@@ -144,3 +144,18 @@ def test_a_body_older_than_the_last_answer_is_not_read() -> None:
 def test_resource_versions_compare_as_revisions_when_they_are_numbers() -> None:
     assert at_least("10", "9") and at_least("9", "9") and not at_least("9", "10")
     assert at_least("abc", "abc") and not at_least("abd", "abc")
+
+
+def test_the_job_the_reconciler_made_is_read_until_the_index_shows_it() -> None:
+    """The echo of the reconciler's status patch often comes before the Job's own watch event: read from
+    the index alone, the job would flap to "creating the training Job" and back (two more patches)."""
+    lagging, _ = writer_of(tooltunejob())
+    lagging.sync(lagging.observe(tooltunejob(), None, None))
+    body = tooltunejob()
+    writer, kube = writer_of(body)
+    writer.made_job(body, job())
+    writer.sync(writer.observe(body, None, None))
+    assert [p["reason"] for p in lagging.kube.patches] == ["JobCreated"]  # type: ignore[attr-defined]
+    assert [p["reason"] for p in kube.patches] == ["PodPending"]
+    writer.observe(body, [job()], None)  # the index has caught up: nothing more is kept
+    assert not writer.made
