@@ -1,7 +1,7 @@
 """How the operator keeps up: apply N ToolTuneJobs and time each one's create → Job created.
 
     .venv/bin/python benchmarks/operator_scale.py [--jobs 500] [--progress] [--rate JOBS_PER_SECOND]
-                                                   [--against GIT_REV]
+                                                   [--against GIT_REV [--rounds N]]
 
 The real operator runs as its own process (`python -m tooltune_operator`) against the in-memory
 Kubernetes API of the test harness, so its RSS and CPU are its own. With --progress a test kubelet runs
@@ -13,9 +13,11 @@ process makes, without a thousand interpreters starting on this machine's cores,
 machine's backlog more than the operator.
 
 --against GIT_REV checks that revision out into a temporary git worktree and runs the same benchmark with
-its operator first (PYTHONPATH on its api/ and operator/; the emulator, kubelet and pods of this tree for
-both), then with this tree's, and prints both rows and their ratios (this tree / GIT_REV): a shared
-machine's load moves the figures, so compare only rows measured side by side in one run.
+its operator first (PYTHONPATH on its api/, operator/ and trainer-image/; the emulator, kubelet and pods of
+this tree for both), then with this tree's, and prints both rows and their ratios (this tree / GIT_REV): a
+shared machine's load moves the figures, so compare only rows measured side by side in one run.
+--rounds N runs the pair N times in alternating order (AB, BA, ...) and averages each side, so that a load
+rising or falling during the run does not favour the side that ran first.
 
 Targets: p50 under 100 ms, all jobs reconciled within 60 s, peak RSS under 150 MB (1000 jobs with
 --progress), operator CPU at most 10 ms per job (a burst of 500).
@@ -45,7 +47,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import kubernetes
@@ -321,20 +323,40 @@ def main() -> int:
         "--rate", type=float, default=0.0, help="jobs applied per second (default: all at once)"
     )
     parser.add_argument("--against", metavar="GIT_REV", help="also run GIT_REV's operator, side by side")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --against: rounds in alternating order (AB, BA, ...), averaged",
+    )
     args = parser.parse_args()
     print(f"{args.jobs} jobs{', progressing' if args.progress else ''}, load average {load(os.getloadavg())}")
-    rows: dict[str, Row] = {}
-    if args.against:
-        rev = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", args.against],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        with checkout(rev) as tree:
-            rows[rev] = run(tree, args)
-    rows["this tree"] = run(REPO, args)
-    return 0 if report(rows, args.progress) else 1
+    if not args.against:
+        return 0 if report({"this tree": run(REPO, args)}, args.progress) else 1
+    rev = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", args.against],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    runs: dict[str, list[Row]] = {rev: [], "this tree": []}
+    with checkout(rev) as tree:
+        for turn in range(args.rounds):  # alternating, so a load that rises or falls favours neither
+            order = [(rev, tree), ("this tree", REPO)]
+            for name, source in order if turn % 2 == 0 else order[::-1]:
+                runs[name].append(run(source, args))
+    return 0 if report({name: mean(rows) for name, rows in runs.items()}, args.progress) else 1
+
+
+def mean(rows: list[Row]) -> Row:
+    """The figures of several runs averaged (the load: before the first, after the last)."""
+    averaged = Row(jobs=rows[0].jobs, load_before=rows[0].load_before, load_after=rows[-1].load_after)
+    for figure in fields(Row):
+        if figure.type in ("float", "int") and figure.name != "jobs":
+            setattr(averaged, figure.name, statistics.mean(getattr(r, figure.name) for r in rows))
+    kinds = {kind for r in rows for kind in r.requests}
+    averaged.requests = {k: round(statistics.mean(r.requests.get(k, 0) for r in rows)) for k in kinds}
+    return averaged
 
 
 if __name__ == "__main__":
