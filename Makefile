@@ -6,7 +6,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 TOOLS   := .tools/bin
 
-.PHONY: run test soak lint crd lock tools venv
+.PHONY: run test soak lint crd lock tools venv tiny-base
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -43,3 +43,7 @@ crd: venv
 
 lock: venv
 	scripts/lock > requirements.lock
+
+# Rebuild models/tiny-tool-base, the pre-trained tiny base `make run` fine-tunes (seeded; see the script).
+tiny-base: venv
+	scripts/build-tiny-base
