@@ -9,16 +9,19 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from tooltune_api.models import LAB_SMOKE_PROMPTS, ToolTuneJobSpec
+import yaml
+from tooltune_api.models import LAB_SMOKE_PROMPTS, ToolTuneJobSpec, parse_spec
 from tooltune_trainer import backends
 from tooltune_trainer.data import read_jsonl
-from tooltune_trainer.formatting import chat_messages
+from tooltune_trainer.formatting import IGNORE_INDEX, chat_messages
 from tooltune_trainer.tiny_base import (
     BUILD_FILE,
     SHIPPED,
     TASK_API_WORDS,
     BaseSettings,
+    Batches,
     check,
+    echo_examples,
     generic_examples,
 )
 from tooltune_trainer.tool_formats import prepare_tokenizer
@@ -49,6 +52,36 @@ def test_the_generic_corpus_has_no_task_api_tool_parameter_or_request():
     assert _user_turns(examples) & task_api_turns <= {"Hi", "Bye", "What can you do?", "Tell me a joke"}
 
 
+class _Tokenizer:
+    bos_token_id, all_special_ids = 0, [0, 1, 2]
+
+    def __len__(self) -> int:
+        return 50
+
+
+def test_batches_teach_copying_alone_first_then_mix_it_with_echo_turns_and_tool_calls():
+    settings = BaseSettings(induction_steps=3, batch_size=400)
+    rows = [{"input_ids": [0, 7, 8], "labels": [IGNORE_INDEX, 8, 9]}]
+    echo = [{"input_ids": [0, 5], "labels": [IGNORE_INDEX, 5]}]
+    batches = Batches(settings, rows, echo, _Tokenizer())
+    for row in batches.batch(3):  # a random sequence said twice; only the repeat is supervised
+        sequence = row["input_ids"][1 : (len(row["input_ids"]) + 1) // 2]
+        assert row["input_ids"] == [0, *sequence, *sequence]
+        assert row["labels"] == [IGNORE_INDEX] * (len(sequence) + 1) + sequence
+        assert 12 <= len(sequence) <= 48 and not {0, 1, 2} & set(sequence)
+    mixed = batches.batch(4)
+    shares = [sum(row in kind for row in mixed) / len(mixed) for kind in (echo, rows)]
+    assert shares == pytest.approx(
+        [settings.echo_share, 1 - settings.echo_share - settings.induction_share], abs=0.07
+    )
+
+
+def test_echo_turns_repeat_the_user_s_words():
+    for example in echo_examples(BaseSettings.seed, 20):
+        user, answer = (m["content"] for m in example["messages"])
+        assert answer in user and answer.strip()
+
+
 def test_the_generic_corpus_is_the_same_for_the_same_seed():
     assert generic_examples(3, 50) == generic_examples(3, 50)
     assert generic_examples(3, 50) != generic_examples(4, 50)
@@ -68,7 +101,8 @@ def test_check_names_a_file_that_changed(tmp_path):
 
 
 def _answer(prompt: str) -> list[tuple[str, dict]]:
-    """The shipped model's calls for prompt with one add_note tool, loaded as any local baseModel is."""
+    """The shipped model's calls for prompt, offered two tools as its corpus always offers two to four, loaded
+    as any local baseModel is."""
     spec = ToolTuneJobSpec.model_validate(
         {
             "baseModel": str(SHIPPED),
@@ -80,13 +114,13 @@ def _answer(prompt: str) -> list[tuple[str, dict]]:
     )
     model, tokenizer = backends.load_model(spec, "cpu", None)
     fmt = prepare_tokenizer(tokenizer, "auto")
-    parameters = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
     tools = [
-        {
-            "type": "function",
-            "function": {"name": "add_note", "description": "Save a note.", "parameters": parameters},
-        }
-    ]
+        {"type": "function", "function": {"name": name, "description": description, "parameters": {
+            "type": "object", "properties": {parameter: {"type": "string"}}, "required": [parameter]}}}
+        for name, description, parameter in [
+            ("add_note", "Save a note.", "text"), ("get_weather", "Weather forecast for a city.", "city")
+        ]
+    ]  # fmt: skip
     messages = [
         {"role": "system", "content": "You are a helpful assistant. Today is 2031-05-02."},
         {"role": "user", "content": prompt},
@@ -105,10 +139,11 @@ def test_the_shipped_model_loads_as_a_local_model_and_answers_with_a_well_formed
     assert [(name, sorted(arguments)) for name, arguments in calls] == [("add_note", ["text"])]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured 2026-12-01: after 800 pre-training steps it writes a plausible value of its own "
-    "('Morar feature daily'); copying needs more pre-training (see README, #14)",
-)
 def test_the_shipped_model_copies_a_value_it_has_never_seen():
     assert _answer("Add a note: Velkaro garden pasta") == [("add_note", {"text": "Velkaro garden pasta"})]
+
+
+def test_the_example_job_fine_tunes_the_shipped_base():
+    job = yaml.safe_load((TASK_API / "tooltunejob.yaml").read_text())
+    spec = parse_spec(job["spec"])  # a path inside the working directory, as a pod may load it too
+    assert (SHIPPED.parents[1] / spec.base_model).resolve() == SHIPPED

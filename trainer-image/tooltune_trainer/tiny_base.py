@@ -2,14 +2,20 @@
 
 A random tiny model fine-tuned on a few hundred examples memorises argument values instead of copying them
 from the prompt. Real base models arrive already able to copy; this one is made so by pre-training a tiny
-Llama once on generic, synthetic tool calls: tools of many other domains (mail, calendar, weather, shop,
-files, banking, music, travel, tickets, ...), values that must be copied from the user's words (titles,
-names, cities, dates, ids, numbers), varied phrasings, tool results with replies, and turns that need no
-call. None of it is the Task API: `TASK_API_WORDS` never appear as tool or parameter names, and the
-builder checks it. The tokenizer is a byte-level BPE trained on the same corpus, with the tiny model's
-chat template, so fine-tuning it uses the same format as `tooltune/tiny-llama`.
+Llama once, in two phases:
 
-    scripts/build-tiny-base                       # rebuild models/tiny-tool-base (about 25 CPU-minutes)
+1. copying alone (`induction_steps`): random token sequences said twice, the repeat supervised. A small
+   transformer learns to copy (induction heads) only after a plateau, and learns it fastest on these;
+2. generic, synthetic tool calls: tools of many other domains (mail, calendar, weather, shop, files,
+   banking, music, travel, tickets, ...), values that must be copied from the user's words (titles, names,
+   cities, dates, ids, numbers), varied phrasings, tool results with replies, turns that need no call,
+   with echo turns and random repeats mixed in so the copying is kept.
+
+None of it is the Task API: `TASK_API_WORDS` never appear as tool or parameter names, and the builder checks
+it. The tokenizer is a byte-level BPE trained on the same corpus, with the tiny model's chat template, so
+fine-tuning it uses the same format as `tooltune/tiny-llama`.
+
+    scripts/build-tiny-base                       # rebuild models/tiny-tool-base (build.json: how long)
     scripts/build-tiny-base --check               # load the shipped model and verify BUILD_FILE's hashes
 
 The build is seeded; `build.json` records the settings, the loss and the sha256 of every file it wrote.
@@ -28,11 +34,13 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from tooltune_trainer.formatting import IGNORE_INDEX
 from tooltune_trainer.tiny import BOS, CHAT_TEMPLATE, EOT, PAD, SPECIAL_TOKENS, corpus, train_tokenizer
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "tiny-tool-base"
 BUILD_FILE = "build.json"
 # Names of the Task API's tools and parameters: the generic corpus must not teach them.
+Row = dict[str, list[int]]
 TASK_API_WORDS = {"create_task", "list_tasks", "complete_task", "task_id", "due_before", "due_date"}
 
 
@@ -42,6 +50,7 @@ class BaseSettings:
 
     seed: int = 7
     examples: int = 6_000
+    echo_examples: int = 3_000
     vocab_size: int = 2048
     hidden_size: int = 128
     intermediate_size: int = 384
@@ -49,8 +58,15 @@ class BaseSettings:
     num_attention_heads: int = 4
     max_length: int = 384
     batch_size: int = 16
-    steps: int = 800
-    learning_rate: float = 3e-3
+    # The first steps train copying alone: random token sequences said twice, the second time supervised.
+    # A tiny model learns to copy (induction heads) only after a plateau; on these sequences it ends within
+    # ~800 steps at this learning rate (at 3e-3 it did not within 600), and tool calls come after.
+    induction_steps: int = 800
+    steps: int = 3_000
+    # After them, the share of each batch that stays random repeats, and that is echo turns.
+    induction_share: float = 0.15
+    echo_share: float = 0.3
+    learning_rate: float = 1e-3
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
 
@@ -375,6 +391,20 @@ class Builder:
                 ]
         return {"messages": messages, "tools": tools}
 
+    def echo(self) -> dict[str, Any]:
+        """A turn answered by repeating the user's words: copying with nothing else to learn."""
+        words = [self.values.made_up() if self.rng.random() < 0.5 else self.values.word()
+                 for _ in range(self.rng.randint(2, 8))]  # fmt: skip
+        text = " ".join(words)
+        text = text.capitalize() if self.rng.random() < 0.5 else text
+        ask = self.values.pick(["Repeat exactly: {}", "Say {}", 'Echo "{}"', "Copy this: {}"])
+        return {
+            "messages": [
+                {"role": "user", "content": ask.format(text)},
+                {"role": "assistant", "content": text},
+            ]
+        }
+
 
 def generic_examples(seed: int, count: int) -> list[dict[str, Any]]:
     """count generic tool-calling conversations (OpenAI fine-tuning format), the same for the same seed."""
@@ -389,6 +419,52 @@ def generic_examples(seed: int, count: int) -> list[dict[str, Any]]:
     return examples
 
 
+def echo_examples(seed: int, count: int) -> list[dict[str, Any]]:
+    builder = Builder(seed + 1)
+    return [builder.echo() for _ in range(count)]
+
+
+class Batches:
+    """The build's batches, drawn by one seeded RNG: induction rows alone for the first steps, then tool
+    calls mixed with induction rows and echo turns in the settings' shares."""
+
+    def __init__(self, settings: BaseSettings, rows: list[Row], echo_rows: list[Row], tokenizer: Any):
+        self.settings, self.rows, self.echo_rows = settings, rows, echo_rows
+        self.bos = tokenizer.bos_token_id
+        special = set(tokenizer.all_special_ids)
+        self.token_ids = [i for i in range(len(tokenizer)) if i not in special]
+        self.rng = random.Random(settings.seed)
+        self.orders: dict[int, list[int]] = {}
+
+    def _next(self, rows: list[Row]) -> Row:
+        order = self.orders.setdefault(id(rows), [])
+        if not order:
+            order.extend(range(len(rows)))
+            self.rng.shuffle(order)
+        return rows[order.pop()]
+
+    def induction_row(self) -> Row:
+        """A random token sequence said twice; only the repeat is supervised."""
+        sequence = [self.rng.choice(self.token_ids) for _ in range(self.rng.randint(12, 48))]
+        return {
+            "input_ids": [self.bos, *sequence, *sequence],
+            "labels": [IGNORE_INDEX] * (len(sequence) + 1) + sequence,
+        }
+
+    def batch(self, step: int) -> list[Row]:
+        s = self.settings
+        rows = []
+        for _ in range(s.batch_size):
+            roll = self.rng.random()
+            if step <= s.induction_steps or roll < s.induction_share:
+                rows.append(self.induction_row())
+            elif roll < s.induction_share + s.echo_share:
+                rows.append(self._next(self.echo_rows))
+            else:
+                rows.append(self._next(self.rows))
+        return rows
+
+
 # ---------------------------------------------------------------- build
 
 
@@ -397,7 +473,7 @@ def build(dest: Path, settings: BaseSettings, log: Any = print) -> dict[str, Any
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, get_scheduler
 
-    from tooltune_trainer.formatting import IGNORE_INDEX, training_rows
+    from tooltune_trainer.formatting import training_rows
     from tooltune_trainer.tool_formats import prepare_tokenizer
 
     torch.set_num_threads(1)  # reproducible reductions; on a shared machine one thread also runs faster
@@ -408,6 +484,8 @@ def build(dest: Path, settings: BaseSettings, log: Any = print) -> dict[str, Any
     )
     fmt = prepare_tokenizer(tokenizer, "auto")
     rows = training_rows(tokenizer, examples, settings.max_length, fmt)
+    echo_rows = training_rows(tokenizer, echo_examples(settings.seed, settings.echo_examples), 64, fmt)
+    batches = Batches(settings, rows, echo_rows, tokenizer)
     torch.manual_seed(settings.seed)
     model = LlamaForCausalLM(
         LlamaConfig(
@@ -432,15 +510,10 @@ def build(dest: Path, settings: BaseSettings, log: Any = print) -> dict[str, Any
         num_training_steps=settings.steps,
         scheduler_specific_kwargs={"min_lr_rate": settings.min_lr_ratio},
     )
-    order_rng = random.Random(settings.seed)
-    order: list[int] = []
     model.train()
     losses: list[float] = []
     for step in range(1, settings.steps + 1):
-        if len(order) < settings.batch_size:
-            order = list(range(len(rows)))
-            order_rng.shuffle(order)
-        batch = [rows[order.pop()] for _ in range(settings.batch_size)]
+        batch = batches.batch(step)
         width = max(len(row["input_ids"]) for row in batch)
         pad = tokenizer.pad_token_id
         input_ids = torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in batch])
