@@ -4,7 +4,9 @@
                                                    [--against GIT_REV [--rounds N]]
 
 The real operator runs as its own process (`python -m tooltune_operator`) against the in-memory
-Kubernetes API of the test harness, so its RSS and CPU are its own. With --progress a test kubelet runs
+Kubernetes API of the test harness, so its RSS and CPU are its own. It can import only what its tree's
+operator image installs (pyproject.toml's base dependencies: tests/harness/operator_process.py), not all
+this venv has: kopf loads the kubernetes client whenever it is installed. With --progress a test kubelet runs
 every pod as tests/integration/fake_trainer.py's `succeed` script (two status patches through the trainer's
 client, as the pod's ServiceAccount, half a second apart, then exit 0), so watch events and status patches
 flow while jobs are created; its node has room for every pod at once (a cluster's worth). The pods run in
@@ -63,6 +65,7 @@ sys.path[:0] = [str(REPO), str(REPO / "api"), str(REPO / "operator"), str(REPO /
 
 from tests.harness.emulator import JOBS, TTJ, start_cluster  # noqa: E402
 from tests.harness.kubelet import DEFAULT_ALLOCATABLE, Kubelet, Node  # noqa: E402
+from tests.harness.operator_process import operator_command  # noqa: E402
 from tests.integration import fake_trainer  # noqa: E402
 
 TARGET_P50_MS = 100
@@ -147,9 +150,8 @@ def run(tree: Path, args: argparse.Namespace) -> Row:
     }
     # The log goes to a file: an unread pipe fills up (64 KiB), then blocks the operator at its next log line.
     log = (workdir / "operator.log").open("wb")
-    operator = subprocess.Popen(
-        [sys.executable, "-m", "tooltune_operator"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tree
-    )
+    command = operator_command(tree / "pyproject.toml")  # what that tree's operator image installs, alone
+    operator = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tree)
     process = psutil.Process(operator.pid)
     peak_rss = 0
     stop = threading.Event()

@@ -1,6 +1,6 @@
 """kopf's registry of the operator's handlers, and nothing else: each body hands over to a module.
 
-- login → the kubernetes client's configuration (a registry of one's own has none by default);
+- login → ``kube.login``: the service account or the kubeconfig (a registry of one's own has none);
 - startup → ``startup.configure``: kopf's settings and the per-operator state in ``memo``;
 - indexes of ToolTuneJobs, their Jobs and Pods → the small views of ``views``;
 - create / resume / spec change / periodic resync of a ToolTuneJob → ``reconcile.converge``;
@@ -21,8 +21,8 @@ from typing import Any
 import kopf
 from tooltune_api import GROUP, LABEL_JOB, LABEL_MANAGED_BY, PLURAL, VERSION
 
+from tooltune_operator import kube, startup
 from tooltune_operator import reconcile as reconciler
-from tooltune_operator import startup
 from tooltune_operator.builders import job_label
 from tooltune_operator.kueue import GROUP as GROUP_KUEUE
 from tooltune_operator.kueue import LABEL_JOB_UID, WORKLOADS
@@ -41,8 +41,7 @@ Key = tuple[str, str]  # (namespace, the ToolTuneJob's LABEL_JOB value: builders
 
 @kopf.on.login(registry=registry)
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In a pod its service account, elsewhere the kubeconfig, as the kubernetes client finds them."""
-    return kopf.login_via_client(**kwargs)
+    return kube.login(**kwargs)
 
 
 @kopf.on.startup(registry=registry)

@@ -3,17 +3,23 @@
 Creating what exists is success (409 → fetch it), deleting what is gone is success (404), and
 transient answers (429, 5xx, connection errors) become ``kopf.TemporaryError`` so kopf retries the
 handler after a short delay instead of the handler sleeping.
+
+It speaks HTTP through urllib3 with the credentials kopf logs in with (``login``): the operator image has
+no kubernetes client, which kopf imports whenever it is installed (40 MB of generated models, a third of
+the operator's memory). A 401 logs in again once, as kopf does: service-account tokens rotate.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import kopf
 import urllib3
-from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+import yaml
 
 from tooltune_operator import kueue
 
@@ -33,13 +39,80 @@ PLURALS = {
 RETRY_DELAY_SECONDS = 2.0
 
 
-def make_api_client() -> client.ApiClient:
-    """In a pod: the service account. Elsewhere: the kubeconfig (KUBECONFIG or ~/.kube/config)."""
-    try:
-        config.load_incluster_config()
-        return client.ApiClient()
-    except config.ConfigException:
-        return config.new_client_from_config()
+class ApiError(Exception):
+    """An answer of the API server other than 2xx: its status, reason and body (a Status object)."""
+
+    def __init__(self, status: int, reason: str, body: str):
+        super().__init__(f"{status} {reason}: {body[:300]}")
+        self.status, self.reason, self.body = status, reason, body
+
+
+def login(**kwargs: Any) -> kopf.ConnectionInfo:
+    """In a pod its service account, elsewhere the kubeconfig (KUBECONFIG or ~/.kube/config), as kopf reads
+    them. A kubeconfig user that runs a program for its token (``exec``, ``auth-provider``: EKS, GKE, OIDC)
+    goes through the kubernetes client, which runs it, when that is installed."""
+    info = kopf.login_with_service_account(**kwargs)
+    if info is None and needs_client_plugin():
+        info = kopf.login_via_client(**kwargs)
+        if info is None:
+            raise kopf.LoginError(
+                "the kubeconfig's user gets its token from an exec or auth-provider plugin: install the "
+                "kubernetes client (pip install kubernetes) to run it, or use a kubeconfig with a token"
+            )
+    info = info or kopf.login_with_kubeconfig(**kwargs)
+    if info is None:
+        raise kopf.LoginError("no service account token and no kubeconfig (set KUBECONFIG)")
+    return info
+
+
+def needs_client_plugin() -> bool:
+    """Whether the current kubeconfig user has no credentials of its own, only a plugin that makes them."""
+    paths = [
+        os.path.expanduser(p) for p in (os.environ.get("KUBECONFIG") or "~/.kube/config").split(os.pathsep)
+    ]
+    for path in (p for p in paths if p and os.path.isfile(p)):
+        with open(path, encoding="utf-8") as file:
+            config = yaml.safe_load(file) or {}
+        context = next((c.get("context") or {} for c in config.get("contexts") or []
+                        if c.get("name") == config.get("current-context")), None)  # fmt: skip
+        if context is None:
+            continue
+        user = next((u.get("user") or {} for u in config.get("users") or []
+                     if u.get("name") == context.get("user")), {})  # fmt: skip
+        return bool(user.get("exec") or user.get("auth-provider"))
+    return False
+
+
+class Connection:
+    """HTTP to one API server with kopf's credentials; logs in again on a 401 (a rotated token)."""
+
+    def __init__(self, login: Callable[[], kopf.ConnectionInfo]):
+        self.login = login
+        self.connect()
+
+    def connect(self) -> None:
+        info = self.login()
+        self.server = info.server.rstrip("/")
+        self.headers = {"Accept": "application/json", **info.as_http_headers()}
+        tls: dict[str, Any] = {}
+        if self.server.startswith("https:"):
+            tls = {"ssl_context": info.as_ssl_context(), "assert_hostname": False if info.insecure else None}
+        self.pool = urllib3.PoolManager(maxsize=8, timeout=urllib3.Timeout(total=30), retries=False, **tls)
+
+    def request(self, method: str, url: str, body: Any = None, content_type: str = "application/json") -> Any:
+        """The answer's JSON (None if empty); ApiError for any answer but 2xx."""
+        payload = None if body is None else json.dumps(body).encode()
+        response = self.send(method, url, payload, content_type)
+        if response.status == 401:  # a rotated token: log in again, once
+            self.connect()
+            response = self.send(method, url, payload, content_type)
+        if response.status >= 300:
+            raise ApiError(response.status, response.reason or "", response.data.decode(errors="replace"))
+        return json.loads(response.data) if response.data else None
+
+    def send(self, method: str, url: str, payload: bytes | None, content_type: str) -> Any:
+        headers = {**self.headers, "Content-Type": content_type}
+        return self.pool.request(method, self.server + url, body=payload, headers=headers)
 
 
 def path(api_version: str, kind: str, namespace: str, name: str = "", subresource: str = "") -> str:
@@ -51,31 +124,13 @@ def path(api_version: str, kind: str, namespace: str, name: str = "", subresourc
 class Kube:
     """The operator's view of the API: a handful of verbs, all idempotent."""
 
-    def __init__(self, api: client.ApiClient):
-        self.api = api
+    def __init__(self, connection: Connection):
+        self.connection = connection
 
-    def _call(
-        self,
-        method: str,
-        url: str,
-        body: Any = None,
-        query: list[tuple[str, str]] | None = None,
-        content_type: str = "application/json",
-    ) -> Any:
+    def _call(self, method: str, url: str, body: Any = None, content_type: str = "application/json") -> Any:
         try:
-            response = self.api.call_api(
-                url,
-                method,
-                query_params=query or [],
-                body=body,
-                header_params={"Accept": "application/json", "Content-Type": content_type},
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=30,
-            )
-            data = response[0].data if isinstance(response, tuple) else response.data
-            return json.loads(data) if data else None
-        except ApiException as error:
+            return self.connection.request(method, url, body, content_type)
+        except ApiError as error:
             if error.status == 429 or error.status >= 500:
                 raise kopf.TemporaryError(
                     f"API answered {error.status} to {method} {url}", delay=RETRY_DELAY_SECONDS
@@ -89,7 +144,7 @@ class Kube:
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return self._call("GET", path(api_version, kind, namespace, name))
-        except ApiException as error:
+        except ApiError as error:
             if error.status == 404:
                 return None
             raise
@@ -97,8 +152,8 @@ class Kube:
     def list(
         self, api_version: str, kind: str, namespace: str, field_selector: str = ""
     ) -> list[dict[str, Any]]:
-        query = [("fieldSelector", field_selector)] if field_selector else []
-        answer = self._call("GET", path(api_version, kind, namespace), query=query) or {}
+        query = "?" + urllib.parse.urlencode({"fieldSelector": field_selector}) if field_selector else ""
+        answer = self._call("GET", path(api_version, kind, namespace) + query) or {}
         return list(answer.get("items") or [])
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +162,7 @@ class Kube:
         url = path(body["apiVersion"], body["kind"], meta["namespace"])
         try:
             created = self._call("POST", url, body)
-        except ApiException as error:
+        except ApiError as error:
             if error.status != 409:
                 raise
             created = None
@@ -132,7 +187,7 @@ class Kube:
                 body,
                 content_type="application/merge-patch+json",
             )
-        except ApiException as error:
+        except ApiError as error:
             if error.status == 404:
                 return None
             raise
@@ -141,6 +196,6 @@ class Kube:
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
         try:
             self._call("DELETE", path(api_version, kind, namespace, name), body)
-        except ApiException as error:
+        except ApiError as error:
             if error.status != 404:
                 raise

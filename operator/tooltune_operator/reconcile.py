@@ -24,12 +24,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubernetes.client.rest import ApiException
 from tooltune_api.models import Backend, InvalidSpec, Phase, ToolTuneJobSpec, ToolTuneJobStatus, parse_spec
 
 from tooltune_operator import builders, kueue
 from tooltune_operator import conditions as c
-from tooltune_operator.kube import Kube
+from tooltune_operator.kube import ApiError, Kube
 from tooltune_operator.metrics import OperatorMetrics
 from tooltune_operator.settings import Settings
 from tooltune_operator.status import COUNTED, TERMINAL, group_restart, retry_wanted
@@ -68,7 +67,7 @@ def converge(
         try:
             if holder is None:
                 job = ensure_children(memo, raw, spec, attempt, job, restart)
-        except ApiException as error:
+        except ApiError as error:
             if error.status == 429:  # throttled: nothing was refused, try again shortly
                 busy = "the API server asked to slow down (429)"
                 raise kopf.TemporaryError(busy, delay=BUSY_RETRY_SECONDS) from None
@@ -121,7 +120,7 @@ def shared_output(uri: str) -> str | None:
     return f"s3://{rest.strip('/')}" if separator and scheme.lower() == "s3" else None
 
 
-def api_message(error: ApiException) -> str:
+def api_message(error: ApiError) -> str:
     """The API server's own message in an error answer (it names the object and the field)."""
     try:
         return str(json.loads(error.body or "{}").get("message") or error.reason)

@@ -14,7 +14,7 @@ import logging
 import kopf
 from tooltune_api import GROUP
 
-from tooltune_operator.kube import Kube, make_api_client
+from tooltune_operator import kube
 from tooltune_operator.metrics import OperatorMetrics, start_metrics_server
 from tooltune_operator.settings import Settings
 from tooltune_operator.status_writer import StatusWriter
@@ -57,7 +57,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     if "settings" not in memo:
         memo.settings = Settings.from_env()
     if "kube" not in memo:
-        memo.kube = Kube(make_api_client())
+        memo.kube = kube.Kube(kube.Connection(lambda: kube.login(settings=settings, logger=logger)))
     if "metrics" not in memo:  # kept over a restart in one process, as the server that serves them
         memo.metrics = OperatorMetrics()
     memo.status_writer = writer = StatusWriter(

@@ -16,10 +16,9 @@ from typing import Any
 
 import kopf
 import pytest
-from tooltune_operator.kube import Kube
 from tooltune_operator.settings import Settings
 
-from tests.fixtures.cluster import K8s
+from tests.fixtures.cluster import K8s, operator_kube
 from tests.fixtures.s3 import S3Server
 from tests.fixtures.tiny import tool_calling_dataset
 from tests.harness.emulator import PODS, SECRETS, TTJ
@@ -72,7 +71,7 @@ def test_trainer_writes_checkpoints_survives_an_eviction_and_ends_with_model_and
     kubelet = Kubelet(k8s.cluster, tmp_path / "kubelet").start()
     try:
         memo = kopf.Memo(
-            kube=Kube(k8s.api),
+            kube=operator_kube(k8s.api),
             settings=Settings(metrics_port=0, trainer_metrics_port=0, progress_interval_seconds=1),
         )
         kopf_operator("tooltune_operator.handlers", memo=memo)

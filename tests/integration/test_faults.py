@@ -18,10 +18,9 @@ from typing import Any
 import kopf
 import kubernetes
 import pytest
-from tooltune_operator.kube import Kube
 from tooltune_operator.settings import Settings
 
-from tests.fixtures.cluster import K8s, scripted_spec
+from tests.fixtures.cluster import K8s, operator_kube, scripted_spec
 from tests.harness.emulator import CONFIGMAPS, EVENTS, JOBS, TTJ, write_kubeconfig
 from tests.harness.faults import (
     CONFLICT,
@@ -85,7 +84,7 @@ def operator(
         config_file=str(write_kubeconfig(tmp_path / "proxied-kubeconfig", proxy.url))
     )
     memo = kopf.Memo()
-    memo.kube = Kube(api)
+    memo.kube = operator_kube(api)
     memo.settings = Settings(
         trainer_image="tooltune/trainer:test",
         metrics_port=0,
@@ -206,7 +205,9 @@ def test_a_crash_between_the_job_and_the_handover_is_repaired_on_restart(k8s: K8
     api = kubernetes.config.new_client_from_config(
         config_file=str(write_kubeconfig(tmp_path / "proxied-kubeconfig", proxy.url))
     )
-    memo = kopf.Memo(kube=Kube(api), settings=Settings(metrics_port=0, resync_seconds=RESYNC_SECONDS))
+    memo = kopf.Memo(
+        kube=operator_kube(api), settings=Settings(metrics_port=0, resync_seconds=RESYNC_SECONDS)
+    )
     runner = KopfRunner("tooltune_operator.handlers", proxy.url, memo=memo)
 
     def owners() -> list[str]:

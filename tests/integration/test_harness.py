@@ -714,11 +714,13 @@ def test_kubectl_applies_lists_prints_columns_and_deletes(k8s, tmp_path):
 
 def test_printer_columns_show_the_status_the_real_operator_writes(k8s, kopf_operator):
     pytest.importorskip("tooltune_operator.handlers")
-    from tooltune_operator.kube import Kube
     from tooltune_operator.settings import Settings
 
+    from tests.fixtures.cluster import operator_kube
+
     kopf_operator(
-        "tooltune_operator.handlers", memo=kopf.Memo(kube=Kube(k8s.api), settings=Settings(metrics_port=0))
+        "tooltune_operator.handlers",
+        memo=kopf.Memo(kube=operator_kube(k8s.api), settings=Settings(metrics_port=0)),
     )
     k8s.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, TTJ_BODY)
     status = wait_for(

@@ -18,10 +18,9 @@ from typing import Any
 import kopf
 import pytest
 from tooltune_operator import handlers
-from tooltune_operator.kube import Kube
 from tooltune_operator.settings import Settings
 
-from tests.fixtures.cluster import K8s, operator_identity, scripted_spec
+from tests.fixtures.cluster import K8s, operator_identity, operator_kube, scripted_spec
 from tests.fixtures.s3 import S3Server
 from tests.fixtures.tiny import tool_calling_dataset
 from tests.harness.emulator import EVENTS, JOBS, PODS, SECRETS, TTJ
@@ -90,7 +89,7 @@ def start_operator(
         resync_seconds=1,
         kueue_enabled=kueue_support,
     )
-    memo = kopf.Memo(kube=Kube(api), settings=settings)
+    memo = kopf.Memo(kube=operator_kube(api), settings=settings)
     source = kueue_operator if kueue_support else "tooltune_operator.handlers"
     return kopf_operator(source, memo=memo, token=token)
 
@@ -348,7 +347,7 @@ def test_a_training_job_preempted_mid_run_resumes_from_the_step_it_checkpointed_
         settings = Settings(
             metrics_port=0, trainer_metrics_port=0, progress_interval_seconds=1, kueue_enabled=True
         )
-        kopf_operator(kueue_operator, memo=kopf.Memo(kube=Kube(api), settings=settings), token=token)
+        kopf_operator(kueue_operator, memo=kopf.Memo(kube=operator_kube(api), settings=settings), token=token)
         spec = {
             "baseModel": "tooltune/tiny-llama",
             "dataset": {"train": f"s3://{bucket}/data/train.jsonl", "validationSplit": 0.1},

@@ -23,10 +23,9 @@ from typing import Any
 import kopf
 import kubernetes
 import pytest
-from tooltune_operator.kube import Kube
 from tooltune_operator.settings import Settings
 
-from tests.fixtures.cluster import K8s, operator_identity, scripted_spec
+from tests.fixtures.cluster import K8s, operator_identity, operator_kube, scripted_spec
 from tests.fixtures.s3 import S3Server
 from tests.fixtures.tiny import tool_calling_dataset
 from tests.harness.emulator import EVENTS, JOBS, PODS, SECRETS, SERVICES, TTJ, RunningCluster
@@ -122,7 +121,9 @@ def run_group(
     run = GroupRun()
     try:
         settings = Settings(metrics_port=0, trainer_metrics_port=0, progress_interval_seconds=1)
-        start_operator("tooltune_operator.handlers", memo=kopf.Memo(kube=Kube(api), settings=settings))
+        start_operator(
+            "tooltune_operator.handlers", memo=kopf.Memo(kube=operator_kube(api), settings=settings)
+        )
         kubernetes.client.CustomObjectsApi(api).create_namespaced_custom_object(
             "tooltune.dev", "v1alpha1", NS, "tooltunejobs",
             {"apiVersion": "tooltune.dev/v1alpha1", "kind": "ToolTuneJob", "metadata": {"name": NAME},
@@ -217,7 +218,7 @@ def test_under_the_operators_rbac_an_eviction_restarts_the_group_uncounted_and_c
     api, token = operator_identity(k8s, tmp_path)  # exactly the RBAC the manifests grant the operator
     settings = Settings(trainer_image="tooltune/trainer:test", metrics_port=0, progress_interval_seconds=0)
     kopf_operator(
-        "tooltune_operator.handlers", memo=kopf.Memo(kube=Kube(api), settings=settings), token=token
+        "tooltune_operator.handlers", memo=kopf.Memo(kube=operator_kube(api), settings=settings), token=token
     )
     spec = scripted_spec("run", resources={"gpus": 0, "nodes": 2}, backoffLimit=1)
     k8s.create_tooltunejob(NAME, spec)

@@ -13,12 +13,11 @@ from typing import Any
 import kopf
 import pytest
 from tooltune_api import GROUP, PLURAL, VERSION
-from tooltune_operator.kube import Kube
 from tooltune_operator.settings import Settings
 
 from tests.fakes.openai_api import FakeOpenAI, Lifecycle
 from tests.fakes.task_api import write_dataset
-from tests.fixtures.cluster import operator_identity
+from tests.fixtures.cluster import operator_identity, operator_kube
 from tests.harness.emulator import EVENTS, PODS, TTJ
 from tests.harness.waiting import wait_for
 
@@ -35,7 +34,7 @@ def start_operator(k8s, kopf_operator, tmp_path, **settings: Any) -> None:
     settings = Settings(metrics_port=0, trainer_metrics_port=0, progress_interval_seconds=0.2, **settings)
     api, token = operator_identity(k8s, tmp_path)
     kopf_operator(
-        "tooltune_operator.handlers", memo=kopf.Memo(settings=settings, kube=Kube(api)), token=token
+        "tooltune_operator.handlers", memo=kopf.Memo(settings=settings, kube=operator_kube(api)), token=token
     )
 
 

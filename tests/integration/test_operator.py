@@ -15,10 +15,9 @@ import kopf
 import pytest
 import yaml
 from tooltune_operator import builders
-from tooltune_operator.kube import Kube
 from tooltune_operator.settings import Settings
 
-from tests.fixtures.cluster import K8s, operator_identity, scripted_spec
+from tests.fixtures.cluster import K8s, operator_identity, operator_kube, scripted_spec
 from tests.harness.emulator import CONFIGMAPS, EVENTS, JOBS, PODS, TTJ
 from tests.harness.kopf_runner import KopfRunner
 from tests.harness.kubelet import Kubelet
@@ -47,7 +46,7 @@ def operator(cluster: K8s, kopf_operator: Callable[..., KopfRunner], tmp_path: P
     """The operator, acting as its ServiceAccount under exactly the RBAC the plain manifests grant it."""
     api, token = operator_identity(cluster, tmp_path)
     memo = kopf.Memo()
-    memo.kube = Kube(api)
+    memo.kube = operator_kube(api)
     memo.settings = Settings(
         trainer_image="tooltune/trainer:test", metrics_port=0, progress_interval_seconds=0
     )
@@ -334,7 +333,7 @@ def test_a_pod_run_in_the_kubelets_process_reports_as_its_serviceaccount_and_end
     node = Kubelet(k8s.cluster, tmp_path / "kubelet", scripts={"tooltune": fake_trainer.in_process}).start()
     try:
         api, token = operator_identity(k8s, tmp_path)
-        memo = kopf.Memo(kube=Kube(api), settings=Settings(trainer_image="t:test", metrics_port=0))
+        memo = kopf.Memo(kube=operator_kube(api), settings=Settings(trainer_image="t:test", metrics_port=0))
         kopf_operator("tooltune_operator.handlers", memo=memo, token=token)
         k8s.create_tooltunejob("ok", scripted_spec())
         k8s.create_tooltunejob("runs", scripted_spec("run"))

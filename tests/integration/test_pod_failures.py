@@ -17,10 +17,9 @@ from typing import Any
 
 import kopf
 import pytest
-from tooltune_operator.kube import Kube
 from tooltune_operator.settings import Settings
 
-from tests.fixtures.cluster import K8s, operator_identity, scripted_spec
+from tests.fixtures.cluster import K8s, operator_identity, operator_kube, scripted_spec
 from tests.harness.emulator import EVENTS, JOBS, PODS, SECRETS, TTJ
 from tests.harness.kopf_runner import KopfRunner
 from tests.harness.kubelet import Kubelet, Node
@@ -60,7 +59,7 @@ def operator(k8s: K8s, node: Kubelet, kopf_operator: Callable[..., KopfRunner], 
         pod_events_seconds=0.5,
         resync_seconds=1,
     )
-    memo = kopf.Memo(kube=Kube(api), settings=settings)
+    memo = kopf.Memo(kube=operator_kube(api), settings=settings)
     return kopf_operator("tooltune_operator.handlers", memo=memo, token=token)
 
 

@@ -229,16 +229,18 @@ def test_prometheus_scrapes_the_running_operator_as_it_reconciles_jobs(
     """The real operator, its metrics server and jobs collector, handling real ToolTuneJobs end to end."""
     import sys
 
-    from tooltune_operator.kube import Kube
     from tooltune_operator.settings import Settings
 
+    from tests.fixtures.cluster import operator_kube
     from tests.harness.kubelet import Kubelet
     from tests.harness.waiting import wait_for
 
     fake_trainer = [sys.executable, str(ROOT / "tests/integration/fake_trainer.py")]
     kubelet = Kubelet(k8s.cluster, tmp_path / "kubelet", executables={"tooltune": fake_trainer}).start()
     port = free_port()
-    memo = kopf.Memo(kube=Kube(k8s.api), settings=Settings(metrics_port=port, progress_interval_seconds=0))
+    memo = kopf.Memo(
+        kube=operator_kube(k8s.api), settings=Settings(metrics_port=port, progress_interval_seconds=0)
+    )
     try:
         kopf_operator("tooltune_operator.handlers", memo=memo)
         server = prometheus({"operator": [f"127.0.0.1:{port}"]}, rule_files=[str(ALERT_RULES)])

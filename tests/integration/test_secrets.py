@@ -26,12 +26,11 @@ from pathlib import Path
 import kopf
 import pytest
 from tooltune_api import EXIT_INVALID, EXIT_OK
-from tooltune_operator.kube import Kube
 from tooltune_operator.settings import Settings
 
 from tests.fakes.kube_status import StatusRecorder
 from tests.fakes.openai_api import FakeOpenAI
-from tests.fixtures.cluster import K8s, scripted_spec
+from tests.fixtures.cluster import K8s, operator_kube, scripted_spec
 from tests.fixtures.s3 import S3Server, started
 from tests.fixtures.tiny import tool_calling_dataset
 from tests.harness.emulator import CONFIGMAPS, EVENTS, JOBS, PODS, TTJ
@@ -65,7 +64,7 @@ def operator(k8s: K8s, tmp_path: Path, kopf_operator: Callable[..., KopfRunner])
         k8s.cluster, tmp_path / "kubelet", executables={"tooltune": [sys.executable, "-c", POD_PROGRAM]}
     ).start()
     memo = kopf.Memo()
-    memo.kube = Kube(k8s.api)
+    memo.kube = operator_kube(k8s.api)
     memo.settings = Settings(
         trainer_image="tooltune/trainer:test", metrics_port=0, progress_interval_seconds=0
     )

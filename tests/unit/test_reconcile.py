@@ -10,10 +10,10 @@ from typing import Any
 
 import kopf
 import pytest
-from kubernetes.client.rest import ApiException
 from prometheus_client import CollectorRegistry
 from tooltune_api.models import now_iso
 from tooltune_operator import reconcile
+from tooltune_operator.kube import ApiError
 from tooltune_operator.metrics import OperatorMetrics
 from tooltune_operator.settings import Settings
 from tooltune_operator.status_writer import StatusWriter
@@ -56,9 +56,8 @@ class RefusingKube:
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
         if body["kind"] in {"ServiceAccount", "Role", "RoleBinding"}:
             return body
-        error = ApiException(status=422, reason="Unprocessable Entity")
-        error.body = json.dumps({"kind": "Status", "message": REFUSAL, "reason": "Invalid", "code": 422})
-        raise error
+        status = {"kind": "Status", "message": REFUSAL, "reason": "Invalid", "code": 422}
+        raise ApiError(422, "Unprocessable Entity", json.dumps(status))
 
     def patch(self, *args: Any) -> dict[str, Any]:
         self.status_patches.append(copy.deepcopy(args[4]["status"]))
