@@ -11,6 +11,7 @@ the operator's memory). A 401 logs in again once, as kopf does: service-account 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import urllib.parse
@@ -48,10 +49,14 @@ class ApiError(Exception):
 
 
 def login(**kwargs: Any) -> kopf.ConnectionInfo:
-    """In a pod its service account, elsewhere the kubeconfig (KUBECONFIG or ~/.kube/config), as kopf reads
-    them. A kubeconfig user that runs a program for its token (``exec``, ``auth-provider``: EKS, GKE, OIDC)
-    goes through the kubernetes client, which runs it, when that is installed."""
+    """In a pod its service account (at the API address the kubelet gives every pod), elsewhere the
+    kubeconfig (KUBECONFIG or ~/.kube/config), as kopf reads them. A kubeconfig user that runs a program
+    for its token (``exec``, ``auth-provider``: EKS, GKE, OIDC) goes through the kubernetes client, which
+    runs it, when that is installed."""
     info = kopf.login_with_service_account(**kwargs)
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    if info is not None and host and port:  # the kubelet's address of the API, as client libraries use it
+        info = dataclasses.replace(info, server=f"https://{f'[{host}]' if ':' in host else host}:{port}")
     if info is None and needs_client_plugin():
         info = kopf.login_via_client(**kwargs)
         if info is None:

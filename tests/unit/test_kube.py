@@ -41,6 +41,25 @@ def test_login_reads_a_token_kubeconfig(tmp_path: Path, monkeypatch: pytest.Monk
     assert info.as_http_headers() == {"Authorization": "Bearer t0k3n"}
 
 
+@pytest.mark.parametrize(
+    ("host", "server"), [("10.96.0.1", "https://10.96.0.1:443"), ("fd00::1", "https://[fd00::1]:443")]
+)
+def test_in_a_pod_the_api_is_where_the_kubelet_says(
+    monkeypatch: pytest.MonkeyPatch, host: str, server: str
+) -> None:
+    """kopf's service-account login names https://kubernetes.default.svc; the pod's environment has the
+    address itself (no cluster DNS needed), as client libraries use it. kopf's reading of the token file is
+    replaced here: this machine is not a pod."""
+    account = kopf.ConnectionInfo(
+        server="https://kubernetes.default.svc", token="sa-token", ca_path="/ca.crt"
+    )
+    monkeypatch.setattr(kopf, "login_with_service_account", lambda **_: account)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", host)
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    info = kube.login(settings=kopf.OperatorSettings(), logger=None)
+    assert (info.server, info.token, info.ca_path) == (server, "sa-token", "/ca.crt")
+
+
 def test_an_exec_plugin_user_without_the_kubernetes_client_says_what_to_install(tmp_path: Path) -> None:
     """As in the operator image: the kubernetes client is not there to run the plugin (aws eks get-token)."""
     plugin = {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "aws", "args": ["eks"]}}
