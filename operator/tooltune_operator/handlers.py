@@ -104,10 +104,15 @@ async def resync(
 @kopf.on.event(*TOOLTUNEJOBS, registry=registry)
 @reconciled("status")
 async def on_tooltunejob_event(
-    type: str, body: kopf.Body, memo: kopf.Memo, trainer_jobs: kopf.Index, trainer_pods: kopf.Index, **_: Any
-) -> None:
-    key = (body.metadata["namespace"], job_label(body.metadata["name"]))
-    await memo.status_writer.owner_event(type, owner_view(body), trainer_jobs.get(key), trainer_pods.get(key))
+    type: str, body: kopf.Body, memo: kopf.Memo, tooltunejobs: kopf.Index, trainer_jobs: kopf.Index,
+    trainer_pods: kopf.Index, **_: Any,
+) -> None:  # fmt: skip
+    """The view is the one the index made of this event a moment ago (kopf indexes first)."""
+    key, uid = (body.metadata["namespace"], job_label(body.metadata["name"])), body.metadata.get("uid")
+    view = next((v for v in tooltunejobs.get(key, []) if v["metadata"].get("uid") == uid), None)
+    if view is None or view["metadata"].get("resourceVersion") != body.metadata.get("resourceVersion"):
+        view = owner_view(body)
+    await memo.status_writer.owner_event(type, view, trainer_jobs.get(key), trainer_pods.get(key))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)

@@ -27,7 +27,15 @@ from typing import Any
 
 import kopf
 from tooltune_api import API_VERSION, LABEL_JOB
-from tooltune_api.models import Backend, InvalidSpec, Phase, ToolTuneJobStatus, now_iso, parse_spec
+from tooltune_api.models import (
+    Backend,
+    InvalidSpec,
+    Phase,
+    ToolTuneJobSpec,
+    ToolTuneJobStatus,
+    now_iso,
+    parse_spec,
+)
 
 from tooltune_operator import conditions as c
 from tooltune_operator import kueue
@@ -71,6 +79,11 @@ class StatusWriter:
     made: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Job uid → (namespace, LABEL_JOB) of its ToolTuneJob: whose status a Workload event changes
     job_keys: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # uid → (generation, the spec parsed or its problems): a spec changes only with its generation
+    specs: dict[str, tuple[int, ToolTuneJobSpec | list[str]]] = field(default_factory=dict)
+    # uid → (generation, status) of the last event of the ToolTuneJob synced: kopf's own annotation and
+    # finalizer patches bring events that change neither, and nothing to sync
+    synced: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     # uid → the lock its status patches take: the reconciler's threads and the event handlers race
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     # pod uid → the task reading the Events of that Pending pod
@@ -140,8 +153,11 @@ class StatusWriter:
             self.forget(meta.get("uid"))
         elif not meta.get("deletionTimestamp"):
             self.phases[key] = (raw["status"] or {}).get("phase")
-            if raw["status"]:  # a new job's first status is the reconciler's, written once it has acted
+            content = (meta.get("generation", 1), raw["status"])
+            # a new job's first status is the reconciler's, written once it has acted
+            if raw["status"] and (not meta.get("uid") or self.synced.get(meta["uid"]) != content):
                 await self.sync_soon(self.observe(raw, jobs, pods))
+                self.synced[meta.get("uid", "")] = content
 
     async def child_event(self, owners: Any, jobs: Any, pods: Any) -> None:
         """Any event of a Job or Pod: sync the status of the ToolTuneJob that owns it."""
@@ -176,13 +192,11 @@ class StatusWriter:
             self.made.pop(meta.get("uid", ""), None)  # the index has caught up
         else:
             current = of_attempt([self.made[meta["uid"]]] if meta.get("uid") in self.made else [], attempt)
-        try:
-            spec = parse_spec(raw["spec"])
-            problems = None
+        spec = self.spec_of(raw)
+        problems, shape = (spec, {}) if isinstance(spec, list) else (None, {})
+        if not isinstance(spec, list):
             gpus = spec.resources.gpus if spec.backend == Backend.UNSLOTH else 0  # a submitter needs none
             shape = dict(nodes=spec.resources.nodes, gpus=gpus, backoff_limit=spec.backoff_limit)
-        except InvalidSpec as error:
-            problems, shape = error.problems, {}
         job = current[0] if current else None
         job_uid = (job or {}).get("metadata", {}).get("uid")
         if job_uid:
@@ -204,6 +218,19 @@ class StatusWriter:
             **shape,
         )
         return Sighting(raw, status, seen)
+
+    def spec_of(self, raw: dict[str, Any]) -> ToolTuneJobSpec | list[str]:
+        """The ToolTuneJob's spec parsed, or its problems; parsed once per generation."""
+        uid, generation = raw["metadata"].get("uid"), raw["metadata"].get("generation", 1)
+        kept = self.specs.get(uid) if uid else None
+        if kept is None or kept[0] != generation:
+            try:
+                kept = (generation, parse_spec(raw["spec"]))
+            except InvalidSpec as error:
+                kept = (generation, error.problems)
+            if uid:
+                self.specs[uid] = kept
+        return kept[1]
 
     def made_job(self, raw: dict[str, Any], job: dict[str, Any]) -> None:
         """The reconciler made or read this Job (a view) for the ToolTuneJob: read it until the index does."""
@@ -242,6 +269,8 @@ class StatusWriter:
         self.warned -= {key for key in self.warned if key[0] == uid}
         self.patched.pop(uid or "", None)
         self.made.pop(uid or "", None)
+        self.specs.pop(uid or "", None)
+        self.synced.pop(uid or "", None)
         self._locks.pop(uid or "", None)
 
     def _warn(self, sighting: Sighting, new: ToolTuneJobStatus) -> None:
