@@ -3,12 +3,13 @@
 - login → ``kube.login``: the service account or the kubeconfig (a registry of one's own has none);
 - startup → ``startup.configure``: kopf's settings and the per-operator state in ``memo``;
 - indexes of ToolTuneJobs, their Jobs and Pods → the small views of ``views``;
-- create / resume / spec change / periodic resync of a ToolTuneJob → ``reconcile.converge``;
+- create / resume / spec change of a ToolTuneJob → ``reconcile.converge``; the periodic resync of them all
+  → ``reconcile.resync_forever``, started with the first ToolTuneJob event (it reads the indexes);
 - any event of a ToolTuneJob, or of a Job or Pod it owns → the status writer (``memo.status_writer``); a
   multi-node group's failed Job → ``reconcile.job_event`` (the group restarts);
 - a pod that stays Pending → the status writer reads its Events (what the kubelet says nowhere else);
 - any event of a Kueue Workload (only with Kueue support on: ``watch_workloads``) → the status writer;
-- delete → ``reconcile.clean_up``.
+- delete of an OpenAI job → ``reconcile.clean_up`` (the others go with their owner references).
 
 The handlers live in ``registry``, not in kopf's global default one: ``__main__`` runs it, and a test
 runs it against an emulated cluster as often as it likes without re-importing anything.
@@ -27,15 +28,11 @@ from tooltune_operator.builders import job_label
 from tooltune_operator.kueue import GROUP as GROUP_KUEUE
 from tooltune_operator.kueue import LABEL_JOB_UID, WORKLOADS
 from tooltune_operator.metrics import reconciled
-from tooltune_operator.status import needs_resync
 from tooltune_operator.views import job_view, owner_view, pod_view
 
 registry = kopf.OperatorRegistry()
 TOOLTUNEJOBS = (GROUP, VERSION, PLURAL)
 MANAGED = {LABEL_MANAGED_BY: "tooltune"}
-# A daemon in the middle of an API call when it is told to stop (job finished, operator exiting) is cancelled
-# after this long, instead of kopf polling it every minute.
-DAEMON_EXIT_SECONDS = 5.0
 Key = tuple[str, str]  # (namespace, the ToolTuneJob's LABEL_JOB value: builders.job_label of its name)
 
 
@@ -89,25 +86,15 @@ def spec_changed(
     reconciler.note_spec_change(raw, old, new, attempt)
 
 
-@kopf.daemon(*TOOLTUNEJOBS, when=lambda status, meta, spec, **_: needs_resync(status, meta, spec),
-             cancellation_timeout=DAEMON_EXIT_SECONDS, registry=registry)  # fmt: skip
-async def resync(
-    stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, tooltunejobs: kopf.Index,
-    trainer_jobs: kopf.Index, trainer_pods: kopf.Index, **_: Any,
-) -> None:  # fmt: skip
-    """Level-triggered safety net: a create or a status patch lost to an API error (kopf never retries
-    event handlers), or a spec fix whose update was missed, is repaired here, not at the next event."""
-    while not await stopped.wait(memo.settings.resync_seconds):
-        await reconciler.resync(memo, owner_view(body), trainer_jobs, trainer_pods, tooltunejobs)
-
-
 @kopf.on.event(*TOOLTUNEJOBS, registry=registry)
 @reconciled("status")
 async def on_tooltunejob_event(
     type: str, body: kopf.Body, memo: kopf.Memo, tooltunejobs: kopf.Index, trainer_jobs: kopf.Index,
     trainer_pods: kopf.Index, **_: Any,
 ) -> None:  # fmt: skip
-    """The view is the one the index made of this event a moment ago (kopf indexes first)."""
+    """The view is the one the index made of this event a moment ago (kopf indexes first). The first event
+    (kopf lists every ToolTuneJob at start) also starts the periodic resync, which reads the indexes."""
+    startup.resync_with(memo, tooltunejobs, trainer_jobs, trainer_pods)
     key, uid = (body.metadata["namespace"], job_label(body.metadata["name"])), body.metadata.get("uid")
     view = next((v for v in tooltunejobs.get(key, []) if v["metadata"].get("uid") == uid), None)
     if view is None or view["metadata"].get("resourceVersion") != body.metadata.get("resourceVersion"):
@@ -163,11 +150,16 @@ def watch_workloads(target: kopf.OperatorRegistry) -> None:
 
 @kopf.on.cleanup(registry=registry)
 async def stop(memo: kopf.Memo, **_: Any) -> None:
+    if memo.get("resync") is not None:
+        memo.resync.cancel()
     await memo.status_writer.stop()
 
 
-@kopf.on.delete(*TOOLTUNEJOBS, registry=registry)
+# Only an OpenAI job waits for the operator when deleted (its finalizer): a remote job must be cancelled. The
+# Jobs of the others, and their pods and ConfigMaps, go with their owner references (the API's garbage
+# collector), so that deleting them never waits for the operator.
+@kopf.on.delete(*TOOLTUNEJOBS, when=lambda spec, **_: spec.get("backend") == "openai", registry=registry)
 @reconciled("delete")
 def cleanup(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Stop the pods now and cancel a remote OpenAI job; data in S3 is never deleted."""
+    """Stop the pods now and cancel the remote OpenAI job; data in S3 is never deleted."""
     reconciler.clean_up(memo, owner_view(body))

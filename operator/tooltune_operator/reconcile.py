@@ -20,22 +20,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from tooltune_api.models import Backend, InvalidSpec, Phase, ToolTuneJobSpec, ToolTuneJobStatus, parse_spec
+from tooltune_api.models import Backend, Phase, ToolTuneJobSpec, ToolTuneJobStatus
 
 from tooltune_operator import builders, kueue
 from tooltune_operator import conditions as c
 from tooltune_operator.kube import ApiError, Kube
 from tooltune_operator.metrics import OperatorMetrics
 from tooltune_operator.settings import Settings
-from tooltune_operator.status import COUNTED, TERMINAL, group_restart, retry_wanted
+from tooltune_operator.status import COUNTED, TERMINAL, group_restart, needs_resync, retry_wanted
 from tooltune_operator.status_writer import StatusWriter
 from tooltune_operator.views import group_restarts, job_condition, job_generation, job_view, of_attempt
 
 REFUSED_RETRY_SECONDS = 60.0
+log = logging.getLogger(__name__)
 UNSEEN_GRACE_ROUNDS = 3  # resync periods a job without status is left to its create handler
 BUSY_RETRY_SECONDS = 2.0
 
@@ -58,7 +60,7 @@ def converge(
     owners (the index of every ToolTuneJob) tells whether another one writes to the same output."""
     kube: Kube = memo.kube
     key = (raw["metadata"]["namespace"], builders.job_label(raw["metadata"]["name"]))
-    spec = checked_spec(raw)
+    spec = checked_spec(memo, raw)
     attempt = (raw["status"] or {}).get("attempts") or 1
     refused = holder = job = None
     if spec is not None:
@@ -139,6 +141,26 @@ async def resync(memo: kopf.Memo, raw: dict[str, Any], jobs: Any, pods: Any, own
     await asyncio.to_thread(converge, memo, raw, jobs, pods, indexed_job=True, owners=owners)
 
 
+async def resync_forever(memo: kopf.Memo, owners: Any, jobs: Any, pods: Any) -> None:
+    """The periodic resync of every ToolTuneJob that needs_resync says is watched and that is older than
+    one period (its events keep a young job current), one round each resync_seconds (owners, jobs, pods:
+    the operator's live indexes). One loop for the operator, not a kopf daemon per job: kopf puts a
+    finalizer on everything a daemon watches, a patch and a watch event more per job (a fifth of the
+    operator's CPU in a burst) and a deletion that waits for the operator."""
+    while True:
+        await asyncio.sleep(memo.settings.resync_seconds)
+        for views in list(owners.values()):
+            for raw in list(views):
+                if age_seconds(raw) < memo.settings.resync_seconds:
+                    continue
+                if needs_resync(raw["status"] or {}, raw["metadata"], raw["spec"] or {}):
+                    try:
+                        await resync(memo, raw, jobs, pods, owners)
+                    except Exception as error:  # kopf.TemporaryError among them: the next round tries again
+                        meta = raw["metadata"]
+                        log.warning("resync of %s/%s: %s", meta["namespace"], meta["name"], error)
+
+
 def age_seconds(raw: dict[str, Any]) -> float:
     """Seconds since the object was created (0 when the API did not say)."""
     created = raw["metadata"].get("creationTimestamp")
@@ -151,7 +173,7 @@ async def job_event(memo: kopf.Memo, owners: Any, jobs: Any, pods: Any, every_ow
     """After any event of a Job: a multi-node group's Job that has failed (all its pods stopped) starts the
     next attempt now rather than at the next resync (jobs, pods, every_owner: the operator's indexes)."""
     for owner in owners or []:
-        spec = checked_spec(owner)
+        spec = checked_spec(memo, owner)
         if spec is None or spec.resources.nodes == 1 or owner["metadata"].get("deletionTimestamp"):
             continue
         raw = {**owner, "status": memo.status_writer.latest_status(owner)}  # the index may lag our patch
@@ -209,12 +231,11 @@ def attempt_job(kube: Kube, meta: dict[str, Any], attempt: int, indexed: Any) ->
     return kube.get("batch/v1", "Job", meta["namespace"], builders.child_name(meta["name"], attempt))
 
 
-def checked_spec(raw: dict[str, Any]) -> ToolTuneJobSpec | None:
-    """The parsed spec, or None when it is invalid (the status writer reports why, with an Event)."""
-    try:
-        return parse_spec(raw["spec"])
-    except InvalidSpec:
-        return None
+def checked_spec(memo: kopf.Memo, raw: dict[str, Any]) -> ToolTuneJobSpec | None:
+    """The parsed spec (the status writer's, parsed once per generation), or None when it is invalid (the
+    status writer reports why, with an Event)."""
+    spec = memo.status_writer.spec_of(raw)
+    return None if isinstance(spec, list) else spec
 
 
 def ensure_children(
@@ -341,7 +362,7 @@ def clean_up(memo: kopf.Memo, raw: dict[str, Any]) -> None:
     namespace, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
     for attempt in range(1, (status.attempts or 1) + 1):
         kube.delete("batch/v1", "Job", namespace, builders.child_name(name, attempt))
-    spec = checked_spec(raw)
+    spec = checked_spec(memo, raw)
     if spec is None or spec.backend != Backend.OPENAI or status.phase in TERMINAL:
         return
     job = cancel_remote(memo, raw, spec, why="deleted")

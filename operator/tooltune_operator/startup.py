@@ -2,19 +2,21 @@
 
 ``memo`` holds, per operator: ``settings`` (Settings), ``kube`` (the API wrapper), ``metrics`` (its
 Prometheus metrics, in a registry of their own), ``status_writer`` (the one writer of status, with what it
-remembers per job, including the phases the jobs metric reads at scrape time) and ``rbac_namespaces``
-(where the trainer's RBAC exists). Tests may pre-fill ``settings``, ``kube`` and ``metrics``; the rest
-starts empty at every start, as it does in a new operator process.
+remembers per job, including the phases the jobs metric reads at scrape time), ``rbac_namespaces``
+(where the trainer's RBAC exists) and ``resync`` (the task of the periodic resync). Tests may pre-fill
+``settings``, ``kube`` and ``metrics``; the rest starts empty at every start, as in a new operator process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
 import kopf
 from tooltune_api import GROUP
 
-from tooltune_operator import kube
+from tooltune_operator import kube, reconcile
 from tooltune_operator.metrics import OperatorMetrics, start_metrics_server
 from tooltune_operator.settings import Settings
 from tooltune_operator.status_writer import StatusWriter
@@ -41,6 +43,12 @@ def quiet_event_handlers() -> None:
         objects.addFilter(QuietEventHandlers())
 
 
+def resync_with(memo: kopf.Memo, owners: Any, jobs: Any, pods: Any) -> None:
+    """Start the operator's periodic resync (once) on kopf's live indexes."""
+    if memo.get("resync") is None:
+        memo.resync = asyncio.create_task(reconcile.resync_forever(memo, owners, jobs, pods))
+
+
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger) -> None:
     quiet_event_handlers()
     settings.persistence.finalizer = f"{GROUP}/finalizer"
@@ -64,6 +72,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
         memo.kube, memo.metrics, kueue_reading=memo.settings.kueue_enabled
     )
     memo.rbac_namespaces = set()
+    memo.resync = None  # started by the first ToolTuneJob event: resync_with
     memo.metrics.watch_jobs(lambda: dict(writer.phases))
     if "metrics_server" not in memo:  # once per process: a restarted operator keeps serving
         memo.metrics_server = start_metrics_server(memo.settings.metrics_port, memo.metrics.registry)

@@ -56,6 +56,7 @@ class Sighting:
     raw: dict[str, Any]
     status: dict[str, Any]  # the latest status known: the body's, or the answer to our patch of that body
     seen: Observed
+    inputs: tuple[Any, ...] = ()  # what seen was made of (the clock aside): the same inputs, the same status
 
 
 @dataclass
@@ -81,9 +82,9 @@ class StatusWriter:
     job_keys: dict[str, tuple[str, str]] = field(default_factory=dict)
     # uid → (generation, the spec parsed or its problems): a spec changes only with its generation
     specs: dict[str, tuple[int, ToolTuneJobSpec | list[str]]] = field(default_factory=dict)
-    # uid → (generation, status) of the last event of the ToolTuneJob synced: kopf's own annotation and
-    # finalizer patches bring events that change neither, and nothing to sync
-    synced: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    # uid → the inputs of the last status synced: an event that changes none of them (kopf's own annotation
+    # patch, the watch event of a Job the reconciler made a moment ago) has nothing to sync
+    synced: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     # uid → the lock its status patches take: the reconciler's threads and the event handlers race
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     # pod uid → the task reading the Events of that Pending pod
@@ -153,17 +154,14 @@ class StatusWriter:
             self.forget(meta.get("uid"))
         elif not meta.get("deletionTimestamp"):
             self.phases[key] = (raw["status"] or {}).get("phase")
-            content = (meta.get("generation", 1), raw["status"])
-            # a new job's first status is the reconciler's, written once it has acted
-            if raw["status"] and (not meta.get("uid") or self.synced.get(meta["uid"]) != content):
-                await self.sync_soon(self.observe(raw, jobs, pods))
-                self.synced[meta.get("uid", "")] = content
+            if raw["status"]:  # a new job's first status is the reconciler's, written once it has acted
+                await self.sync_soon(self.observe_change(raw, jobs, pods))
 
     async def child_event(self, owners: Any, jobs: Any, pods: Any) -> None:
         """Any event of a Job or Pod: sync the status of the ToolTuneJob that owns it."""
         for owner in owners or []:
             if not owner["metadata"].get("deletionTimestamp"):
-                await self.sync_soon(self.observe(owner, jobs, pods))
+                await self.sync_soon(self.observe_change(owner, jobs, pods))
 
     def workload_event(self, type: str, body: Any) -> tuple[str, str] | None:
         """Any event of a Kueue Workload: keep its view; returns the key of the ToolTuneJob whose Job it is
@@ -184,6 +182,22 @@ class StatusWriter:
 
     def observe(self, raw: dict[str, Any], jobs: Any, pods: Any, attempt: int | None = None) -> Sighting:
         """What the status depends on, from the indexed Jobs and Pods of the job's current attempt."""
+        sighting = self._observe(raw, jobs, pods, attempt)
+        assert sighting is not None
+        return sighting
+
+    def observe_change(self, raw: dict[str, Any], jobs: Any, pods: Any) -> Sighting | None:
+        """observe, or None when that is what the last status synced was computed from."""
+        return self._observe(raw, jobs, pods, unless_unchanged=True)
+
+    def _observe(
+        self,
+        raw: dict[str, Any],
+        jobs: Any,
+        pods: Any,
+        attempt: int | None = None,
+        unless_unchanged: bool = False,
+    ) -> Sighting | None:
         meta = raw["metadata"]
         status = self.latest_status(raw)
         attempt = attempt or status.get("attempts") or 1
@@ -203,8 +217,22 @@ class StatusWriter:
             self.job_keys[job_uid] = (meta["namespace"], job_label(meta["name"]))
         attempt_pods = of_attempt(pods, attempt)
         events = self.pod_events.get((meta["namespace"], job_label(meta["name"])), {})
+        pod_events = [event for pod in attempt_pods for event in events.get(pod["metadata"]["name"], [])]
+        workload = self.workloads.get(job_uid or "")
+        inputs = (
+            meta.get("generation", 1),
+            raw["spec"],
+            status,
+            attempt,
+            job,
+            attempt_pods,
+            pod_events,
+            workload,
+        )
+        if unless_unchanged and meta.get("uid") and self.synced.get(meta["uid"]) == inputs:
+            return None
         seen = Observed(
-            pod_events=[event for pod in attempt_pods for event in events.get(pod["metadata"]["name"], [])],
+            pod_events=pod_events,
             generation=meta.get("generation", 1),
             spec_problems=problems,
             suspend=bool((raw["spec"] or {}).get("suspend")),
@@ -213,11 +241,11 @@ class StatusWriter:
             pods=attempt_pods,
             previous=ToolTuneJobStatus.model_validate(status),
             now=now_iso(),
-            workload=self.workloads.get(job_uid or ""),
+            workload=workload,
             kueue_reading=self.kueue_reading,
             **shape,
         )
-        return Sighting(raw, status, seen)
+        return Sighting(raw, status, seen, inputs)
 
     def spec_of(self, raw: dict[str, Any]) -> ToolTuneJobSpec | list[str]:
         """The ToolTuneJob's spec parsed, or its problems; parsed once per generation."""
@@ -253,14 +281,29 @@ class StatusWriter:
         patch = status_patch(sighting.status, new)
         if patch:
             self._apply(sighting, new, patch)
+        self._synced(sighting, new)
 
-    async def sync_soon(self, sighting: Sighting) -> None:
-        """sync for the event handlers: only a change goes to a thread for its API calls."""
+    async def sync_soon(self, sighting: Sighting | None) -> None:
+        """sync for the event handlers (nothing for None: unchanged): only a change goes to a thread for its
+        API calls."""
+        if sighting is None:
+            return
         new = compute_status(sighting.seen)
         self._warn(sighting, new)
         patch = status_patch(sighting.status, new)
         if patch:
             await asyncio.to_thread(self._apply, sighting, new, patch)
+        self._synced(sighting, new)
+
+    def _synced(self, sighting: Sighting, new: ToolTuneJobStatus) -> None:
+        uid = sighting.raw["metadata"].get("uid")
+        if not uid:
+            return
+        if new.phase in TERMINAL:  # kept for running jobs only: a thousand finished ones would hold megabytes
+            self.synced.pop(uid, None)
+            self.specs.pop(uid, None)
+        elif sighting.inputs:
+            self.synced[uid] = sighting.inputs
 
     def forget(self, uid: str | None) -> None:
         """Drop what is kept of a ToolTuneJob once it is gone."""

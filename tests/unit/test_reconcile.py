@@ -11,7 +11,7 @@ from typing import Any
 import kopf
 import pytest
 from prometheus_client import CollectorRegistry
-from tooltune_api.models import now_iso
+from tooltune_api.models import now_iso, parse_spec
 from tooltune_operator import reconcile
 from tooltune_operator.kube import ApiError
 from tooltune_operator.metrics import OperatorMetrics
@@ -118,7 +118,7 @@ def owner(name: str, uri: str, created: str, phase: str | None = None) -> dict[s
 def test_an_older_unfinished_job_holds_an_output_that_overlaps(
     theirs: str, phase: str | None, holds: bool
 ) -> None:
-    spec = reconcile.parse_spec({**tooltunejob()["spec"], "output": {"uri": "s3://b/out"}})
+    spec = parse_spec({**tooltunejob()["spec"], "output": {"uri": "s3://b/out"}})
     me = owner("me", "s3://b/out", "2026-11-25T10:00:01Z")
     older = owner("older", theirs, "2026-11-25T10:00:00Z", phase)
     younger = owner("younger", "s3://b/out", "2026-11-25T10:00:02Z")
@@ -210,3 +210,40 @@ def test_the_resync_leaves_a_new_job_to_its_create_handler_then_makes_a_lost_cre
     raw["metadata"]["creationTimestamp"] = now_iso(datetime.now(UTC) - timedelta(seconds=age))
     asyncio.run(reconcile.resync(kopf.Memo(settings=Settings(resync_seconds=2.0)), raw, {}, {}, {}))
     assert bool(calls) is converged
+
+
+def test_the_resync_loop_rounds_on_the_unfinished_jobs_and_survives_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One loop for the operator: each round resyncs what needs_resync watches (not a finished job) once
+    it is older than a period (not a new one), and an API error of one job is logged, not the end of the
+    loop."""
+    rounds: list[str] = []
+
+    async def resync(memo: Any, raw: dict[str, Any], *_: Any) -> None:
+        rounds.append(raw["metadata"]["name"])
+        if raw["metadata"]["name"] == "flaky":
+            raise kopf.TemporaryError("API answered 500", delay=1)
+
+    monkeypatch.setattr(reconcile, "resync", resync)
+    owners = {}
+    for name, phase in [("flaky", "Running"), ("done", "Succeeded"), ("running", "Running"), ("new", "")]:
+        raw = tooltunejob()
+        raw["metadata"]["name"], raw["status"] = name, {"phase": phase, "specGeneration": 1}
+        raw["metadata"]["creationTimestamp"] = now_iso(datetime.now(UTC) - timedelta(seconds=60))
+        owners[("default", name)] = [raw]
+
+    async def two_rounds() -> None:
+        loop = asyncio.create_task(
+            reconcile.resync_forever(kopf.Memo(settings=Settings(resync_seconds=0.05)), owners, {}, {})
+        )
+        while len(rounds) < 4:
+            await asyncio.sleep(0.01)
+        loop.cancel()
+
+    # younger than a period in every round (the rounds here are 50 ms apart)
+    owners[("default", "new")][0]["metadata"]["creationTimestamp"] = now_iso(
+        datetime.now(UTC) + timedelta(hours=1)
+    )
+    asyncio.run(asyncio.wait_for(two_rounds(), 5))
+    assert rounds[:4] == ["flaky", "running", "flaky", "running"]
