@@ -34,11 +34,11 @@ first job), the load average before and after each run (figures on a shared mach
 the API requests per job by kind, counted by the emulator for every client (operator, kubelet, pods,
 this script).
 
-Measured 2026-12-01, 2 shared cores, model training running beside it, `--against 6405664 --rounds 2`
-(previous main → this tree): `--jobs 500` at load average 3.8–4.2: CPU 13.1 → 11.2 ms per job, peak RSS
-140 → 136 MB, status patches 2.29 → 1.00 per job; `--jobs 1000 --progress --rate 10` at load 4.2–5.4: peak
-RSS 162 → 162 MB, CPU 47.5 → 46.3 ms per job, p50 387 → 298 ms. Applied all at once, 1000 progressing jobs
-took 220–330 MB in either operator, as the queue of watch events grew (see README.md, "Operator cost").
+Measured 2026-12-02, 2 cores with nothing else running, `--against c46250e --rounds 2` (previous main →
+this tree): `--jobs 500`: CPU 11.6 → 7.9 ms per job, peak RSS 138 → 106 MB, patches of the ToolTuneJob
+itself 2 → 1 per job; `--jobs 1000 --progress --rate 10`: peak RSS 155 → 102 MB, CPU 50.7 → 49.0 ms per job,
+p50 247 → 133 ms. Applied all at once, 1000 progressing jobs take more (the queue of watch events grows
+with how fast this script applies them).
 """
 
 from __future__ import annotations
