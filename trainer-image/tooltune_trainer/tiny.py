@@ -137,28 +137,42 @@ def build_key(examples: list[dict[str, Any]], config: TinyConfig) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_tiny_model(examples: list[dict[str, Any]], dest: Path, config: TinyConfig | None = None) -> Path:
-    """Train the tokenizer on the examples, initialise a random Llama and save both into dest."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def llama_config(
+    tokenizer: Any, hidden_size: int, intermediate_size: int, layers: int, heads: int, max_positions: int
+) -> Any:
+    """A tiny Llama's configuration for this tokenizer: tied embeddings, no grouped-query attention, and
+    the tokenizer's BOS, end-of-turn and pad ids (the tiny model's and the pre-trained tiny base's)."""
+    from transformers import LlamaConfig
 
-    config = config or TinyConfig()
-    tokenizer = train_tokenizer(corpus(examples), config.vocab_size)
-    model_config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_attention_heads,
-        max_position_embeddings=config.max_position_embeddings,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def build_tiny_model(examples: list[dict[str, Any]], dest: Path, config: TinyConfig | None = None) -> Path:
+    """Train the tokenizer on the examples, initialise a random Llama and save both into dest."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    config = config or TinyConfig()
+    tokenizer = train_tokenizer(corpus(examples), config.vocab_size)
     torch.manual_seed(config.seed)
-    model = LlamaForCausalLM(model_config)
+    model = LlamaForCausalLM(
+        llama_config(
+            tokenizer, config.hidden_size, config.intermediate_size, config.num_hidden_layers,
+            config.num_attention_heads, config.max_position_embeddings,
+        )
+    )  # fmt: skip
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     tmp = dest.with_name(dest.name + ".partial")

@@ -35,7 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from tooltune_trainer.formatting import IGNORE_INDEX
-from tooltune_trainer.tiny import BOS, CHAT_TEMPLATE, EOT, PAD, SPECIAL_TOKENS, corpus, train_tokenizer
+from tooltune_trainer.tiny import (
+    BOS,
+    CHAT_TEMPLATE,
+    EOT,
+    PAD,
+    SPECIAL_TOKENS,
+    corpus,
+    llama_config,
+    train_tokenizer,
+)
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "tiny-tool-base"
 BUILD_FILE = "build.json"
@@ -471,7 +480,7 @@ class Batches:
 def build(dest: Path, settings: BaseSettings, log: Any = print) -> dict[str, Any]:
     """Generate the corpus, train tokenizer and model, save both into dest with build.json; returns it."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, get_scheduler
+    from transformers import LlamaForCausalLM, get_scheduler
 
     from tooltune_trainer.formatting import training_rows
     from tooltune_trainer.tool_formats import prepare_tokenizer
@@ -488,20 +497,11 @@ def build(dest: Path, settings: BaseSettings, log: Any = print) -> dict[str, Any
     batches = Batches(settings, rows, echo_rows, tokenizer)
     torch.manual_seed(settings.seed)
     model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=settings.hidden_size,
-            intermediate_size=settings.intermediate_size,
-            num_hidden_layers=settings.num_hidden_layers,
-            num_attention_heads=settings.num_attention_heads,
-            num_key_value_heads=settings.num_attention_heads,
-            max_position_embeddings=1024,
-            tie_word_embeddings=True,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+        llama_config(
+            tokenizer, settings.hidden_size, settings.intermediate_size, settings.num_hidden_layers,
+            settings.num_attention_heads, max_positions=1024,
         )
-    )
+    )  # fmt: skip
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.0)
     schedule = get_scheduler(
         "cosine_with_min_lr",
