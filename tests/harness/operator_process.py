@@ -59,12 +59,15 @@ def hidden_modules(pyproject: Path = REPO / "pyproject.toml") -> list[str]:
     )
 
 
+def as_in_the_image(pyproject: Path = REPO / "pyproject.toml") -> str:
+    """Python code that makes the modules the operator image lacks unimportable (ImportError, as there)."""
+    return f"import sys\nsys.modules.update(dict.fromkeys({hidden_modules(pyproject)!r}))\n"
+
+
 def operator_command(pyproject: Path = REPO / "pyproject.toml") -> list[str]:
-    """`python -m tooltune_operator` with the modules the image lacks unimportable (ImportError, as there)."""
-    code = (
-        "import runpy, sys\n"
-        f"sys.modules.update(dict.fromkeys({hidden_modules(pyproject)!r}))\n"
-        "runpy.run_module('tooltune_operator', run_name='__main__', alter_sys=True)\n"
+    """`python -m tooltune_operator` with only what its image installs importable."""
+    code = as_in_the_image(pyproject) + (
+        "import runpy\nrunpy.run_module('tooltune_operator', run_name='__main__', alter_sys=True)\n"
     )
     return [sys.executable, "-c", code]
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from tooltune_operator import kube
 
-from tests.harness.operator_process import REPO, operator_command
+from tests.harness.operator_process import REPO, as_in_the_image
 
 
 def kubeconfig(path: Path, user: dict[str, Any]) -> Path:
@@ -64,7 +64,7 @@ def test_an_exec_plugin_user_without_the_kubernetes_client_says_what_to_install(
     """As in the operator image: the kubernetes client is not there to run the plugin (aws eks get-token)."""
     plugin = {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "aws", "args": ["eks"]}}
     config = kubeconfig(tmp_path / "config", plugin)
-    code = operator_command()[2].split("runpy.run_module")[0] + (
+    code = as_in_the_image() + (
         "import kopf\nfrom tooltune_operator import kube\n"
         "kube.login(settings=kopf.OperatorSettings(), logger=None)\n"
     )

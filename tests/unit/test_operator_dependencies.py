@@ -14,7 +14,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from tests.harness.operator_process import OWN, base_dependencies, hidden_modules, operator_command
+from tests.harness.operator_process import OWN, as_in_the_image, base_dependencies, hidden_modules
 
 REPO = Path(__file__).resolve().parents[2]
 NOT_IN_THE_IMAGE = {"torch", "transformers", "trl", "peft", "datasets", "openai", "unsloth", "kubernetes"}
@@ -30,12 +30,12 @@ def distributions_of(modules: set[str]) -> dict[str, set[str]]:
 
 def test_the_operator_runs_on_its_base_dependencies_alone():
     """In a process where every other module installed here raises ImportError, as in the image
-    (``operator_command``, which the soak test and the scale benchmark run the operator with), the
+    (``as_in_the_image``, as ``operator_command`` runs it for the soak test and the scale benchmark), the
     operator's modules import, and load neither boto3 nor anything of the trainer's."""
     hidden = set(hidden_modules())
     assert hidden >= NOT_IN_THE_IMAGE, f"the operator image would install {sorted(NOT_IN_THE_IMAGE - hidden)}"
     # Modules loaded from a file under site-packages: not the interpreter's own or what .pth files load.
-    code = operator_command()[2].split("runpy.run_module")[0] + (
+    code = as_in_the_image() + (
         "import json, sysconfig\n"
         "startup = set(sys.modules)\n"
         "import tooltune_operator.__main__, tooltune_operator.handlers\n"
