@@ -22,8 +22,10 @@ Transitions, checked top to bottom (the first row that matches wins):
     Job Failed by podFailurePolicy (exit code 2)          Failed      InvalidData
     Job Failed, backoffLimit reached                      Failed      BackoffLimitExceeded
     Job Failed, activeDeadlineSeconds reached             Failed      DeadlineExceeded
-    spec.suspend (unless Kueue runs the Job and the       Suspended   SuspendedByUser
-      operator cannot reach its Workload: support off)
+    spec.suspend, and the Job has it too (unless Kueue    Suspended   SuspendedByUser
+      runs the Job and the operator cannot reach its
+      Workload: support off); until the reconciler's
+      patch lands, the rows below
     no Job (was running before)                           Failed      JobLost
     no Job, the API server refused to create it           Pending     JobRefused
     no Job, an older unfinished job writes to its output  Pending     OutputInUse
@@ -210,7 +212,10 @@ def decide_phase(seen: Observed) -> tuple[Phase, str, str]:
         and not seen.kueue_reading
         and not (seen.job or {}).get("spec", {}).get("suspend")
     )
-    if seen.suspend and not running_anyway:
+    job_holds_it = (  # Suspended once the Job carries it (Kueue's Jobs: once their Workload does)
+        seen.job is None or kueue.queue_of(seen.job) or (seen.job.get("spec") or {}).get("suspend")
+    )
+    if seen.suspend and job_holds_it and not running_anyway:
         return Phase.SUSPENDED, c.SUSPENDED_BY_USER, "spec.suspend is true; set it to false to resume"
     if seen.job is None:
         if previous.phase in {Phase.RUNNING, Phase.VALIDATING}:

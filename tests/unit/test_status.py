@@ -284,6 +284,13 @@ TABLE = [
         c.SUSPENDED_BY_USER,
         "suspend",
     ),
+    (
+        "suspend asked, the Job still runs its pod until the reconciler's patch lands",
+        Observed(1, suspend=True, job=job(), pods=[pod("Running")], previous=RUNNING_BEFORE),
+        "Validating",
+        c.VALIDATING_DATA,
+        "validating data",
+    ),
     ("job deleted mid-run", Observed(1, job=None, previous=RUNNING_BEFORE), "Failed", c.JOB_LOST, "demo-1"),
     (
         "succeeded, job cleaned up by TTL",
