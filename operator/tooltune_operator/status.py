@@ -207,15 +207,11 @@ def decide_phase(seen: Observed) -> tuple[Phase, str, str]:
         if failed.get("reason") == "PodFailurePolicy" and reason.startswith(f"{GATE_FAILED_OUTCOME}: "):
             return Phase.FAILED, c.EVALUATION_GATE_FAILED, reason.removeprefix(f"{GATE_FAILED_OUTCOME}: ")
         return Phase.FAILED, by_job_reason.get(failed.get("reason", ""), c.BACKOFF_LIMIT_EXCEEDED), reason
-    running_anyway = (  # spec.suspend of a Kueue Job cannot reach its Workload: reconcile says SuspendIgnored
-        kueue.queue_of(seen.job)
-        and not seen.kueue_reading
-        and not (seen.job or {}).get("spec", {}).get("suspend")
-    )
-    job_holds_it = (  # Suspended once the Job carries it (Kueue's Jobs: once their Workload does)
-        seen.job is None or kueue.queue_of(seen.job) or (seen.job.get("spec") or {}).get("suspend")
-    )
-    if seen.suspend and job_holds_it and not running_anyway:
+    # Suspended once the Job carries it; a Kueue Job once its Workload does, which the operator reaches only
+    # with Kueue support on (off: reconcile says SuspendIgnored and the Job runs on)
+    job_suspended = ((seen.job or {}).get("spec") or {}).get("suspend")
+    held = seen.job is None or job_suspended or (kueue.queue_of(seen.job) and seen.kueue_reading)
+    if seen.suspend and held:
         return Phase.SUSPENDED, c.SUSPENDED_BY_USER, "spec.suspend is true; set it to false to resume"
     if seen.job is None:
         if previous.phase in {Phase.RUNNING, Phase.VALIDATING}:
