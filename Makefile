@@ -8,6 +8,8 @@ TOOLS   := .tools/bin
 
 .PHONY: run test soak lint crd lock tools venv tiny-base
 
+# The project itself installs with -qq: setuptools notes every editable install ("folders with the same
+# name as your package may take precedence"), which pip shows as a warning a user cannot act on.
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
@@ -15,7 +17,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	# torch first and pinned: 2.13.0 is the CPU wheel here; anything unpinned would pull CUDA builds.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q --no-deps -r requirements.lock
-	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip install -qq --no-deps -e .
 	touch $@
 
 tools: $(TOOLS)/.installed
