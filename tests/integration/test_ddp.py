@@ -115,6 +115,9 @@ def test_two_processes_train_like_one_at_the_same_global_batch_and_only_rank_0_w
         code, line = _finish(started[name], tmp_path / name)
         assert code == 0, (tmp_path / name / "pod.log").read_text()[-6000:]
         assert line.startswith("succeeded: 4 steps, tool-name accuracy"), line
+    # Each rank leaves the gloo group before it exits: one that does not can abort after reporting success.
+    log = (tmp_path / "two" / "pod.log").read_text()
+    assert "rank 0 left the process group" in log and "rank 1 left the process group" in log
 
     history = {name: _read_json(s3_server, s3_bucket, f"{name}/final/train_log.json") for name in runs}
     one, two = (_losses(history[name], "loss") for name in ("one", "two"))

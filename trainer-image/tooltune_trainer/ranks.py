@@ -9,9 +9,12 @@ torch.distributed barrier.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -96,3 +99,16 @@ def barrier(ranks: Ranks) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def leave_group(ranks: Ranks) -> None:
+    """Leave the process group once this rank's collectives are over, as torch asks on a normal exit. A
+    process that exits still in a gloo group can abort as the interpreter shuts down ("terminate called
+    without an active exception", exit 134) after it has reported success. Local: it waits for no rank."""
+    if not ranks.distributed:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+        log.info("rank %d left the process group", ranks.rank)

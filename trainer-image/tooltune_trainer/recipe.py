@@ -599,10 +599,12 @@ def main(config: Path | None = None) -> int:
     try:
         contract = pod.load_contract(pod.contract_path(config))
         result = run(contract, workdir, on_stage=lambda stage: log.info("stage: %s", stage))
+        ranks.leave_group(ranks.from_env())  # this rank's collectives are over; rank 0 evaluates alone
     except NOT_RETRYABLE as error:
         log.error("invalid job, not retrying: %s", error)
         return pod.finish(pod.INVALID, error)
     except Terminated as stopped:
+        ranks.leave_group(ranks.from_env())  # every rank stopped at the same step: no collective is left
         log.warning("%s", stopped)
         return pod.finish(pod.TERMINATED, stopped)
     except Exception as error:
