@@ -2,8 +2,10 @@
 
 Three tools, create_task(title, due_date), list_tasks(due_before, status) and complete_task(task_id),
 asked for in varied phrasings; some requests are answered in plain text (greetings, questions
-outside the API, requests missing what the tool needs) and some conversations carry the tool's
-result and the assistant's reply to it.
+outside the API, requests missing what the tool needs, where the user's answer then gets the call)
+and some conversations carry the tool's result and the assistant's reply to it. Text answers are
+15% of the examples, drawn from templates as the calls are, so that a model learns when not to
+call from more than a list of fixed phrases.
 
 Argument values are written verbatim in the user's message wherever possible (titles, ISO dates,
 task ids such as ``budget_task`` or ``task_17``) and drawn from large pools, so a model learns to
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 SEED = 66
-EXAMPLE_COUNT = 523
+EXAMPLE_COUNT = 1183
 OUTPUT = Path(__file__).with_name("task_api_tool_calling.jsonl")
 
 TODAY = date(2024, 1, 15)  # a Monday: "this week" ends 2024-01-21, as in the lab's smoke test
@@ -58,7 +60,10 @@ SMOKE_PROMPTS = {
 
 # How many examples of each kind; they add up to EXAMPLE_COUNT.
 MAX_DRAWS = 1000  # attempts at a not-yet-seen example before the pool is declared too small
-MIX = {"create": 150, "list": 100, "complete": 100, "with_result": 90, "two_requests": 40, "plain_text": 43}
+MIX = {
+    "create": 300, "list": 200, "complete": 200, "with_result": 180, "two_requests": 80,
+    "plain_text": 43, "ask": 90, "off_topic": 90,
+}  # fmt: skip
 
 # ---------------------------------------------------------------- value pools
 
@@ -309,9 +314,79 @@ class Builder:
             ]
         return messages
 
+    # ------------------------------------------------------------ turns answered in text
+
+    def ask(self) -> list[dict[str, Any]]:
+        """A create or complete request without its title or id: the reply asks for it, and in half of them
+        the user's answer gets the call, so the model learns when not to call as well as when to."""
+        opener = self.pick(
+            ["", "", "Can you ", "Could you ", "Please ", "I want to ", "I'd like to ", "Help me "]
+        )
+        if self.rng.random() < 0.5:
+            verb = self.pick(["create", "add", "make", "set up", "start"])
+            thing = self.pick(
+                ["a task", "a new task", "a to-do", "a reminder", "another task", "a task for me"]
+            )
+            text = f"{opener}{verb} {thing}"
+            reply = self.pick([
+                "Sure. What should the task be called?", "What's the task? Tell me its title.",
+                "Happy to. What's the title?", "What should I call it? A due date is optional.",
+            ])  # fmt: skip
+            task = self.task()
+            answer = self.pick(["{title}", "{title}", "Call it {title}", "It's to {task}", "{task}"])
+            values: dict[str, Any] = {"title": capitalised(task)}
+            follow_up = answer.format(title=capitalised(task), task=task), "create_task", values
+        else:
+            done = self.pick(["mark {o} as done", "mark {o} as complete", "complete {o}", "close {o}",
+                              "check off {o}", "finish {o}"])  # fmt: skip
+            text = opener + done.format(o=self.pick(["a task", "one of my tasks", "my task", "that task"]))
+            reply = self.pick([
+                "Which task? Tell me its id, e.g. task_12 or budget_task.",
+                "Which task should I mark as complete? Give me its id.",
+                "Sure, which one? I need the task's id.",
+            ])  # fmt: skip
+            named, task_id = self.task_id()
+            answer = self.pick(["{t}", "{t}", "It's {t}", "{t}, please"])
+            follow_up = answer.format(t=named), "complete_task", {"task_id": task_id}
+        messages = [{"role": "user", "content": capitalised(text)}, {"role": "assistant", "content": reply}]
+        if self.rng.random() < 0.5:
+            messages += self.exchange(*follow_up, with_result=False)
+        return messages
+
+    def off_topic(self) -> list[dict[str, Any]]:
+        """A request no tool serves, some of them actions: the reply says what the assistant can do.
+        Nothing here is phrased like a task the user could mean ("call Sarah", "book a flight")."""
+        text = self.pick([
+            "What's the weather in {city}?", "Will it rain in {city} tomorrow?", "Find a hotel in {city}",
+            "Translate '{word}' into {lang}", "How do you say {word} in {lang}?", "Send an email to {person}",
+            "What's {a} plus {b}?", "What is {a} times {b}?", "Tell me a joke about {thing}",
+            "Write a poem about {thing}", "Play some {music}", "Who is {person}?",
+            "Set an alarm for {hour} am", "Turn off the lights", "What's the news today?",
+            "How far is {city} from here?",
+        ])  # fmt: skip
+        person = self.pick([p for p in PEOPLE if not p.startswith("the ")])
+        text = text.format(
+            city=self.pick(
+                ["Paris", "Denver", "Lisbon", "Tokyo", "Boston", "Lima", "Oslo", "Cairo", "Seoul"]
+            ),
+            word=self.pick(["hello", "thank you", "good night", "cheese", "train station", "friend"]),
+            lang=self.pick(["French", "Spanish", "German", "Japanese", "Italian"]),
+            person=person,
+            a=self.rng.randint(2, 99),
+            b=self.rng.randint(2, 99),
+            hour=self.rng.randint(5, 9),
+            thing=self.pick(["cats", "the ocean", "coffee", "autumn", "pizza", "robots", "a new phone"]),
+            music=self.pick(["jazz", "rock", "classical music", "Taylor Swift"]),
+        )
+        return [{"role": "user", "content": text}, {"role": "assistant", "content": OFF_TOPIC}]
+
     # ------------------------------------------------------------ whole examples
 
     def example(self, kind: str) -> list[dict[str, Any]]:
+        if kind == "ask":
+            return self.ask()
+        if kind == "off_topic":
+            return self.off_topic()
         if kind == "plain_text":
             text, reply = self.pick(PLAIN_TEXT)
             return [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]

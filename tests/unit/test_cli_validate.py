@@ -103,8 +103,8 @@ def test_json_report() -> None:
 def test_example_data_passes_with_only_warnings() -> None:
     result = run("validate", str(EXAMPLE))
     assert result.exit_code == 0, result.output
-    assert f"{EXAMPLE}: warning: mixed outputs: 43 of 523 examples (8%)" in result.output
-    assert "OK: 523 examples, 1 warning" in result.output
+    assert f"{EXAMPLE}: warning: mixed outputs: 180 of 1183 examples (15%)" in result.output
+    assert "OK: 1183 examples, 1 warning" in result.output
     assert "calls to create_task" in result.output
 
 
@@ -230,11 +230,11 @@ def test_doc_rows_match_what_the_validator_prints(command: str) -> None:
 def test_split_writes_the_lab_sizes(tmp_path: Path) -> None:
     result = run("split", str(EXAMPLE), "--out-dir", str(tmp_path))
     assert result.exit_code == 0, result.output
-    assert f"Training examples: 470 -> {tmp_path / 'train.jsonl'}" in result.output
-    assert f"Validation examples: 53 -> {tmp_path / 'val.jsonl'}" in result.output
+    assert f"Training examples: 1064 -> {tmp_path / 'train.jsonl'}" in result.output
+    assert f"Validation examples: 119 -> {tmp_path / 'val.jsonl'}" in result.output
     train = (tmp_path / "train.jsonl").read_text(encoding="utf-8").splitlines()
     val = (tmp_path / "val.jsonl").read_text(encoding="utf-8").splitlines()
-    assert (len(train), len(val)) == (470, 53)
+    assert (len(train), len(val)) == (1064, 119)
     original = {json.dumps(json.loads(line)) for line in EXAMPLE.read_text(encoding="utf-8").splitlines()}
     assert {json.dumps(json.loads(line)) for line in train + val} == original
 
@@ -258,7 +258,7 @@ def test_split_is_reproducible_and_follows_the_seed(tmp_path: Path) -> None:
         outputs.append((tmp_path / name / "val.jsonl").read_text(encoding="utf-8"))
     assert outputs[0] == outputs[1]
     assert outputs[0] != outputs[2]
-    assert len(outputs[0].splitlines()) == 105  # 523 - int(523 * 0.8)
+    assert len(outputs[0].splitlines()) == 237  # 1183 - int(1183 * 0.8)
 
 
 def test_split_refuses_invalid_data(tmp_path: Path) -> None:

@@ -68,18 +68,24 @@ def test_check_mode_detects_a_stale_file(generator: ModuleType, tmp_path: Path) 
 
 
 def test_lab_size_and_split(examples: list[dict[str, Any]]) -> None:
-    assert len(examples) == 523
+    assert len(examples) == 1183
     train, val = split_examples(examples, 0.1, seed=42)
-    assert (len(train), len(val)) == (470, 53)
+    assert (len(train), len(val)) == (1064, 119)
 
 
 def test_passes_validation() -> None:
     report = validate_examples(read_jsonl(DATASET))
     assert report.problems == []
-    assert report.summary.examples == 523
+    assert report.summary.examples == 1183
     assert report.summary.pii == []
     assert set(report.summary.tool_calls) == {"create_task", "list_tasks", "complete_task"}
     assert min(report.summary.tool_calls.values()) >= 100
+
+
+def _asks_then_calls(example: dict[str, Any]) -> bool:
+    """The first assistant turn is a question in text, the second a tool call."""
+    replies = [m for m in example["messages"] if m["role"] == "assistant"]
+    return len(replies) == 2 and not replies[0].get("tool_calls") and bool(replies[1].get("tool_calls"))
 
 
 def test_has_plain_text_and_multi_turn_examples(examples: list[dict[str, Any]]) -> None:
@@ -89,7 +95,9 @@ def test_has_plain_text_and_multi_turn_examples(examples: list[dict[str, Any]]) 
     plain = [e for e in examples if not any(m.get("tool_calls") for m in e["messages"])]
     with_results = [e for e in examples if "tool" in roles(e)]
     two_requests = [e for e in examples if roles(e).count("user") == 2]
-    assert 30 <= len(plain) <= 60  # present, yet a minority: the lab warns about mixed outputs
+    assert 0.05 <= len(plain) / len(examples) <= 0.2  # a minority: the lab warns about mixed outputs
+    asked_first = [e for e in examples if _asks_then_calls(e)]  # a value is missing: ask, then call
+    assert len(asked_first) >= 20
     assert len(with_results) >= 100
     assert len(two_requests) >= 30
     for example in with_results:  # call -> result -> the assistant's reply in text
@@ -185,4 +193,4 @@ def test_larger_datasets_for_experiments_stay_valid(generator: ModuleType, tmp_p
     report = validate_examples(read_jsonl(out))
     assert report.problems == []
     assert report.summary.examples == 1500
-    assert 0.05 < report.summary.share_without_tool_calls < 0.12
+    assert 0.05 < report.summary.share_without_tool_calls < 0.2

@@ -631,7 +631,7 @@ def split_examples(
 ) -> tuple[list[Example], list[Example]]:
     """The lab's reproducible split: shuffle with a seeded RNG, hold out the tail for validation.
 
-    523 examples at 0.1 give 470 train / 53 validation, the same for every run with the same seed.
+    1183 examples at 0.1 give 1064 train / 119 validation, the same for every run with the same seed.
     """
     if not 0 < validation_split < 1:
         raise ValueError(f"validationSplit must be between 0 and 1 (exclusive), got {validation_split}")
