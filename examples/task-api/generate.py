@@ -4,8 +4,8 @@ Three tools, create_task(title, due_date), list_tasks(due_before, status) and co
 asked for in varied phrasings; some requests are answered in plain text (greetings, questions
 outside the API, requests missing what the tool needs, where the user's answer then gets the call)
 and some conversations carry the tool's result and the assistant's reply to it. Text answers are
-15% of the examples, drawn from templates as the calls are, so that a model learns when not to
-call from more than a list of fixed phrases.
+15% of the examples, most of them drawn from templates as the calls are, so that a model learns
+when not to call from more than a list of fixed phrases.
 
 Argument values are written verbatim in the user's message wherever possible (titles, ISO dates,
 task ids such as ``budget_task`` or ``task_17``) and drawn from large pools, so a model learns to
@@ -354,8 +354,9 @@ class Builder:
         return messages
 
     def off_topic(self) -> list[dict[str, Any]]:
-        """A request no tool serves, some of them actions: the reply says what the assistant can do.
-        Nothing here is phrased like a task the user could mean ("call Sarah", "book a flight")."""
+        """A request no tool serves: the reply says what the assistant can do. An action is asked for now
+        ("Send an email to Sarah"), never as something to remember, which is a task ("Remind me to email
+        Sarah")."""
         text = self.pick([
             "What's the weather in {city}?", "Will it rain in {city} tomorrow?", "Find a hotel in {city}",
             "Translate '{word}' into {lang}", "How do you say {word} in {lang}?", "Send an email to {person}",
